@@ -1,0 +1,22 @@
+"""The Graph API client: requests, auth, errors and rate-limit headers."""
+
+from exporter.graph.client import GraphClient, GraphResponse, RequestObserver, appsecret_proof
+from exporter.graph.errors import REASONS, GraphError, classify
+from exporter.graph.fields import BLOCKS, OFFLINE_FIELDS, web_fields
+from exporter.graph.ratelimit import RateLimitUsage, UsageSample, parse_rate_limit_headers
+
+__all__ = [
+    "BLOCKS",
+    "OFFLINE_FIELDS",
+    "REASONS",
+    "GraphClient",
+    "GraphError",
+    "GraphResponse",
+    "RateLimitUsage",
+    "RequestObserver",
+    "UsageSample",
+    "appsecret_proof",
+    "classify",
+    "parse_rate_limit_headers",
+    "web_fields",
+]

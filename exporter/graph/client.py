@@ -1,0 +1,207 @@
+"""Async Graph API client: one pooled httpx client, header auth, appsecret_proof, typed errors, bounded retries."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from exporter import __version__
+from exporter.graph.errors import BUSINESS_THROTTLE_CODES, GraphError, classify
+from exporter.graph.ratelimit import RateLimitUsage, parse_rate_limit_headers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class RequestObserver(Protocol):
+    """Receives what the client saw, for the exporter's own metrics."""
+
+    def on_request(self, endpoint: str, status: str, seconds: float) -> None: ...
+
+    def on_graph_error(self, code: int, reason: str) -> None: ...
+
+    def on_usage(self, usage: RateLimitUsage) -> None: ...
+
+
+@dataclass(frozen=True)
+class GraphResponse:
+    body: Any
+    usage: RateLimitUsage
+    api_version: str | None
+
+
+def appsecret_proof(token: str, app_secret: str, unix_time: int) -> str:
+    """Current form: hex HMAC-SHA256 of `token|unix_time` keyed with the app secret."""
+    return hmac.new(app_secret.encode(), f"{token}|{unix_time}".encode(), hashlib.sha256).hexdigest()
+
+
+class GraphClient:
+    def __init__(
+        self,
+        base_url: str = "https://graph.facebook.com",
+        version: str = "v25.0",
+        *,
+        timeout: float = 30.0,
+        app_secret: str | None = None,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_connections: int = 20,
+        observer: RequestObserver | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.version = version
+        self.app_secret = app_secret
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.max_body_bytes = max_body_bytes
+        self.observer = observer
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": f"meta-dataset-quality-exporter/{__version__}"},
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> GraphClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ----- endpoints -----------------------------------------------------------------------------------
+    async def dataset_quality(
+        self, token: str, dataset_id: str, fields: str, agent_name: str | None = None
+    ) -> GraphResponse:
+        params = {"dataset_id": dataset_id, "fields": fields}
+        if agent_name:
+            params["agent_name"] = agent_name
+        return await self.get("dataset_quality", params, token, endpoint="dataset_quality")
+
+    async def get(self, path: str, params: Mapping[str, str], token: str, *, endpoint: str) -> GraphResponse:
+        """GET `{base}/{version}/{path}` with retries for transient failures only."""
+        attempt = 0
+        while True:
+            try:
+                return await self._get_once(path, params, token, endpoint)
+            except GraphError as exc:
+                if not exc.retryable or attempt >= self.max_retries:
+                    raise
+                delay = min(self.backoff_max, self.backoff * 2**attempt)
+                delay = delay / 2 + random.uniform(0, delay / 2)  # equal jitter
+                attempt += 1
+                log.debug("retrying %s after %s in %.2fs (attempt %d)", endpoint, exc.reason, delay, attempt + 1)
+                await asyncio.sleep(delay)
+
+    # ----- one request ---------------------------------------------------------------------------------
+    def _auth_params(self, token: str) -> dict[str, str]:
+        if not self.app_secret:
+            return {}
+        now = int(time.time())
+        return {"appsecret_proof": appsecret_proof(token, self.app_secret, now), "appsecret_time": str(now)}
+
+    async def _get_once(self, path: str, params: Mapping[str, str], token: str, endpoint: str) -> GraphResponse:
+        url = f"{self.base_url}/{self.version}/{path.lstrip('/')}"
+        query = {**params, **self._auth_params(token)}
+        headers = {"Authorization": f"OAuth {token}"}
+        started = time.monotonic()
+        status = "error"
+        try:
+            async with self._http.stream("GET", url, params=query, headers=headers) as response:
+                status = str(response.status_code)
+                body = await self._read_limited(response)
+                return self._interpret(response.status_code, response.headers, body)
+        except httpx.TimeoutException as exc:
+            raise GraphError("timeout", f"{endpoint}: no answer within the timeout ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise GraphError("network", f"{endpoint}: connection failed ({type(exc).__name__})") from None
+        finally:
+            if self.observer:
+                self.observer.on_request(endpoint, status, time.monotonic() - started)
+
+    async def _read_limited(self, response: httpx.Response) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise GraphError(
+                "invalid_response",
+                f"response body of {declared} bytes is over the {self.max_body_bytes}-byte limit",
+                http_status=response.status_code,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise GraphError(
+                    "invalid_response",
+                    f"response body is over the {self.max_body_bytes}-byte limit",
+                    http_status=response.status_code,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> GraphResponse:
+        usage = parse_rate_limit_headers(headers)
+        if self.observer and usage.samples:
+            self.observer.on_usage(usage)
+        return self.interpret_body(status, raw, usage, headers.get("facebook-api-version"))
+
+    def interpret_body(
+        self, status: int, raw: bytes | str, usage: RateLimitUsage, api_version: str | None = None
+    ) -> GraphResponse:
+        """Turn one answer (a whole response or a batch item) into a GraphResponse or a GraphError."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            if status >= 500:
+                raise GraphError("transient", "server error with a body that is not JSON", http_status=status) from None
+            raise GraphError("invalid_response", "response body is not valid JSON", http_status=status) from None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            raise self._graph_error(body["error"], status, usage)
+        if status >= 500:
+            raise GraphError("transient", "server error", http_status=status)
+        if status != 200:
+            raise GraphError("other", "unexpected answer without an error object", http_status=status)
+        return GraphResponse(body, usage, api_version)
+
+    def _graph_error(self, error: dict[str, Any], status: int, usage: RateLimitUsage) -> GraphError:
+        code = error.get("code") if isinstance(error.get("code"), int) else None
+        subcode = error.get("error_subcode") if isinstance(error.get("error_subcode"), int) else None
+        reason = classify(code, subcode, error.get("is_transient") is True)
+        retry_after = None
+        if reason == "throttled":
+            waits = [seconds for _, seconds in usage.regain_seconds]
+            retry_after = max(waits) if waits else None
+            if code in BUSINESS_THROTTLE_CODES and retry_after is None:
+                data = error.get("error_data")
+                minutes = data.get("estimated_time_to_regain_access") if isinstance(data, dict) else None
+                retry_after = float(minutes) * 60 if isinstance(minutes, int | float) else None
+        if self.observer and code is not None:
+            self.observer.on_graph_error(code, reason)
+        message = str(error.get("message") or "Graph API error")[:500]
+        return GraphError(
+            reason,
+            message,
+            code=code,
+            subcode=subcode,
+            http_status=status,
+            fbtrace_id=str(error["fbtrace_id"]) if error.get("fbtrace_id") else None,
+            retry_after=retry_after,
+        )

@@ -1,0 +1,102 @@
+"""Rate-limit headers (graph-api.md section 3) parsed into values the scheduler and /metrics can use."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+RESOURCES = ("call_count", "total_cputime", "total_time")
+
+
+@dataclass(frozen=True)
+class UsageSample:
+    scope: str  # app, business_use_case or ad_account
+    object_id: str
+    type: str
+    resource: str
+    ratio: float
+
+
+@dataclass(frozen=True)
+class RateLimitUsage:
+    samples: tuple[UsageSample, ...] = ()
+    regain_seconds: tuple[tuple[str, float], ...] = ()  # (business id, seconds until access returns)
+
+    @property
+    def max_ratio(self) -> float:
+        return max((s.ratio for s in self.samples), default=0.0)
+
+
+def _warn_once(header: str, problem: str) -> None:
+    if header not in _warned:
+        _warned.add(header)
+        log.warning("ignoring malformed %s header (%s); further ones are ignored silently", header, problem)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def parse_rate_limit_headers(
+    headers: Mapping[str, str], app_id: str = "app", ad_account_id: str = ""
+) -> RateLimitUsage:
+    """Parse X-App-Usage, X-Business-Use-Case-Usage and X-Ad-Account-Usage; malformed ones are ignored."""
+    samples: list[UsageSample] = []
+    regain: list[tuple[str, float]] = []
+    lowered = {k.lower(): v for k, v in headers.items()}
+
+    if (raw := lowered.get("x-app-usage")) is not None:
+        value = _load("X-App-Usage", raw)
+        if isinstance(value, dict):
+            for resource in RESOURCES:
+                if (number := _number(value.get(resource))) is not None:
+                    samples.append(UsageSample("app", app_id, "app", resource, number / 100))
+
+    if (raw := lowered.get("x-business-use-case-usage")) is not None:
+        value = _load("X-Business-Use-Case-Usage", raw)
+        if isinstance(value, dict):
+            for object_id, entries in value.items():
+                if not isinstance(entries, list):
+                    _warn_once("X-Business-Use-Case-Usage", "an entry is not a list")
+                    continue
+                for entry in entries:
+                    if not isinstance(entry, dict):
+                        continue
+                    kind = str(entry.get("type", "unknown"))
+                    for resource in RESOURCES:
+                        if (number := _number(entry.get(resource))) is not None:
+                            samples.append(
+                                UsageSample("business_use_case", str(object_id), kind, resource, number / 100)
+                            )
+                    minutes = _number(entry.get("estimated_time_to_regain_access"))
+                    if minutes:
+                        regain.append((str(object_id), minutes * 60))
+
+    if (raw := lowered.get("x-ad-account-usage")) is not None:
+        value = _load("X-Ad-Account-Usage", raw)
+        if isinstance(value, dict) and (number := _number(value.get("acc_id_util_pct"))) is not None:
+            samples.append(UsageSample("ad_account", ad_account_id, "ads_management", "acc_id_util", number / 100))
+            reset = _number(value.get("reset_time_duration"))
+            if reset:
+                regain.append((ad_account_id, reset))
+    return RateLimitUsage(tuple(samples), tuple(regain))
+
+
+def _load(header: str, raw: str) -> Any:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        _warn_once(header, "not JSON")
+        return None
+    if not isinstance(value, dict):
+        _warn_once(header, "not a JSON object")
+        return None
+    return value

@@ -1,0 +1,299 @@
+"""Dataset Quality API response JSON -> immutable typed records.
+
+Every block is optional and unknown fields are ignored; anything that is not the documented shape raises
+`ResponseFormatError`, which names the path of the offending value (e.g. `web[2].event_coverage.percentage`).
+Percentages stay as the API sends them (0..100); converting to ratios is the exposition's job.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ResponseFormatError(ValueError):
+    """The API answered with something that is not the documented shape."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path or '<root>'}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class MatchKey:
+    identifier: str
+    coverage: float | None = None
+    potential_acr_increase: float | None = None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    slug: str
+    name: str
+    description: str = ""
+    solution: str = ""
+    percentage: float | None = None
+    affected_event_count: float | None = None
+    total_event_count: float | None = None
+
+
+@dataclass(frozen=True)
+class DedupeKey:
+    dedupe_key: str
+    browser_events: float | None = None
+    server_events: float | None = None
+    browser_coverage: float | None = None
+
+
+@dataclass(frozen=True)
+class EventQuality:
+    event_name: str
+    composite_score: float | None = None
+    match_keys: tuple[MatchKey, ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
+    coverage: float | None = None
+    coverage_goal: float | None = None
+    coverage_potential_acr_increase: float | None = None
+    dedupe_keys: tuple[DedupeKey, ...] = ()
+    upload_frequency: str | None = None
+    acr: float | None = None
+    potential_acr_increase: float | None = None
+
+
+@dataclass(frozen=True)
+class OfflineEvent:
+    event_name: str
+    composite_score: float | None = None
+    match_key_score: float | None = None
+    frequency_score: float | None = None
+    freshness_score: float | None = None
+    match_key_coverage: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetQuality:
+    events: tuple[EventQuality, ...] = ()
+    offline: tuple[OfflineEvent, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def diagnostic_slug(name: str) -> str:
+    """A stable label value for a diagnostic title: lowercase, runs of non-alphanumerics become `_`."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unnamed"
+
+
+def parse_dataset_quality(body: Any) -> DatasetQuality:
+    """Parse a decoded `dataset_quality` response (`web` and/or `offline`)."""
+    root = _obj(body, "")
+    warnings: list[str] = []
+    events: dict[str, EventQuality] = {}
+    for i, item in enumerate(_list(root, "web", "")):
+        event = _event(_obj(item, f"web[{i}]"), f"web[{i}]", warnings)
+        if event.event_name in events:
+            warnings.append(f"web[{i}]: event {event.event_name!r} appears twice; merged into the first")
+            event = _merge_events(events[event.event_name], event)
+        events[event.event_name] = event
+    offline: dict[str, OfflineEvent] = {}
+    for i, item in enumerate(_list(root, "offline", "")):
+        record = _offline(_obj(item, f"offline[{i}]"), f"offline[{i}]")
+        if record.event_name in offline:
+            warnings.append(f"offline[{i}]: event {record.event_name!r} appears twice; kept the first")
+            continue
+        offline[record.event_name] = record
+    return DatasetQuality(tuple(events.values()), tuple(offline.values()), tuple(warnings))
+
+
+# ----- blocks ------------------------------------------------------------------------------------------------
+def _event(obj: dict[str, Any], path: str, warnings: list[str]) -> EventQuality:
+    name = _str(obj, "event_name", path, required=True)
+    assert name is not None
+    emq = _opt_obj(obj, "event_match_quality", path)
+    emq_path = f"{path}.event_match_quality"
+    match_keys = diagnostics = ()
+    score = None
+    if emq is not None:
+        score = _num(emq, "composite_score", emq_path)
+        match_keys = _unique(
+            (_match_key(_obj(m, p), p) for m, p in _items(emq, "match_key_feedback", emq_path)),
+            lambda m: m.identifier,
+            f"{emq_path}.match_key_feedback",
+            warnings,
+        )
+        diagnostics = _unique(
+            (_diagnostic(_obj(d, p), p) for d, p in _items(emq, "diagnostics", emq_path)),
+            lambda d: d.slug,
+            f"{emq_path}.diagnostics",
+            warnings,
+        )
+    coverage = _opt_obj(obj, "event_coverage", path)
+    cov_path = f"{path}.event_coverage"
+    dedupe_field = "dedupe_key_feedback" if "dedupe_key_feedback" in obj else "dedup_key_feedback"
+    dedupe = _unique(
+        (_dedupe_key(_obj(d, p), p) for d, p in _items(obj, dedupe_field, path)),
+        lambda d: d.dedupe_key,
+        f"{path}.{dedupe_field}",
+        warnings,
+    )
+    freshness = _opt_obj(obj, "data_freshness", path)
+    return EventQuality(
+        event_name=name,
+        composite_score=score,
+        match_keys=match_keys,
+        diagnostics=diagnostics,
+        coverage=_num(coverage, "percentage", cov_path) if coverage else None,
+        coverage_goal=_num(coverage, "goal_percentage", cov_path) if coverage else None,
+        coverage_potential_acr_increase=_percentage(coverage, "potential_aly_acr_increase", cov_path)
+        if coverage
+        else None,
+        dedupe_keys=dedupe,
+        upload_frequency=_str(freshness, "upload_frequency", f"{path}.data_freshness") if freshness else None,
+        acr=_percentage(obj, "acr", path),
+        potential_acr_increase=_percentage(obj, "event_potential_aly_acr_increase", path),
+    )
+
+
+def _match_key(obj: dict[str, Any], path: str) -> MatchKey:
+    return MatchKey(
+        identifier=_str(obj, "identifier", path, required=True) or "",
+        coverage=_percentage(obj, "coverage", path),
+        potential_acr_increase=_percentage(obj, "potential_aly_acr_increase", path),
+    )
+
+
+def _diagnostic(obj: dict[str, Any], path: str) -> Diagnostic:
+    name = _str(obj, "name", path, required=True) or ""
+    return Diagnostic(
+        slug=diagnostic_slug(name),
+        name=name,
+        description=_str(obj, "description", path) or "",
+        solution=_str(obj, "solution", path) or "",
+        percentage=_num(obj, "percentage", path),
+        affected_event_count=_num(obj, "affected_event_count", path),
+        total_event_count=_num(obj, "total_event_count", path),
+    )
+
+
+def _dedupe_key(obj: dict[str, Any], path: str) -> DedupeKey:
+    return DedupeKey(
+        dedupe_key=_str(obj, "dedupe_key", path, required=True) or "",
+        browser_events=_percentage(obj, "browser_events_with_dedupe_key", path),
+        server_events=_percentage(obj, "server_events_with_dedupe_key", path),
+        browser_coverage=_percentage(obj, "overall_browser_coverage_from_dedupe_key", path),
+    )
+
+
+def _offline(obj: dict[str, Any], path: str) -> OfflineEvent:
+    name = _str(obj, "event_name", path, required=True) or ""
+    match_key = _opt_obj(obj, "match_key", path)
+    coverage = _opt_obj(match_key, "coverage", f"{path}.match_key") if match_key else None
+    pairs: list[tuple[str, float]] = []
+    for key in sorted(coverage or {}):
+        value = _num(coverage, key, f"{path}.match_key.coverage")
+        if value is not None:
+            pairs.append((key, value))
+    return OfflineEvent(
+        event_name=name,
+        composite_score=_score(obj, "composite", path),
+        match_key_score=_score(obj, "match_key", path),
+        frequency_score=_score(obj, "frequency", path),
+        freshness_score=_score(obj, "freshness", path),
+        match_key_coverage=tuple(pairs),
+    )
+
+
+def _merge_events(first: EventQuality, second: EventQuality) -> EventQuality:
+    """Fill what the first occurrence lacks from the second; list blocks keep first-seen keys."""
+    merged = {}
+    for name in first.__dataclass_fields__:
+        a, b = getattr(first, name), getattr(second, name)
+        if isinstance(a, tuple):
+            seen = {_key(x) for x in a}
+            merged[name] = a + tuple(x for x in b if _key(x) not in seen)
+        else:
+            merged[name] = a if a is not None else b
+    return EventQuality(**merged)
+
+
+def _key(item: MatchKey | Diagnostic | DedupeKey) -> str:
+    if isinstance(item, MatchKey):
+        return item.identifier
+    return item.slug if isinstance(item, Diagnostic) else item.dedupe_key
+
+
+def _unique(items: Any, key: Any, path: str, warnings: list[str]) -> tuple[Any, ...]:
+    out: dict[str, Any] = {}
+    for item in items:
+        k = key(item)
+        if k in out:
+            warnings.append(f"{path}: {k!r} appears twice; kept the first")
+            continue
+        out[k] = item
+    return tuple(out.values())
+
+
+# ----- typed access --------------------------------------------------------------------------------------
+def _describe(value: Any) -> str:
+    return type(value).__name__ if value is not None else "null"
+
+
+def _obj(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ResponseFormatError(path, f"expected an object, got {_describe(value)}")
+    return value
+
+
+def _opt_obj(parent: dict[str, Any] | None, key: str, path: str) -> dict[str, Any] | None:
+    if parent is None or parent.get(key) is None:
+        return None
+    return _obj(parent[key], f"{path}.{key}" if path else key)
+
+
+def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ResponseFormatError(f"{path}.{key}" if path else key, f"expected a list, got {_describe(value)}")
+    return value
+
+
+def _items(parent: dict[str, Any], key: str, path: str) -> list[tuple[Any, str]]:
+    return [(item, f"{path}.{key}[{i}]") for i, item in enumerate(_list(parent, key, path))]
+
+
+def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = False) -> str | None:
+    value = None if parent is None else parent.get(key)
+    if value is None:
+        if required:
+            raise ResponseFormatError(f"{path}.{key}", "missing")
+        return None
+    if not isinstance(value, str):
+        raise ResponseFormatError(f"{path}.{key}", f"expected a string, got {_describe(value)}")
+    if required and not value:
+        raise ResponseFormatError(f"{path}.{key}", "empty")
+    return value
+
+
+def _num(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
+    value = None if parent is None else parent.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {_describe(value)}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ResponseFormatError(f"{path}.{key}", f"expected a finite number, got {value!r}")
+    return result
+
+
+def _percentage(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
+    block = _opt_obj(parent, key, path)
+    return _num(block, "percentage", f"{path}.{key}") if block is not None else None
+
+
+def _score(parent: dict[str, Any], key: str, path: str) -> float | None:
+    block = _opt_obj(parent, key, path)
+    return _num(block, "score", f"{path}.{key}") if block is not None else None

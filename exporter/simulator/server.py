@@ -1,0 +1,563 @@
+"""The simulator's HTTP side: a fake Graph API on loopback, faithful to ../shared/reference/graph-api.md."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from exporter.simulator.data import World, apply_scenario
+from exporter.simulator.errors import ERRORS, dumps, error_body, raw_fault_reply
+from exporter.simulator.fieldspec import (
+    DATASET_QUALITY_SCHEMA,
+    PIXEL_SCHEMA,
+    FieldSyntaxError,
+    UnknownFieldError,
+    check_fields,
+    parse_fields,
+    select,
+)
+from exporter.simulator.quota import RollingQuota, Usage
+
+log = logging.getLogger("exporter.simulator")
+
+SCENARIOS = (
+    "healthy",
+    "emq_drop",
+    "dedupe_broken",
+    "coverage_drop",
+    "token_expired",
+    "throttled",
+    "flaky",
+    "slow",
+)
+LATEST_VERSION = "v25.0"
+EXPIRED_VERSIONS = frozenset({"v21.0", "v22.0", "v23.0", "v24.0"})
+MAX_BATCH = 50
+MAX_PAGE = 100
+_VERSION_RE = re.compile(r"^v\d+\.\d+$")
+_FLAKY_FAULTS = ("transient_1", "transient_2", "http_500", "http_503", "not_json", "reset", "slow", "null")
+
+
+@dataclass
+class SimulatorSettings:
+    datasets: int = 100
+    seed: int = 1
+    per_business: int = 25
+    scenario: str = "healthy"
+    latency: float = 0.0
+    item_latency: float = 0.0
+    tokens: tuple[str, ...] = ("sim-token",)
+    expired_tokens: tuple[str, ...] = ()
+    app_id: str = "1000000000001"
+    app_secret: str | None = None
+    require_proof: bool = False
+    app_calls_per_window: int = 100_000
+    business_calls_per_window: int = 10_000
+    quota_window: float = 3600.0
+    throttle_seconds: float = 300.0
+    fault_rate: float = 0.2
+    slow_seconds: float = 40.0
+    faults: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None  # a JSON value, serialised on the way out
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: tuple[str, bytes] | None = None  # (content type, body) for bodies that are not JSON
+    fault: str | None = None  # "reset", "slow" or "null": handled by the transport
+
+    def body_bytes(self) -> bytes:
+        return self.raw[1] if self.raw else dumps(self.body)
+
+    def content_type(self) -> str:
+        return self.raw[0] if self.raw else "application/json; charset=UTF-8"
+
+
+class Simulator:
+    """The fake Graph API. `dispatch` answers one Graph call; the HTTP handler and batch both use it."""
+
+    def __init__(self, settings: SimulatorSettings) -> None:
+        if settings.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {settings.scenario!r}; choose from {', '.join(SCENARIOS)}")
+        self.settings = settings
+        self.world = World(settings.datasets, settings.seed, settings.per_business)
+        self.scenario = settings.scenario
+        self.faults = dict(settings.faults)
+        self.valid_tokens = set(settings.tokens)
+        self.expired_tokens = set(settings.expired_tokens)
+        self.lock = threading.Lock()
+        self.rng = random.Random(settings.seed)
+        self.app_quota = RollingQuota(settings.app_calls_per_window, settings.quota_window, settings.throttle_seconds)
+        self.business_quota = RollingQuota(
+            settings.business_calls_per_window, settings.quota_window, settings.throttle_seconds
+        )
+        self.requests: deque[str] = deque(maxlen=10_000)
+        self.calls = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    # ----- lifecycle -------------------------------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        simulator = self
+
+        class Handler(_Handler):
+            sim = simulator
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="simulator", daemon=True).start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # ----- control ----------------------------------------------------------------------------------------
+    def set_scenario(self, scenario: str) -> None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+        with self.lock:
+            self.scenario = scenario
+            if scenario == "healthy":
+                self.app_quota.reset()
+                self.business_quota.reset()
+
+    def set_fault(self, dataset_id: str, fault: str | None) -> None:
+        if fault is not None and fault not in ERRORS and fault not in ("http_500", "http_503", "not_json", "slow"):
+            raise ValueError(f"unknown fault {fault!r}")
+        with self.lock:
+            if fault is None:
+                self.faults.pop(dataset_id, None)
+            else:
+                self.faults[dataset_id] = fault
+
+    # ----- one Graph call -----------------------------------------------------------------------------
+    def dispatch(self, method: str, path: str, params: dict[str, str], token: str | None, base: str) -> Reply:
+        """Answer one Graph call (top level or batch item). `path` has no leading slash."""
+        with self.lock:
+            self.calls += 1
+            flaky = self._flaky_fault()
+        parts = [p for p in path.split("/") if p]
+        version = LATEST_VERSION
+        if parts and _VERSION_RE.match(parts[0]):
+            version = parts.pop(0)
+        reply = self._route(method, version, parts, params, token, base, flaky)
+        reply.headers.setdefault("facebook-api-version", version)
+        reply.headers.setdefault("x-fb-trace-id", base64.b32encode(self.rng.randbytes(5)).decode())
+        return reply
+
+    def _flaky_fault(self) -> str | None:
+        if self.scenario == "flaky" and self.rng.random() < self.settings.fault_rate:
+            return self.rng.choice(_FLAKY_FAULTS)
+        if self.scenario == "slow" and self.rng.random() < self.settings.fault_rate:
+            return "slow"
+        return None
+
+    def _error(self, name: str, headers: dict[str, str] | None = None, **fmt: Any) -> Reply:
+        status, body = error_body(name, self.rng, **fmt)
+        return Reply(status, body, dict(headers or {}))
+
+    def _route(
+        self,
+        method: str,
+        version: str,
+        parts: list[str],
+        params: dict[str, str],
+        token: str | None,
+        base: str,
+        flaky: str | None,
+    ) -> Reply:
+        if method != "GET":
+            return self._error("bad_parameter", detail=f"(#100) Unsupported method {method} for this path")
+        if version in EXPIRED_VERSIONS:
+            return self._error("version", latest=LATEST_VERSION)
+        if len(parts) == 1 and parts[0] == "debug_token":
+            return self._debug_token(params, token)
+        auth = self._authorise(token, params)
+        if auth is not None:
+            return auth
+        assert token is not None
+        if flaky in ("transient_1", "transient_2"):
+            return self._error(flaky)
+        if flaky in ("http_500", "http_503", "not_json"):
+            status, ctype, body = raw_fault_reply(flaky)
+            return Reply(status, raw=(ctype, body))
+        if len(parts) == 1 and parts[0] == "dataset_quality":
+            reply = self._dataset_quality(params, token)
+        elif len(parts) == 2 and parts[1] in ("owned_pixels", "client_pixels", "adspixels"):
+            reply = self._edge(version, parts, params, token, base)
+        elif len(parts) == 1:
+            reply = self._node(parts[0], params, token)
+        else:
+            reply = self._error("unknown_path", detail="/" + "/".join(parts))
+        if flaky in ("reset", "slow", "null"):
+            reply.fault = flaky
+        return reply
+
+    def _authorise(self, token: str | None, params: dict[str, str]) -> Reply | None:
+        if not token:
+            return self._error("token_missing")
+        if token in self.expired_tokens or (self.scenario == "token_expired" and token in self.valid_tokens):
+            return self._error("token_expired")
+        if token not in self.valid_tokens:
+            return self._error("token_invalid")
+        secret = self.settings.app_secret
+        proof = params.get("appsecret_proof")
+        if secret and proof is not None:
+            stamp = params.get("appsecret_time")
+            message = f"{token}|{stamp}" if stamp else token
+            expected = hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+            fresh = stamp is None or (stamp.isdigit() and abs(time.time() - int(stamp)) <= 300)
+            if not (fresh and hmac.compare_digest(expected, proof)):
+                return self._error("proof_invalid")
+        elif secret and self.settings.require_proof:
+            return self._error("proof_missing")
+        return None
+
+    def _charge(self, token: str, business_id: str | None) -> tuple[dict[str, str], Reply | None]:
+        """Count the call against the token's app quota and the business's; headers plus a throttle error."""
+        now = time.monotonic()
+        with self.lock:
+            app = self.app_quota.hit(token, now)
+            business: Usage | None = None
+            if business_id is not None:
+                if self.scenario == "throttled":
+                    self.business_quota.force_throttle(business_id, now)
+                business = self.business_quota.hit(business_id, now)
+        headers = {
+            "X-App-Usage": json.dumps(
+                {
+                    "call_count": min(app.percent, 100),
+                    "total_cputime": min(app.percent // 2, 100),
+                    "total_time": min(app.percent // 2, 100),
+                }
+            )
+        }
+        if business is not None and business_id is not None:
+            headers["X-Business-Use-Case-Usage"] = json.dumps(
+                {
+                    business_id: [
+                        {
+                            "type": "ads_management",
+                            "call_count": min(business.percent, 100),
+                            "total_cputime": min(business.percent // 3, 100),
+                            "total_time": min(business.percent // 3, 100),
+                            "estimated_time_to_regain_access": business.regain_minutes,
+                            "ads_api_access_tier": "standard_access",
+                        }
+                    ]
+                }
+            )
+        if app.throttled_for > 0:
+            return headers, self._error("throttle_app", headers)
+        if business is not None and business.throttled_for > 0:
+            return headers, self._error("throttle_business", headers)
+        return headers, None
+
+    def _dataset_quality(self, params: dict[str, str], token: str) -> Reply:
+        dataset_id = params.get("dataset_id", "")
+        if not dataset_id:
+            return self._error("bad_parameter", detail="(#100) The parameter dataset_id is required")
+        try:
+            tree = parse_fields(params["fields"]) if params.get("fields") else None
+            if tree is not None:
+                check_fields(tree, DATASET_QUALITY_SCHEMA, "AdsDatasetQuality")
+        except (FieldSyntaxError, UnknownFieldError) as exc:
+            return self._error("bad_parameter", detail=f"(#100) {exc}")
+        pixel = self.world.pixels.get(dataset_id)
+        if pixel is None or not dataset_id.isdigit():
+            return self._error("not_found", object_id=dataset_id)
+        headers, throttled = self._charge(token, pixel.business_id)
+        if throttled:
+            return throttled
+        fault = self.faults.get(dataset_id)
+        if fault in ERRORS:
+            return self._error(fault, headers, object_id=dataset_id, latest=LATEST_VERSION)
+        if fault in ("http_500", "http_503", "not_json"):
+            status, ctype, body = raw_fault_reply(fault)
+            return Reply(status, raw=(ctype, body), headers=headers)
+        data = apply_scenario(self.world.quality(dataset_id, params.get("agent_name")), self.scenario)
+        reply = Reply(200, select(data, tree, DATASET_QUALITY_SCHEMA), headers)
+        if fault == "slow":
+            reply.fault = "slow"
+        return reply
+
+    def _pixel_json(self, pixel_id: str, tree: dict[str, Any] | None) -> dict[str, Any]:
+        pixel = self.world.pixels[pixel_id]
+        now = time.time()
+        full: dict[str, Any] = {
+            "id": pixel.id,
+            "name": pixel.name,
+            "last_fired_time": _graph_time(now - pixel.last_fired_ago),
+            "is_unavailable": pixel.is_unavailable,
+            "creation_time": _graph_time(pixel.creation_time),
+            "owner_business": {"id": pixel.business_id, "name": pixel.business_name},
+        }
+        if pixel.server_last_fired_ago is not None:
+            full["server_last_fired_time"] = _graph_time(now - pixel.server_last_fired_ago)
+        return select(full, tree, PIXEL_SCHEMA)
+
+    def _node(self, node_id: str, params: dict[str, str], token: str) -> Reply:
+        if node_id not in self.world.pixels:
+            return self._error("not_found", object_id=node_id)
+        try:
+            tree = parse_fields(params["fields"]) if params.get("fields") else None
+            if tree is not None:
+                check_fields(tree, PIXEL_SCHEMA, "AdsPixel")
+        except (FieldSyntaxError, UnknownFieldError) as exc:
+            return self._error("bad_parameter", detail=f"(#100) {exc}")
+        headers, throttled = self._charge(token, self.world.pixels[node_id].business_id)
+        return throttled or Reply(200, self._pixel_json(node_id, tree), headers)
+
+    def _edge(self, version: str, parts: list[str], params: dict[str, str], token: str, base: str) -> Reply:
+        owner, edge = parts
+        if edge == "adspixels":
+            account = self.world.ad_accounts.get(owner.removeprefix("act_")) if owner.startswith("act_") else None
+            if account is None:
+                return self._error("not_found", object_id=owner)
+            business_id, ids = account.id, account.pixel_ids
+        elif owner in self.world.businesses:
+            business_id = owner
+            ids = self.world.businesses[owner].pixel_ids if edge == "owned_pixels" else ()
+        elif owner == self.world.agency_id:
+            business_id = owner
+            ids = self.world.client_pixels(owner) if edge == "client_pixels" else ()
+        else:
+            return self._error("not_found", object_id=owner)
+        try:
+            tree = parse_fields(params["fields"]) if params.get("fields") else None
+            if tree is not None:
+                check_fields(tree, PIXEL_SCHEMA, "AdsPixel")
+            limit = min(int(params.get("limit", "25")), MAX_PAGE)
+            start = _decode_cursor(params["after"]) + 1 if params.get("after") else 0
+        except (FieldSyntaxError, UnknownFieldError, ValueError) as exc:
+            return self._error("bad_parameter", detail=f"(#100) {exc}")
+        if limit < 1:
+            return self._error("bad_parameter", detail="(#100) limit must be positive")
+        headers, throttled = self._charge(token, business_id)
+        if throttled:
+            return throttled
+        # Meta may hand out an empty page that still has `next`: do so on the first page of every other owner.
+        empty_first = start == 0 and "after" not in params and int(owner.removeprefix("act_")) % 2 == 0
+        page = [] if empty_first else list(ids[start : start + limit])
+        end = start - 1 if empty_first else start + len(page) - 1
+        body: dict[str, Any] = {"data": [self._pixel_json(i, tree) for i in page]}
+        paging: dict[str, Any] = {"cursors": {"before": _encode_cursor(start), "after": _encode_cursor(end)}}
+        if end + 1 < len(ids):
+            query = {k: v for k, v in params.items() if k in ("fields", "limit", "access_token")}
+            query["after"] = _encode_cursor(end)
+            paging["next"] = f"{base}/{version}/{owner}/{edge}?{urlencode(query)}"
+        if ids or empty_first:
+            body["paging"] = paging
+        return Reply(200, body, headers)
+
+    def _debug_token(self, params: dict[str, str], token: str | None) -> Reply:
+        app_token = f"{self.settings.app_id}|{self.settings.app_secret}" if self.settings.app_secret else None
+        if not token:
+            return self._error("token_missing")
+        if token != app_token and token not in self.valid_tokens:
+            return self._error("token_invalid")
+        headers, throttled = self._charge(token, None)
+        if throttled:
+            return throttled
+        subject = params.get("input_token", "")
+        if not subject:
+            return self._error("bad_parameter", detail="(#100) The parameter input_token is required")
+        expired = subject in self.expired_tokens or (self.scenario == "token_expired" and subject in self.valid_tokens)
+        data: dict[str, Any] = {
+            "app_id": self.settings.app_id,
+            "type": "SYSTEM_USER",
+            "application": "Simulated app",
+            "is_valid": subject in self.valid_tokens and not expired,
+            "expires_at": 0,
+            "data_access_expires_at": 0,
+            "scopes": ["ads_read", "ads_management", "business_management"],
+            "granular_scopes": [],
+        }
+        if expired:
+            data["expires_at"] = int(time.time()) - 86400
+            data["error"] = {"code": 190, "subcode": 463, "message": "Session has expired."}
+        elif subject not in self.valid_tokens:
+            data = {"is_valid": False, "error": {"code": 190, "message": "Invalid OAuth access token."}}
+        return Reply(200, {"data": data}, headers)
+
+    # ----- batch ------------------------------------------------------------------------------------------
+    def batch(self, form: dict[str, str], base: str) -> Reply:
+        token = form.get("access_token")
+        if not token:
+            return self._error("token_missing")
+        try:
+            items = json.loads(form.get("batch", ""))
+            if not isinstance(items, list):
+                raise ValueError("batch must be a JSON array")
+        except ValueError:
+            return self._error("bad_parameter", detail="(#100) The parameter batch must be a JSON array")
+        if len(items) > MAX_BATCH:
+            return self._error(
+                "bad_parameter",
+                detail=f"(#100) Too many requests in batch message. Maximum batch size is {MAX_BATCH}",
+            )
+        if self.settings.item_latency:
+            time.sleep(self.settings.item_latency * len(items))
+        out: list[Any] = []
+        top_proof = {k: form[k] for k in ("appsecret_proof", "appsecret_time") if k in form}
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("relative_url"), str):
+                out.append(
+                    self._item(self._error("bad_parameter", detail="(#100) Each batch item needs a relative_url"))
+                )
+                continue
+            url = urlsplit(item["relative_url"].lstrip("/"))
+            params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+            self.requests.append(f"BATCH-ITEM {item['relative_url']}")
+            item_token = params.pop("access_token", None)
+            if item_token is None:
+                item_token = token
+                params.update(top_proof)
+            reply = self.dispatch(str(item.get("method", "GET")).upper(), url.path, params, item_token, base)
+            out.append(None if reply.fault == "null" else self._item(reply))
+        return Reply(200, out)
+
+    @staticmethod
+    def _item(reply: Reply) -> dict[str, Any]:
+        headers = [{"name": k, "value": v} for k, v in reply.headers.items()]
+        headers.append({"name": "Content-Type", "value": reply.content_type()})
+        return {
+            "code": reply.status,
+            "headers": headers,
+            "body": reply.body_bytes().decode("utf-8", "replace"),
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sim: Simulator
+    protocol_version = "HTTP/1.1"
+    server_version = "GraphSimulator/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.client_address[0], format % args)
+
+    def _base(self) -> str:
+        return f"http://{self.headers.get('Host', '127.0.0.1')}"
+
+    def _token_from_header(self) -> str | None:
+        value = self.headers.get("Authorization", "")
+        scheme, _, credential = value.partition(" ")
+        return credential.strip() or None if scheme.lower() in ("oauth", "bearer") else None
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path.startswith("/_sim/"):
+            return self._control("GET", url.path, b"")
+        self.sim.requests.append(f"GET {self.path}")
+        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        token = params.pop("access_token", None) or self._token_from_header()
+        if "access_token" in parse_qs(url.query):
+            params["access_token"] = token or ""  # echoed into paging.next, as Meta does
+        self._latency()
+        reply = self.sim.dispatch("GET", url.path, params, token, self._base())
+        params.pop("access_token", None)
+        self._send(reply)
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        body = self._read_body()
+        if url.path.startswith("/_sim/"):
+            return self._control("POST", url.path, body)
+        self.sim.requests.append(f"POST {self.path}")
+        parts = [p for p in url.path.split("/") if p]
+        if len(parts) > 1 or (parts and not _VERSION_RE.match(parts[0])):
+            return self._send(self.sim._error("bad_parameter", detail="(#100) Unsupported post request."))
+        form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        if "access_token" not in form and (header_token := self._token_from_header()):
+            form["access_token"] = header_token
+        self._latency()
+        self._send(self.sim.batch(form, self._base()))
+
+    def _latency(self) -> None:
+        if self.sim.settings.latency:
+            time.sleep(self.sim.settings.latency)
+
+    def _send(self, reply: Reply) -> None:
+        if reply.fault == "reset":
+            # SO_LINGER 0 makes close() send a TCP RST: the client sees a connection reset, not a clean close.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if reply.fault == "slow":
+            time.sleep(self.sim.settings.slow_seconds)
+        body = reply.body_bytes()
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", reply.content_type())
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _control(self, method: str, path: str, body: bytes) -> None:
+        if not ipaddress.ip_address(self.client_address[0]).is_loopback:
+            return self._send(Reply(403, {"error": "control endpoints answer loopback clients only"}))
+        try:
+            request = json.loads(body or b"{}")
+            if path == "/_sim/scenario" and method == "POST":
+                self.sim.set_scenario(request["scenario"])
+            elif path == "/_sim/fault" and method == "POST":
+                self.sim.set_fault(str(request["dataset_id"]), request.get("fault"))
+            elif path == "/_sim/tokens" and method == "POST":
+                with self.sim.lock:
+                    self.sim.valid_tokens.update(request.get("valid", []))
+                    self.sim.expired_tokens.update(request.get("expired", []))
+            elif path == "/_sim/requests" and method == "GET":
+                return self._send(Reply(200, list(self.sim.requests)))
+            elif path != "/_sim/state":
+                return self._send(Reply(404, {"error": f"no control endpoint {method} {path}"}))
+        except (KeyError, ValueError, TypeError) as exc:
+            return self._send(Reply(400, {"error": str(exc)}))
+        self._send(Reply(200, {"scenario": self.sim.scenario, "calls": self.sim.calls, "faults": self.sim.faults}))
+
+
+def _graph_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(epoch))
+
+
+def _encode_cursor(index: int) -> str:
+    return base64.urlsafe_b64encode(f"idx:{index}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    if not text.startswith("idx:"):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return int(text[4:])
