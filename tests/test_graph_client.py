@@ -1,0 +1,332 @@
+"""The Graph client against the running simulator: every error class, retries, headers, appsecret_proof."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import urllib.parse
+from collections import Counter
+
+import httpx
+import pytest
+
+from exporter.graph import (
+    BLOCKS,
+    OFFLINE_FIELDS,
+    GraphClient,
+    GraphError,
+    appsecret_proof,
+    classify,
+    parse_rate_limit_headers,
+    web_fields,
+)
+from exporter.graph import ratelimit as ratelimit_module
+from exporter.parser import parse_dataset_quality
+from exporter.simulator import EXAMPLE_DATASET_ID
+from tests.conftest import TOKEN, http
+
+
+class Recorder:
+    def __init__(self):
+        self.requests: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.usage = []
+
+    def on_request(self, endpoint, status, seconds):
+        assert seconds >= 0
+        self.requests[(endpoint, status)] += 1
+
+    def on_graph_error(self, code, reason):
+        self.errors[(code, reason)] += 1
+
+    def on_usage(self, usage):
+        self.usage.append(usage)
+
+
+def fetch(sim, dataset_id, *, token=TOKEN, version="v25.0", fields=None, **client_options):
+    async def go():
+        async with GraphClient(sim.url, version, **client_options) as client:
+            return await client.dataset_quality(token, dataset_id, fields or web_fields(BLOCKS))
+
+    return asyncio.run(go())
+
+
+def failure(sim, dataset_id, **kwargs) -> GraphError:
+    with pytest.raises(GraphError) as err:
+        fetch(sim, dataset_id, **kwargs)
+    return err.value
+
+
+def test_fetch_and_parse_the_page_example(simulator):
+    response = fetch(simulator, EXAMPLE_DATASET_ID)
+    events = {e.event_name: e for e in parse_dataset_quality(response.body).events}
+    assert events["CompleteRegistration"].match_keys[1].coverage == 99.9
+    assert events["AddToCart"].dedupe_keys[0].browser_coverage == 14.8
+    assert response.api_version == "v25.0"
+    assert response.usage.samples  # rate-limit headers were read
+
+
+def test_full_field_list_is_accepted_and_returns_every_block(simulator):
+    response = fetch(simulator, simulator.world.dataset_ids[5])
+    assert response.body == {"web": response.body["web"]}
+    dataset = simulator.world.dataset_ids[5]
+    assert parse_dataset_quality(response.body) == parse_dataset_quality(
+        simulator.world.quality(dataset, None) | {"offline": []}
+    )
+
+
+def test_offline_fields_are_accepted(simulator):
+    with_offline = next(i for i in simulator.world.dataset_ids if simulator.world.quality(i, None)["offline"])
+    response = fetch(simulator, with_offline, fields=OFFLINE_FIELDS)
+    assert parse_dataset_quality(response.body).offline
+
+
+def test_fields_builder_asks_for_enabled_blocks_only(simulator):
+    assert web_fields(["acr"]) == "web{event_name,acr{percentage}}"
+    assert web_fields(["diagnostics"]).startswith("web{event_name,event_match_quality{diagnostics{")
+    with pytest.raises(ValueError, match="unknown blocks: nope"):
+        web_fields(["nope"])
+    response = fetch(simulator, EXAMPLE_DATASET_ID, fields=web_fields(["data_freshness"]))
+    assert all(set(e) <= {"event_name", "data_freshness"} for e in response.body["web"])
+
+
+def test_token_travels_in_the_header_never_in_the_url(simulator):
+    fetch(simulator, EXAMPLE_DATASET_ID)
+    _status, _, body = http("GET", simulator.url + "/_sim/requests")
+    lines = json.loads(body)
+    assert lines and not any(TOKEN in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "code"),
+    [
+        ("token_expired", "auth", 190),
+        ("token_invalid", "auth", 190),
+        ("permission", "permission", 10),
+        ("permission_200", "permission", 200),
+        ("not_found", "not_found", 100),
+        ("throttle_app", "throttled", 4),
+        ("throttle_user", "throttled", 17),
+        ("throttle_613", "throttled", 613),
+        ("throttle_business", "throttled", 80004),
+        ("transient_1", "transient", 1),
+        ("transient_2", "transient", 2),
+        ("http_500", "transient", None),
+        ("http_503", "transient", None),
+        ("not_json", "invalid_response", None),
+    ],
+)
+def test_every_error_class(simulator, fault, reason, code):
+    dataset = simulator.world.dataset_ids[3]
+    simulator.set_fault(dataset, fault)
+    recorder = Recorder()
+    err = failure(simulator, dataset, observer=recorder, max_retries=1, backoff=0.01)
+    assert (err.reason, err.code) == (reason, code)
+    if code is not None:
+        assert err.fbtrace_id and f"fbtrace_id={err.fbtrace_id}" in str(err)
+    attempts = sum(recorder.requests.values())
+    assert attempts == (2 if reason == "transient" else 1)  # retried once, and only when transient
+
+
+def test_unknown_dataset_and_expired_version(simulator):
+    assert failure(simulator, "404404").reason == "not_found"
+    err = failure(simulator, EXAMPLE_DATASET_ID, version="v23.0")
+    assert (err.reason, err.code) == ("version", 2635)
+
+
+def test_unknown_and_expired_tokens(start_simulator):
+    sim = start_simulator(datasets=2, expired_tokens=("old",))
+    assert (failure(sim, EXAMPLE_DATASET_ID, token="old").subcode) == 463
+    assert (failure(sim, EXAMPLE_DATASET_ID, token="who").subcode) == 467
+
+
+def test_business_throttle_carries_the_announced_wait(start_simulator):
+    sim = start_simulator(datasets=2, business_calls_per_window=1, quota_window=60, throttle_seconds=170)
+    fetch(sim, EXAMPLE_DATASET_ID)
+    err = failure(sim, EXAMPLE_DATASET_ID)
+    assert (err.reason, err.code, err.retry_after) == ("throttled", 80004, 180.0)  # 3 minutes, as announced
+
+
+def test_timeout_and_reset(start_simulator):
+    sim = start_simulator(datasets=2, scenario="slow", fault_rate=1.0, slow_seconds=2)
+    recorder = Recorder()
+    err = failure(sim, EXAMPLE_DATASET_ID, timeout=0.3, max_retries=1, backoff=0.01, observer=recorder)
+    assert err.reason == "timeout"
+    assert recorder.requests[("dataset_quality", "error")] == 2
+
+
+def test_flaky_faults_are_all_classified(start_simulator):
+    sim = start_simulator(datasets=2, scenario="flaky", fault_rate=1.0, slow_seconds=1.0, seed=11)
+    reasons = Counter()
+
+    async def go():
+        async with GraphClient(sim.url, timeout=0.5, max_retries=0) as client:
+            for _ in range(40):
+                try:
+                    await client.dataset_quality(TOKEN, EXAMPLE_DATASET_ID, "web{event_name}")
+                    reasons["ok"] += 1
+                except GraphError as exc:
+                    reasons[exc.reason] += 1
+
+    asyncio.run(go())
+    assert {"transient", "invalid_response", "network", "timeout"} <= set(reasons)
+    assert set(reasons) <= {"ok", "transient", "invalid_response", "network", "timeout"}
+
+
+def test_retry_recovers_after_transient_errors():
+    answers = iter(
+        [httpx.Response(503, text="busy"), httpx.Response(500, json={"error": {"code": 2, "is_transient": True}})]
+    )
+
+    def handler(request):
+        return next(answers, httpx.Response(200, json={"web": []}))
+
+    async def go():
+        async with GraphClient("http://graph.test", backoff=0.001, transport=httpx.MockTransport(handler)) as client:
+            return await client.dataset_quality(TOKEN, "1", "web{event_name}")
+
+    assert asyncio.run(go()).body == {"web": []}
+
+
+def test_backoff_grows_and_is_bounded(monkeypatch):
+    delays = []
+
+    async def fake_sleep(seconds):
+        delays.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+
+    async def go():
+        transport = httpx.MockTransport(lambda r: httpx.Response(503, text="busy"))
+        async with GraphClient("http://graph.test", backoff=1, backoff_max=3, max_retries=4, transport=transport) as c:
+            await c.dataset_quality(TOKEN, "1", "web{event_name}")
+
+    with pytest.raises(GraphError):
+        asyncio.run(go())
+    assert len(delays) == 4
+    assert 0.5 <= delays[0] <= 1 and 1 <= delays[1] <= 2 and all(1.5 <= d <= 3 for d in delays[2:])
+
+
+def test_body_over_the_limit_is_refused(simulator):
+    err = failure(simulator, EXAMPLE_DATASET_ID, max_body_bytes=100)
+    assert err.reason == "invalid_response" and "limit" in str(err)
+
+
+def test_appsecret_proof_matches_an_independent_hmac():
+    expected = hmac.new(b"app-secret", b"token-1|1700000000", hashlib.sha256).hexdigest()
+    assert appsecret_proof("token-1", "app-secret", 1700000000) == expected
+    seen = []
+
+    def handler(request):
+        seen.append(dict(urllib.parse.parse_qsl(request.url.query.decode())))
+        return httpx.Response(200, json={"web": []})
+
+    async def go():
+        async with GraphClient(
+            "http://graph.test", app_secret="app-secret", transport=httpx.MockTransport(handler)
+        ) as c:
+            await c.dataset_quality("token-1", "1", "web{event_name}")
+
+    asyncio.run(go())
+    stamp = seen[0]["appsecret_time"]
+    assert (
+        seen[0]["appsecret_proof"] == hmac.new(b"app-secret", f"token-1|{stamp}".encode(), hashlib.sha256).hexdigest()
+    )
+
+
+def test_simulator_accepts_the_clients_proof(start_simulator):
+    sim = start_simulator(datasets=2, app_secret="s3cret", require_proof=True)
+    assert fetch(sim, EXAMPLE_DATASET_ID, app_secret="s3cret").body["web"]
+    assert "appsecret_proof" in failure(sim, EXAMPLE_DATASET_ID, app_secret="wrong").args[0]
+    assert failure(sim, EXAMPLE_DATASET_ID).code == 100
+
+
+def test_rate_limit_headers_from_the_simulator(start_simulator):
+    sim = start_simulator(datasets=2, business_calls_per_window=4, app_calls_per_window=10)
+    recorder = Recorder()
+    fetch(sim, EXAMPLE_DATASET_ID, observer=recorder)
+    usage = recorder.usage[-1]
+    values = {(s.scope, s.resource): s.ratio for s in usage.samples}
+    assert values[("app", "call_count")] == 0.1
+    assert values[("business_use_case", "call_count")] == 0.25
+    business = next(s for s in usage.samples if s.scope == "business_use_case")
+    assert business.object_id == sim.world.pixels[EXAMPLE_DATASET_ID].business_id and business.type == "ads_management"
+
+
+def test_rate_limit_header_parsing():
+    usage = parse_rate_limit_headers(
+        {
+            "x-app-usage": '{"call_count": 28, "total_cputime": 25, "total_time": 25}',
+            "X-Business-Use-Case-Usage": '{"42": [{"type": "ads_management", "call_count": 95, "total_cputime": 20,'
+            ' "total_time": 20, "estimated_time_to_regain_access": 2}]}',
+            "X-Ad-Account-Usage": '{"acc_id_util_pct": 9.67, "reset_time_duration": 0}',
+        },
+        ad_account_id="act_7",
+    )
+    values = {(s.scope, s.object_id, s.resource): s.ratio for s in usage.samples}
+    assert values[("app", "app", "call_count")] == 0.28
+    assert values[("business_use_case", "42", "call_count")] == 0.95
+    assert values[("ad_account", "act_7", "acc_id_util")] == pytest.approx(0.0967)
+    assert usage.regain_seconds == (("42", 120.0),)
+    assert usage.max_ratio == 0.95
+
+
+def test_malformed_rate_limit_header_is_logged_once_and_ignored(caplog, monkeypatch):
+    monkeypatch.setattr(ratelimit_module, "_warned", set())
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            usage = parse_rate_limit_headers({"X-App-Usage": "{not json", "X-Business-Use-Case-Usage": "[1]"})
+            assert usage.samples == ()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "X-App-Usage" in m]) == 1
+    assert len([m for m in messages if "X-Business-Use-Case-Usage" in m]) == 1
+
+
+def test_malformed_header_never_fails_the_call():
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"web": []}, headers={"X-App-Usage": "%%%"}))
+
+    async def go():
+        async with GraphClient("http://graph.test", transport=transport) as c:
+            return await c.dataset_quality(TOKEN, "1", "web{event_name}")
+
+    assert asyncio.run(go()).body == {"web": []}
+
+
+@pytest.mark.parametrize(
+    ("code", "subcode", "transient", "reason"),
+    [
+        (190, 460, False, "auth"),
+        (102, None, False, "auth"),
+        (3, None, False, "permission"),
+        (270, None, False, "permission"),
+        (100, 33, False, "not_found"),
+        (100, None, False, "other"),
+        (2044055, None, False, "not_found"),
+        (32, None, False, "throttled"),
+        (341, None, False, "throttled"),
+        (80014, None, False, "throttled"),
+        (368, None, False, "transient"),
+        (99, None, True, "transient"),
+        (2635, None, False, "version"),
+        (12345, None, False, "other"),
+    ],
+)
+def test_classification_by_code_and_subcode(code, subcode, transient, reason):
+    assert classify(code, subcode, transient) == reason
+
+
+def test_http_status_alone_never_decides():
+    """A throttle arriving as HTTP 400 is a throttle; an auth error arriving as HTTP 500 is still auth."""
+    body = {"error": {"code": 190, "error_subcode": 463, "message": "expired", "fbtrace_id": "X"}}
+    transport = httpx.MockTransport(lambda r: httpx.Response(500, json=body))
+
+    async def go():
+        async with GraphClient("http://graph.test", transport=transport, backoff=0.001) as c:
+            await c.dataset_quality(TOKEN, "1", "web{event_name}")
+
+    with pytest.raises(GraphError) as err:
+        asyncio.run(go())
+    assert err.value.reason == "auth"
