@@ -1,0 +1,368 @@
+"""The configuration as a plain value with defaults, and one validation pass that reports every problem.
+
+Secrets never live in the YAML: credentials name an environment variable or a file, resolved by
+`resolve_secrets` at start and on every reload.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter.graph.fields import BLOCKS, SOURCES
+
+DEFAULT_PORT = 10070
+DEFAULT_BASE_URL = "https://graph.facebook.com"
+DEFAULT_VERSION = "v25.0"
+DEFAULT_TOKEN_ENV = "META_ACCESS_TOKEN"
+RESERVED_LABELS = frozenset({"dataset_id", "dataset_name", "business_id", "business_name", "origin"})
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_VERSION = re.compile(r"^v\d+\.\d+$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists every one, each naming the file and the key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class GraphApiConfig:
+    base_url: str = DEFAULT_BASE_URL
+    version: str = DEFAULT_VERSION
+    timeout: float = 30.0
+    max_retries: int = 2
+    app_id: str | None = None
+    app_secret_env: str | None = None
+    app_secret_file: str | None = None
+
+
+@dataclass(frozen=True)
+class CredentialConfig:
+    token_env: str | None = None
+    token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    interval: float = 3600.0
+    concurrency: int = 4
+    stale_after: float = 2700.0
+    sources: tuple[str, ...] = ("web",)
+    blocks: tuple[str, ...] = BLOCKS
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    id: str
+    name: str = ""
+    credential: str = "default"
+    agent_name: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen_address: str = f"0.0.0.0:{DEFAULT_PORT}"
+
+
+@dataclass(frozen=True)
+class Config:
+    graph_api: GraphApiConfig = GraphApiConfig()
+    credentials: Mapping[str, CredentialConfig] = field(
+        default_factory=lambda: {"default": CredentialConfig(token_env=DEFAULT_TOKEN_ENV)}
+    )
+    collection: CollectionConfig = CollectionConfig()
+    datasets: tuple[DatasetConfig, ...] = ()
+    server: ServerConfig = ServerConfig()
+    source: str = "<defaults>"
+
+    def label_names(self) -> tuple[str, ...]:
+        """The users' own label names across all datasets (the info metric needs one consistent set)."""
+        return tuple(sorted({k for d in self.datasets for k, _ in d.labels}))
+
+
+@dataclass(frozen=True)
+class Secrets:
+    tokens: Mapping[str, str]
+    app_secret: str | None = None
+
+    def __repr__(self) -> str:  # never print a secret by accident
+        return f"Secrets(credentials={sorted(self.tokens)}, app_secret={'set' if self.app_secret else 'unset'})"
+
+
+def parse_duration(value: Any) -> float:
+    """`30s`, `15m`, `1h`, `1h30m`, `500ms`, `2d` -> seconds. Raises ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {value!r}")
+    text = value.strip()
+    matches = list(_DURATION.finditer(text))
+    if not text or "".join(m.group(0) for m in matches) != text:
+        raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {value!r}")
+    return sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem."""
+    name = str(path)
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{name}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
+    return validate(raw if raw is not None else {}, name)
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str, problem: str) -> None:
+        self.items.append(f"{self.source}: {key or '<top level>'}: {problem}")
+
+
+def _mapping(value: Any, key: str, allowed: set[str] | None, problems: _Problems) -> dict[str, Any]:
+    """A YAML mapping with string keys; every key outside `allowed` (None: any key) is reported."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(key, f"expected a mapping, got {type(value).__name__}")
+        return {}
+    for unknown in sorted(set(map(str, value)) - allowed) if allowed is not None else ():
+        hint = f" (known keys: {', '.join(sorted(allowed))})" if allowed else ""
+        problems.add(f"{key}.{unknown}" if key else unknown, f"unknown key{hint}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _get(raw: dict[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any, p: _Problems) -> Any:
+    value = raw.get(key, default)
+    if value is default:
+        return default
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        p.add(f"{path}.{key}" if path else key, f"expected {names}, got {type(value).__name__} {value!r}")
+        return default
+    return value
+
+
+def _duration(raw: dict[str, Any], key: str, path: str, default: float, p: _Problems) -> float:
+    if key not in raw:
+        return default
+    try:
+        seconds = parse_duration(raw[key])
+    except ValueError as exc:
+        p.add(f"{path}.{key}", str(exc))
+        return default
+    if seconds <= 0:
+        p.add(f"{path}.{key}", "must be positive")
+    return seconds
+
+
+def validate(raw: Any, source: str = "<config>") -> Config:
+    """Turn a decoded YAML document into a Config, or raise ConfigError with every problem found."""
+    p = _Problems(source)
+    top = _mapping(raw, "", {"graph_api", "credentials", "collection", "datasets", "server"}, p)
+    graph = _graph_api(top.get("graph_api"), p)
+    credentials = _credentials(top.get("credentials"), p)
+    collection = _collection(top.get("collection"), p)
+    datasets = _datasets(top.get("datasets"), credentials, p)
+    server_raw = _mapping(top.get("server"), "server", {"listen_address"}, p)
+    server = ServerConfig(_get(server_raw, "listen_address", "server", str, ServerConfig.listen_address, p))
+    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$", server.listen_address):
+        p.add("server.listen_address", f"expected HOST:PORT, got {server.listen_address!r}")
+    if p.items:
+        raise ConfigError(p.items)
+    return Config(graph, credentials, collection, datasets, server, source)
+
+
+def _graph_api(value: Any, p: _Problems) -> GraphApiConfig:
+    keys = {"base_url", "version", "timeout", "max_retries", "app_id", "app_secret_env", "app_secret_file"}
+    raw = _mapping(value, "graph_api", keys, p)
+    d = GraphApiConfig()
+    base_url = _get(raw, "base_url", "graph_api", str, d.base_url, p)
+    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", base_url):
+        p.add("graph_api.base_url", f"expected an http(s) URL without query, got {base_url!r}")
+    version = _get(raw, "version", "graph_api", str, d.version, p)
+    if not _VERSION.match(version):
+        p.add("graph_api.version", f"expected a Graph API version such as {DEFAULT_VERSION}, got {version!r}")
+    app_id = _get(raw, "app_id", "graph_api", (str, int), None, p)
+    config = GraphApiConfig(
+        base_url=base_url.rstrip("/"),
+        version=version,
+        timeout=_duration(raw, "timeout", "graph_api", d.timeout, p),
+        max_retries=_get(raw, "max_retries", "graph_api", int, d.max_retries, p),
+        app_id=str(app_id) if app_id is not None else None,
+        app_secret_env=_get(raw, "app_secret_env", "graph_api", str, None, p),
+        app_secret_file=_get(raw, "app_secret_file", "graph_api", str, None, p),
+    )
+    if config.app_secret_env and config.app_secret_file:
+        p.add("graph_api", "set app_secret_env or app_secret_file, not both")
+    if not 0 <= config.max_retries <= 10:
+        p.add("graph_api.max_retries", "must be between 0 and 10")
+    return config
+
+
+def _credentials(value: Any, p: _Problems) -> dict[str, CredentialConfig]:
+    if value is None:
+        return dict(Config().credentials)
+    raw = _mapping(value, "credentials", None, p)
+    out: dict[str, CredentialConfig] = {}
+    for name, spec in raw.items():
+        key = f"credentials.{name}"
+        if not _LABEL_NAME.match(name):
+            p.add(key, "credential names use letters, digits and underscores")
+        if isinstance(spec, str):
+            p.add(key, "tokens never go in the YAML: use {token_env: VARIABLE} or {token_file: PATH}")
+            continue
+        fields = _mapping(spec, key, {"token_env", "token_file", "token"}, p)
+        if "token" in fields:
+            p.add(f"{key}.token", "tokens never go in the YAML: use token_env or token_file")
+        cred = CredentialConfig(
+            _get(fields, "token_env", key, str, None, p), _get(fields, "token_file", key, str, None, p)
+        )
+        if bool(cred.token_env) == bool(cred.token_file):
+            p.add(key, "set exactly one of token_env or token_file")
+        out[name] = cred
+    if not out:
+        p.add("credentials", "at least one credential is needed")
+    return out
+
+
+def _collection(value: Any, p: _Problems) -> CollectionConfig:
+    raw = _mapping(value, "collection", {"interval", "concurrency", "stale_after", "sources", "blocks"}, p)
+    d = CollectionConfig()
+    interval = _duration(raw, "interval", "collection", d.interval, p)
+    concurrency = _get(raw, "concurrency", "collection", int, d.concurrency, p)
+    if not 1 <= concurrency <= 64:
+        p.add("collection.concurrency", f"must be between 1 and 64, got {concurrency}")
+    stale_after = _duration(raw, "stale_after", "collection", d.stale_after, p)
+    sources = _choices(raw, "sources", SOURCES, d.sources, p)
+    blocks = _choices(raw, "blocks", BLOCKS, d.blocks, p)
+    return CollectionConfig(interval, concurrency, stale_after, sources, blocks)
+
+
+def _choices(raw: dict[str, Any], key: str, allowed: tuple[str, ...], default: tuple[str, ...], p: _Problems) -> tuple:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not value:
+        p.add(f"collection.{key}", f"expected a non-empty list from: {', '.join(allowed)}")
+        return default
+    for i, item in enumerate(value):
+        if item not in allowed:
+            p.add(f"collection.{key}[{i}]", f"unknown value {item!r}; choose from {', '.join(allowed)}")
+    return tuple(dict.fromkeys(str(v) for v in value))
+
+
+def _datasets(value: Any, credentials: Mapping[str, CredentialConfig], p: _Problems) -> tuple[DatasetConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        p.add("datasets", f"expected a list, got {type(value).__name__}")
+        return ()
+    out: list[DatasetConfig] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, item in enumerate(value):
+        key = f"datasets[{i}]"
+        raw = _mapping(item, key, {"id", "name", "credential", "agent_name", "labels"}, p)
+        dataset_id = raw.get("id")
+        if isinstance(dataset_id, int) and not isinstance(dataset_id, bool):
+            dataset_id = str(dataset_id)
+        if not isinstance(dataset_id, str) or not dataset_id.isdigit():
+            p.add(f"{key}.id", f"expected a dataset (pixel) ID of digits, got {dataset_id!r}")
+            continue
+        credential = _get(raw, "credential", key, str, "default", p)
+        if credential not in credentials:
+            p.add(f"{key}.credential", f"no credential named {credential!r} (known: {', '.join(sorted(credentials))})")
+        agent = _get(raw, "agent_name", key, str, "", p)
+        if agent != agent.lower():
+            p.add(f"{key}.agent_name", f"agent names are lowercase, normalised platform names; got {agent!r}")
+        labels = _labels(raw.get("labels"), f"{key}.labels", p)
+        if (dataset_id, agent) in seen:
+            p.add(key, f"dataset {dataset_id} with agent_name {agent!r} is already datasets[{seen[dataset_id, agent]}]")
+        seen[dataset_id, agent] = i
+        out.append(DatasetConfig(dataset_id, _get(raw, "name", key, str, "", p), credential, agent, labels))
+    return tuple(out)
+
+
+def _labels(value: Any, key: str, p: _Problems) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        p.add(key, f"expected a mapping of label names to values, got {type(value).__name__}")
+        return ()
+    out = []
+    for name, label_value in value.items():
+        name = str(name)
+        if not _LABEL_NAME.match(name) or name.startswith("__"):
+            p.add(f"{key}.{name}", "not a valid Prometheus label name")
+        elif name in RESERVED_LABELS:
+            p.add(f"{key}.{name}", f"reserved by the exporter ({', '.join(sorted(RESERVED_LABELS))})")
+        if not isinstance(label_value, str | int | float) or isinstance(label_value, bool):
+            p.add(f"{key}.{name}", f"label values are strings, got {type(label_value).__name__}")
+            continue
+        out.append((name, str(label_value)))
+    return tuple(sorted(out))
+
+
+def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) -> Secrets:
+    """Read every credential's token and the app secret; raises ConfigError naming what is missing."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    tokens: dict[str, str] = {}
+    used = {d.credential for d in config.datasets} or set(config.credentials)
+    for name, cred in config.credentials.items():
+        value = _read_secret(cred.token_env, cred.token_file, env, f"credentials.{name}", config.source, problems)
+        if value:
+            tokens[name] = value
+        elif name not in used:
+            problems.pop()  # an unused credential may be absent
+    graph = config.graph_api
+    app_secret = None
+    if graph.app_secret_env or graph.app_secret_file:
+        app_secret = _read_secret(
+            graph.app_secret_env, graph.app_secret_file, env, "graph_api", config.source, problems
+        )
+    if problems:
+        raise ConfigError(problems)
+    return Secrets(tokens, app_secret)
+
+
+def _read_secret(
+    env_name: str | None, file_name: str | None, env: Mapping[str, str], key: str, source: str, problems: list[str]
+) -> str | None:
+    if env_name:
+        value = env.get(env_name, "").strip()
+        if not value:
+            problems.append(f"{source}: {key}: environment variable {env_name} is not set or empty")
+        return value or None
+    assert file_name
+    try:
+        value = Path(file_name).read_text("utf-8").strip()
+    except OSError as exc:
+        problems.append(f"{source}: {key}: cannot read {file_name}: {exc.strerror or exc}")
+        return None
+    if not value:
+        problems.append(f"{source}: {key}: {file_name} is empty")
+    return value or None
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    """A copy with top-level sections replaced (CLI flags and the demo use this)."""
+    return replace(config, **changes)

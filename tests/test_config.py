@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from exporter.config import (
+    BLOCKS,
+    Config,
+    ConfigError,
+    load_config,
+    parse_duration,
+    resolve_secrets,
+)
+
+CONFIGS = Path(__file__).parent / "fixtures" / "config"
+OK = sorted(CONFIGS.glob("*.ok.yaml"))
+BAD = sorted(CONFIGS.glob("*.bad.yaml"))
+
+
+def expectations(path: Path) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"^# expect: (.+)$", path.read_text("utf-8"), re.MULTILINE)]
+
+
+@pytest.mark.parametrize("path", OK, ids=lambda p: p.name)
+def test_ok_fixtures_load(path):
+    assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.name)
+def test_bad_fixtures_report_every_expected_problem(path):
+    expected = expectations(path)
+    assert expected, f"{path.name} must state its expected messages"
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    problems = err.value.problems
+    for line in expected:
+        wanted = line.replace(path.name, str(path), 1)
+        assert any(p.startswith(wanted) for p in problems), f"missing {wanted!r} in {problems}"
+    assert len(problems) == len(expected), problems  # nothing unexpected, nothing reported twice
+
+
+def test_full_config_values():
+    config = load_config(CONFIGS / "full.ok.yaml")
+    assert config.graph_api.timeout == 30 and config.graph_api.app_id == "1234"
+    assert config.collection.interval == 3600 and config.collection.stale_after == 2700
+    assert config.collection.sources == ("web", "offline") and config.collection.blocks == BLOCKS
+    assert [(d.id, d.agent_name, d.credential) for d in config.datasets] == [
+        ("123456789012345", "acmeplatform", "default"),
+        ("123456789012345", "", "default"),
+        ("222333444555666", "", "client_b"),
+    ]
+    assert config.datasets[0].labels == (("customer", "acme"), ("team", "emea"))
+    assert config.label_names() == ("customer", "team")
+
+
+def test_defaults():
+    config = load_config(CONFIGS / "minimal.ok.yaml")
+    assert config.graph_api.base_url == "https://graph.facebook.com" and config.graph_api.version == "v25.0"
+    assert config.collection.interval == 3600 and config.collection.concurrency == 4
+    assert config.server.listen_address == "0.0.0.0:10070"
+    assert config.credentials["default"].token_env == "META_ACCESS_TOKEN"
+
+
+def test_missing_file_names_it():
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read the file"):
+        load_config("nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("500ms", 0.5), ("2d", 172800)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1", "h", "1 h", "1x", "-1s", 60, None])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_secrets_from_env_and_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token\n")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("app-secret")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"graph_api: {{app_secret_file: {secret_file}}}\n"
+        f"credentials: {{default: {{token_env: TOK}}, b: {{token_file: {token_file}}}}}\n"
+    )
+    secrets = resolve_secrets(load_config(path), {"TOK": "env-token"})
+    assert secrets.tokens == {"default": "env-token", "b": "file-token"}
+    assert secrets.app_secret == "app-secret"
+    assert "env-token" not in repr(secrets) and "app-secret" not in repr(secrets)
+
+
+def test_missing_secrets_are_all_reported(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "graph_api: {app_secret_env: SECRET}\n"
+        f"credentials: {{default: {{token_env: TOK}}, b: {{token_file: {tmp_path}/missing}}}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_secrets(load_config(path), {"TOK": "  "})
+    text = str(err.value)
+    assert "credentials.default: environment variable TOK is not set or empty" in text
+    assert "credentials.b: cannot read" in text and "graph_api: environment variable SECRET" in text
