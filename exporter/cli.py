@@ -1,17 +1,28 @@
-"""Command line: `run` (the default), `check-config`, `once`, `simulate`, `demo`."""
+"""meta-dataset-quality-exporter: Prometheus exporter for Meta's Dataset Quality API.
+
+Commands: run (the default), check-config, once, simulate, demo.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 from exporter import __version__
+from exporter.app import ConfigSource, file_source, load_all
+from exporter.app import run as run_exporter
+from exporter.config import DEFAULT_PORT, Config, ConfigError, DatasetConfig, ServerConfig, load_config, resolve_secrets
+from exporter.logsetup import configure_logging
 from exporter.simulator import SCENARIOS, Simulator, SimulatorSettings
 
 log = logging.getLogger("exporter")
+COMMANDS = ("run", "check-config", "once", "simulate", "demo")
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -19,6 +30,32 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "--config.file", dest="config", metavar="FILE", help="YAML configuration file")
+    p.add_argument(
+        "--dataset-id",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="watch this dataset (repeatable); with no --config the token comes from META_ACCESS_TOKEN",
+    )
+    p.add_argument("--graph-api.base-url", dest="base_url", metavar="URL", help="override graph_api.base_url")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the exporter (the default command)")
+    _add_source_options(p)
+    p.add_argument(
+        "--web.listen-address", dest="listen_address", metavar="HOST:PORT", help=f"default 0.0.0.0:{DEFAULT_PORT}"
+    )
+
+
+def _add_once(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("once", help="fetch every target once and print the result")
+    _add_source_options(p)
+    p.add_argument("--format", choices=["table", "json", "prometheus"], default="table")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +67,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenario", choices=SCENARIOS, default="healthy")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--token", action="append", default=None, help="a token the simulator accepts (repeatable)")
+    p.add_argument("--expired-token", action="append", default=[], help="a token that is expired (190/463)")
+    p.add_argument("--app-id", default="1000000000001")
     p.add_argument("--app-secret-env", help="environment variable holding the simulated app's secret")
     p.add_argument("--require-proof", action="store_true", help="reject calls without appsecret_proof")
     p.add_argument("--app-calls-per-window", type=int, default=100_000)
@@ -40,9 +79,104 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slow-seconds", type=float, default=40.0, help="delay of a slow answer")
 
 
-def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
-    import os
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the exporter against the built-in simulator; no token needed")
+    p.add_argument("--datasets", type=int, default=300)
+    p.add_argument("--listen", type=_host_port, default=("127.0.0.1", DEFAULT_PORT), metavar="HOST:PORT")
+    p.add_argument("--interval", type=float, default=300.0, help="seconds between cycles (default 300)")
+    p.add_argument("--latency", type=float, default=0.05, help="simulated API latency in seconds")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meta-dataset-quality-exporter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(sub)
+    p = sub.add_parser("check-config", help="validate a configuration file and its secrets, then exit")
+    p.add_argument("file")
+    p.add_argument("--skip-secrets", action="store_true", help="do not check that tokens and secrets are readable")
+    _add_once(sub)
+    _add_simulate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _config_source(args: argparse.Namespace) -> ConfigSource:
+    """The config file (or the zero-config defaults) with the command line's overrides applied."""
+
+    def adjust(config: Config) -> Config:
+        if args.dataset_id:
+            known = {(d.id, d.agent_name) for d in config.datasets}
+            extra = tuple(DatasetConfig(str(i)) for i in args.dataset_id if (str(i), "") not in known)
+            config = replace(config, datasets=config.datasets + extra)
+        if args.base_url:
+            config = replace(config, graph_api=replace(config.graph_api, base_url=args.base_url.rstrip("/")))
+        if getattr(args, "listen_address", None):
+            config = replace(config, server=ServerConfig(args.listen_address))
+        return config
+
+    if args.config:
+        return file_source(args.config, adjust)
+    bad = [i for i in args.dataset_id if not str(i).isdigit()]
+    if bad:
+        raise ConfigError([f"--dataset-id: expected a dataset (pixel) ID of digits, got {bad[0]!r}"])
+    return lambda: adjust(Config(source="<command line>"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.config and not args.dataset_id:
+        log.error("nothing to watch: give --config FILE or at least one --dataset-id")
+        return 2
+    try:
+        source = _config_source(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return run_exporter(source)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+        if not args.skip_secrets:
+            resolve_secrets(config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK ({len(config.datasets)} datasets, {len(config.credentials)} credentials)")
+    return 0
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from exporter import report
+    from exporter.scheduler import Scheduler
+
+    if not args.config and not args.dataset_id:
+        log.error("nothing to fetch: give --config FILE or at least one --dataset-id")
+        return 2
+    try:
+        config, secrets = load_all(_config_source(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    scheduler = Scheduler(config, secrets, progress=report.ProgressBar(sys.stderr))
+
+    async def one_cycle() -> None:
+        try:
+            await scheduler.run_cycle(scheduler.targets, paced=False)
+        finally:
+            await scheduler.close()
+
+    asyncio.run(one_cycle())
+    report.write(scheduler.snapshot, args.format)
+    return 0 if all(s.fetch_success for s in scheduler.snapshot.datasets) else 1
+
+
+def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
     return SimulatorSettings(
         datasets=args.datasets,
         seed=args.seed,
@@ -50,6 +184,8 @@ def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
         latency=args.latency,
         item_latency=args.item_latency,
         tokens=tuple(args.token or ["sim-token"]),
+        expired_tokens=tuple(args.expired_token),
+        app_id=args.app_id,
         app_secret=os.environ.get(args.app_secret_env) if args.app_secret_env else None,
         require_proof=args.require_proof,
         app_calls_per_window=args.app_calls_per_window,
@@ -61,38 +197,41 @@ def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
     )
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     sim = Simulator(simulator_settings(args))
     url = sim.start(*args.listen)
     print(f"Graph API simulator on {url} ({args.datasets} datasets, scenario {args.scenario})", flush=True)
     print(f"example dataset with Meta's documented values: {sim.world.dataset_ids[0]}", flush=True)
-    _wait_for_signal()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
     sim.stop()
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meta-dataset-quality-exporter", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_simulate(sub)
-    return parser
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.demo import run_demo
+
+    return run_demo(args.datasets, args.listen[0], args.listen[1], args.interval, args.latency)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "simulate":
-        return cmd_simulate(args)
-    parser.print_help()
-    return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `run` is the default command: insert it before the first argument that is not a global option.
+    index = 0
+    while index < len(argv) and argv[index] in ("--log-level", "--log-format"):
+        index += 2
+    rest = argv[index:]
+    if not rest or (rest[0] not in COMMANDS and rest[0] not in ("-h", "--help", "--version")):
+        argv.insert(index, "run")
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    handlers = {
+        "run": cmd_run,
+        "check-config": cmd_check_config,
+        "once": cmd_once,
+        "simulate": cmd_simulate,
+        "demo": cmd_demo,
+    }
+    return handlers[args.command](args)

@@ -1,0 +1,97 @@
+"""Wires config, scheduler and web server together; owns reloads and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+from exporter.config import Config, ConfigError, Secrets, load_config, resolve_secrets
+from exporter.logsetup import register_secrets
+from exporter.scheduler import Scheduler
+from exporter.snapshot import Snapshot
+from exporter.web import WebServer
+
+log = logging.getLogger(__name__)
+
+ConfigSource = Callable[[], Config]
+
+
+def listen_address(config: Config) -> tuple[str, int]:
+    host, _, port = config.server.listen_address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_all(source: ConfigSource) -> tuple[Config, Secrets]:
+    """Read the config and its secrets; raises ConfigError naming every problem."""
+    config = source()
+    secrets = resolve_secrets(config)
+    register_secrets([*secrets.tokens.values(), secrets.app_secret])
+    return config, secrets
+
+
+def file_source(path: str, adjust: Callable[[Config], Config] = lambda c: c) -> ConfigSource:
+    return lambda: adjust(load_config(path))
+
+
+class Exporter:
+    def __init__(self, source: ConfigSource, config: Config, secrets: Secrets) -> None:
+        self.source = source
+        self.scheduler = Scheduler(config, secrets)
+        self._reload_lock = threading.Lock()
+        self.web: WebServer | None = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.scheduler.snapshot
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read and validate the config; an invalid one is refused and the old one kept."""
+        with self._reload_lock:
+            try:
+                config, secrets = load_all(self.source)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the previous configuration: %s", exc)
+                self.scheduler.note_reload(False)
+                return False, f"reload refused, previous configuration kept.\n{exc}"
+            if listen_address(config) != listen_address(self.scheduler.config):
+                log.warning("server.listen_address changed; it takes effect at the next restart")
+            self.scheduler.replace_config(config, secrets)
+            self.scheduler.note_reload(True)
+            log.info("configuration reloaded from %s", config.source)
+            return True, f"configuration reloaded: {len(config.datasets)} datasets"
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
+        self.web = WebServer(self, *listen_address(self.scheduler.config))
+        self.web.start()
+        try:
+            await self.scheduler.run(stop)
+        finally:
+            self.web.stop()
+            log.info("stopped")
+
+
+def run(source: ConfigSource) -> int:
+    try:
+        config, secrets = load_all(source)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    exporter = Exporter(source, config, secrets)
+    log.info("watching %d targets every %.0fs", len(exporter.scheduler.targets), config.collection.interval)
+
+    async def main() -> None:
+        await exporter.serve(asyncio.Event())
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        log.error("cannot serve on %s: %s", config.server.listen_address, exc)
+        return 1
+    return 0

@@ -1,0 +1,392 @@
+"""The metric contract (../shared/reference/metrics.md), rendered from one Snapshot by custom collectors.
+
+Nothing here calls the API: each collector reads the snapshot it is given. Every family goes through
+`_Family`, which drops a second sample with the same labels, so no input can produce duplicate series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.graph.errors import REASONS
+from exporter.parser import EventQuality
+from exporter.snapshot import DURATION_BUCKETS, Snapshot
+
+PREFIX = "meta_dataset_quality_"
+CACHED = "Cached from the last successful fetch."
+UPLOAD_INTERVALS = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
+EVENT_LABELS = ["dataset_id", "agent_name", "event_name"]
+ERROR_LABELS = ["code", "reason"]
+
+
+class _Family:
+    """A metric family that keeps the first sample per label set and ignores repeats."""
+
+    def __init__(self, family: GaugeMetricFamily | CounterMetricFamily) -> None:
+        self.family = family
+        self._seen: set[tuple[str, ...]] = set()
+
+    def add(self, labels: list[str], value: float) -> None:
+        key = tuple(labels)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.family.add_metric(labels, value)
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
+    return _Family(GaugeMetricFamily(PREFIX + name, doc, labels=labels))
+
+
+def _counter(name: str, doc: str, labels: list[str]) -> _Family:
+    return _Family(CounterMetricFamily(PREFIX + name, doc, labels=labels))
+
+
+class QualityCollector:
+    """Per-event quality gauges from `web[]`, one family per API field.
+
+    meta_dataset_quality_event_match_quality_score{dataset_id="123",agent_name="",event_name="Purchase"} 7.2
+    meta_dataset_quality_match_key_coverage_ratio{dataset_id="123",...,match_key="email"} 0.999
+    meta_dataset_quality_upload_frequency{dataset_id="123",agent_name="",event_name="Lead",upload_frequency="hourly"} 1
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        def pct(field: str, doc: str) -> str:
+            return f"{doc} API field {field}, as a ratio (percentage / 100). {CACHED}"
+
+        f = {
+            "emq": _gauge(
+                "event_match_quality_score",
+                f"Event Match Quality, 0 to 10. API field event_match_quality.composite_score. {CACHED}",
+                EVENT_LABELS,
+            ),
+            "key_cov": _gauge(
+                "match_key_coverage_ratio",
+                pct("match_key_feedback[].coverage.percentage", "Share of events carrying this match key."),
+                [*EVENT_LABELS, "match_key"],
+            ),
+            "key_acr": _gauge(
+                "match_key_potential_acr_increase_ratio",
+                pct("match_key_feedback[].potential_aly_acr_increase.percentage", "Potential ACR lift from this key."),
+                [*EVENT_LABELS, "match_key"],
+            ),
+            "diag_affected": _gauge(
+                "diagnostic_affected_events",
+                f"Events affected by the diagnostic. API field diagnostics[].affected_event_count. {CACHED}",
+                [*EVENT_LABELS, "diagnostic"],
+            ),
+            "diag_total": _gauge(
+                "diagnostic_events",
+                f"Events checked by the diagnostic. API field diagnostics[].total_event_count. {CACHED}",
+                [*EVENT_LABELS, "diagnostic"],
+            ),
+            "diag_ratio": _gauge(
+                "diagnostic_affected_ratio",
+                pct("diagnostics[].percentage", "Share of events affected by the diagnostic."),
+                [*EVENT_LABELS, "diagnostic"],
+            ),
+            "coverage": _gauge(
+                "event_coverage_ratio",
+                pct("event_coverage.percentage", "Share of Pixel events covered by the Conversions API (7 days)."),
+                EVENT_LABELS,
+            ),
+            "coverage_goal": _gauge(
+                "event_coverage_goal_ratio",
+                pct("event_coverage.goal_percentage", "Meta's goal for event coverage."),
+                EVENT_LABELS,
+            ),
+            "coverage_acr": _gauge(
+                "event_coverage_potential_acr_increase_ratio",
+                pct("event_coverage.potential_aly_acr_increase.percentage", "Potential ACR lift from coverage."),
+                EVENT_LABELS,
+            ),
+            "dedupe_browser": _gauge(
+                "dedupe_key_browser_events_ratio",
+                pct("browser_events_with_dedupe_key.percentage", "Share of browser events with this dedupe key."),
+                [*EVENT_LABELS, "dedupe_key"],
+            ),
+            "dedupe_server": _gauge(
+                "dedupe_key_server_events_ratio",
+                pct("server_events_with_dedupe_key.percentage", "Share of server events with this dedupe key."),
+                [*EVENT_LABELS, "dedupe_key"],
+            ),
+            "dedupe_coverage": _gauge(
+                "dedupe_key_browser_coverage_ratio",
+                pct("overall_browser_coverage_from_dedupe_key.percentage", "Browser events deduplicated by this key."),
+                [*EVENT_LABELS, "dedupe_key"],
+            ),
+            "frequency": _gauge(
+                "upload_frequency",
+                f"1 for the current upload frequency, 0 for the other known ones. API field "
+                f"data_freshness.upload_frequency. {CACHED}",
+                [*EVENT_LABELS, "upload_frequency"],
+            ),
+            "interval": _gauge(
+                "upload_interval_seconds",
+                f"Upload frequency as seconds between uploads (real_time 0). API field "
+                f"data_freshness.upload_frequency. {CACHED}",
+                EVENT_LABELS,
+            ),
+            "acr": _gauge(
+                "acr_ratio",
+                pct("acr.percentage", "Additional conversions reported thanks to the Conversions API (7 days)."),
+                EVENT_LABELS,
+            ),
+            "event_acr": _gauge(
+                "event_potential_acr_increase_ratio",
+                pct("event_potential_aly_acr_increase.percentage", "Potential ACR lift for an event not yet sent."),
+                EVENT_LABELS,
+            ),
+        }
+        for state in self.snapshot.datasets:
+            if state.quality is None:
+                continue
+            for event in state.quality.events:
+                _event_samples(f, [state.target.dataset_id, state.target.agent_name, event.event_name], event)
+        for family in f.values():
+            yield family.family
+
+
+def _add(family: _Family, labels: list[str], value: float | None, percent: bool = False) -> None:
+    """Add a sample unless the API did not send the value; percentages become ratios."""
+    if value is not None:
+        family.add(labels, _ratio(value) if percent else value)
+
+
+def _ratio(percentage: float) -> float:
+    # A decimal shift of the value as sent, so 99.9 becomes exactly 0.999 (99.9 / 100 is 0.9990000000000001).
+    return float(Decimal(repr(percentage)).scaleb(-2))
+
+
+def _event_samples(f: dict[str, _Family], labels: list[str], event: EventQuality) -> None:
+    ratio = True
+    _add(f["emq"], labels, event.composite_score)
+    for key in event.match_keys:
+        _add(f["key_cov"], [*labels, key.identifier], key.coverage, ratio)
+        _add(f["key_acr"], [*labels, key.identifier], key.potential_acr_increase, ratio)
+    for diag in event.diagnostics:
+        _add(f["diag_affected"], [*labels, diag.slug], diag.affected_event_count)
+        _add(f["diag_total"], [*labels, diag.slug], diag.total_event_count)
+        _add(f["diag_ratio"], [*labels, diag.slug], diag.percentage, ratio)
+    _add(f["coverage"], labels, event.coverage, ratio)
+    _add(f["coverage_goal"], labels, event.coverage_goal, ratio)
+    _add(f["coverage_acr"], labels, event.coverage_potential_acr_increase, ratio)
+    for key in event.dedupe_keys:
+        _add(f["dedupe_browser"], [*labels, key.dedupe_key], key.browser_events, ratio)
+        _add(f["dedupe_server"], [*labels, key.dedupe_key], key.server_events, ratio)
+        _add(f["dedupe_coverage"], [*labels, key.dedupe_key], key.browser_coverage, ratio)
+    if event.upload_frequency is not None:
+        for known in UPLOAD_INTERVALS:
+            f["frequency"].add([*labels, known], 1.0 if known == event.upload_frequency else 0.0)
+        f["frequency"].add([*labels, event.upload_frequency], 1.0)  # an unknown value gets its own series
+        _add(f["interval"], labels, UPLOAD_INTERVALS.get(event.upload_frequency))
+    _add(f["acr"], labels, event.acr, ratio)
+    _add(f["event_acr"], labels, event.potential_acr_increase, ratio)
+
+
+class OfflineCollector:
+    """Beta offline-event scores (only present when the `offline` source is enabled).
+
+    meta_dataset_quality_offline_composite_score{dataset_id="123",agent_name="",event_name="Purchase"} 8.7
+    meta_dataset_quality_offline_match_key_coverage_ratio{...,event_name="Purchase",match_key="email"} 0.88
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        def score(name: str, field: str) -> _Family:
+            doc = f"Offline events (beta), 28-day score 0 to 10. API field offline[].{field}.score. {CACHED}"
+            return _gauge(f"offline_{name}_score", doc, EVENT_LABELS)
+
+        composite, match_key = score("composite", "composite"), score("match_key", "match_key")
+        frequency, freshness = score("frequency", "frequency"), score("freshness", "freshness")
+        coverage = _gauge(
+            "offline_match_key_coverage_ratio",
+            f"Offline events (beta): match key coverage as a ratio. API field offline[].match_key.coverage. {CACHED}",
+            [*EVENT_LABELS, "match_key"],
+        )
+        for state in self.snapshot.datasets:
+            if state.quality is None:
+                continue
+            for event in state.quality.offline:
+                labels = [state.target.dataset_id, state.target.agent_name, event.event_name]
+                _add(composite, labels, event.composite_score)
+                _add(match_key, labels, event.match_key_score)
+                _add(frequency, labels, event.frequency_score)
+                _add(freshness, labels, event.freshness_score)
+                for key, value in event.match_key_coverage:
+                    _add(coverage, [*labels, key], value, percent=True)
+        for family in (composite, match_key, frequency, freshness, coverage):
+            yield family.family
+
+
+class InfoCollector:
+    """Descriptive series: which datasets, which diagnostics, which build.
+
+    meta_dataset_quality_dataset_info{dataset_id="123",dataset_name="Acme",...,origin="config",customer="acme"} 1
+    meta_dataset_quality_diagnostic_info{diagnostic="server_sending_mismatched_ip_addresses",name="...",...} 1
+    meta_dataset_quality_build_info{version="0.1.0",graph_api_version="v25.0"} 1
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        names = ["dataset_id", "dataset_name", "business_id", "business_name", "origin", *snap.label_names]
+        info = _gauge(
+            "dataset_info", "A watched dataset, with its name, business and the user's labels; always 1.", names
+        )
+        diagnostics = _gauge(
+            "diagnostic_info",
+            "A diagnostic seen in the fleet, with Meta's title, description and solution text; always 1.",
+            ["diagnostic", "name", "description", "solution"],
+        )
+        seen_datasets: set[str] = set()
+        seen_diagnostics: set[str] = set()
+        for state in snap.datasets:
+            t = state.target
+            if t.dataset_id not in seen_datasets:  # one info series per dataset, whatever its agent filters
+                seen_datasets.add(t.dataset_id)
+                own = dict(t.labels)
+                info.add(
+                    [t.dataset_id, t.name, t.business_id, t.business_name, t.origin]
+                    + [own.get(n, "") for n in snap.label_names],
+                    1,
+                )
+            for event in state.quality.events if state.quality else ():
+                for diag in event.diagnostics:
+                    if diag.slug not in seen_diagnostics:  # the first text seen for a slug wins
+                        seen_diagnostics.add(diag.slug)
+                        diagnostics.add([diag.slug, diag.name, diag.description, diag.solution], 1)
+        build = _gauge(
+            "build_info",
+            "The exporter's version and the Graph API version it calls; always 1.",
+            [
+                "version",
+                "graph_api_version",
+            ],
+        )
+        build.add([__version__, snap.graph_api_version], 1)
+        yield from (info.family, diagnostics.family, build.family)
+
+
+class HealthCollector:
+    """The exporter's own health: fetch outcomes, API requests, rate-limit usage, cycles, reloads.
+
+    meta_dataset_quality_fetch_success{dataset_id="123",agent_name=""} 1
+    meta_dataset_quality_fetch_failures_total{dataset_id="123",agent_name="",reason="auth"} 0
+    meta_dataset_quality_api_requests_total{endpoint="dataset_quality",status="200"} 42
+    meta_dataset_quality_cycle_duration_seconds 12.5
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        key = ["dataset_id", "agent_name"]
+        success = _gauge("fetch_success", "1 if the latest fetch of this dataset succeeded, else 0.", key)
+        last = _gauge("last_success_timestamp_seconds", "When this dataset's data was last fetched successfully.", key)
+        failures = _counter("fetch_failures", "Failed fetches of this dataset, by reason.", [*key, "reason"])
+        targets = _gauge("targets", "Datasets (with agent filter) being watched, by origin.", ["origin"])
+        by_origin: dict[str, int] = {"config": 0, "discovery": 0}
+        for state in snap.datasets:
+            labels = [state.target.dataset_id, state.target.agent_name]
+            by_origin[state.target.origin] = by_origin.get(state.target.origin, 0) + 1
+            if state.fetch_success is not None:
+                success.add(labels, 1.0 if state.fetch_success else 0.0)
+            if state.last_success is not None:
+                last.add(labels, state.last_success)
+            for reason in REASONS:
+                failures.add([*labels, reason], state.failures.get(reason, 0))
+        for origin, count in by_origin.items():
+            targets.add([origin], count)
+        yield from (success.family, last.family, failures.family, targets.family)
+        yield from self._api(snap)
+        yield from self._cycle(snap)
+
+    def _api(self, snap: Snapshot) -> Iterable[Metric]:
+        requests = _counter(
+            "api_requests",
+            "HTTP requests made to the Graph API, by endpoint and HTTP status (error: no response).",
+            ["endpoint", "status"],
+        )
+        for (endpoint, status), count in sorted(snap.requests.items()):
+            requests.add([endpoint, status], count)
+        yield requests.family
+        durations = HistogramMetricFamily(
+            PREFIX + "api_request_duration_seconds", "Latency of Graph API requests.", labels=["endpoint"]
+        )
+        for endpoint, hist in sorted(snap.durations.items()):
+            bounds = [*(str(b) for b in DURATION_BUCKETS), "+Inf"]
+            durations.add_metric([endpoint], list(zip(bounds, hist.buckets, strict=True)), hist.total)
+        yield durations
+        errors = _counter(
+            "api_errors", "Graph API error objects received, by error.code and reason.", ["code", "reason"]
+        )
+        for (code, reason), count in sorted(snap.api_errors.items()):
+            errors.add([code, reason], count)
+        yield errors.family
+        usage = _gauge(
+            "api_usage_ratio",
+            "Latest rate-limit usage from the X-App-Usage, X-Business-Use-Case-Usage and X-Ad-Account-Usage headers.",
+            ["scope", "object_id", "type", "resource"],
+        )
+        for labels, ratio in sorted(snap.usage.items()):
+            usage.add(list(labels), ratio)
+        yield usage.family
+
+    def _cycle(self, snap: Snapshot) -> Iterable[Metric]:
+        def single(name: str, doc: str, value: float | None) -> Iterable[Metric]:
+            if value is not None:
+                yield GaugeMetricFamily(PREFIX + name, doc, value=value)
+
+        yield from single(
+            "cycle_duration_seconds", "How long the last complete collection cycle took.", snap.cycle_duration
+        )
+        yield from single("cycle_interval_seconds", "The configured collection interval.", snap.interval)
+        yield from single(
+            "last_cycle_timestamp_seconds", "When the last collection cycle completed.", snap.last_cycle_end
+        )
+        yield from single(
+            "cycle_progress_ratio",
+            "Share of the current cycle's targets already fetched (1 between cycles).",
+            snap.cycle_done / snap.cycle_total if snap.cycle_total else 1.0,
+        )
+        yield CounterMetricFamily(PREFIX + "cycles", "Collection cycles completed.", value=snap.cycles)
+        yield CounterMetricFamily(
+            PREFIX + "cycle_overruns", "Cycles that took longer than the interval.", value=snap.overruns
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "config_last_reload_successful",
+            "1 if the last configuration reload worked (or none was asked for), 0 if it was refused.",
+            value=1.0 if snap.reload_success else 0.0,
+        )
+        yield from single(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            snap.reload_timestamp,
+        )
+
+
+class SnapshotCollector(Collector):
+    """All metric groups for whatever snapshot `source()` returns at collection time."""
+
+    GROUPS = (QualityCollector, OfflineCollector, InfoCollector, HealthCollector)
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.source()
+        for group in self.GROUPS:
+            yield from group(snapshot).collect()

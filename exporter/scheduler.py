@@ -1,0 +1,275 @@
+"""The collection loop: fetch every target each interval, publish immutable snapshots, never overlap cycles.
+
+The first cycle runs as fast as `concurrency` allows so dashboards fill at once; later cycles spread their
+calls evenly over the interval, as Meta asks. A reload swaps the config between cycles; targets it adds are
+fetched at once, the rest keep their schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from exporter.config import Config, Secrets
+from exporter.graph import OFFLINE_FIELDS, GraphClient, GraphError, web_fields
+from exporter.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
+from exporter.snapshot import Recorder, Snapshot
+from exporter.targets import Target, configured_targets
+
+log = logging.getLogger(__name__)
+
+PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
+PUBLISH_EVERY = 1.0  # seconds between snapshots published during a cycle
+PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
+
+Progress = Callable[[int, int, int], None]  # (done, total, failed)
+
+
+class Scheduler:
+    def __init__(self, config: Config, secrets: Secrets, *, progress: Progress | None = None) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.targets: tuple[Target, ...] = configured_targets(config)
+        self.recorder = Recorder()
+        self.progress = progress
+        self.snapshot: Snapshot = self._publish()
+        self._client: GraphClient | None = None
+        self._rejected_credentials: dict[str, str] = {}
+        self._pending: tuple[Config, Secrets] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._last_publish = 0.0
+
+    # ----- configuration ---------------------------------------------------------------------------------
+    def replace_config(self, config: Config, secrets: Secrets) -> None:
+        """Hand over a validated config; thread-safe. It takes effect between cycles."""
+        self._pending = (config, secrets)
+        if self._loop and self._wake:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def note_reload(self, success: bool) -> None:
+        """Record a reload's outcome for /metrics; thread-safe enough (two attribute writes)."""
+        self.recorder.reload_success = success
+        if success:
+            self.recorder.reload_timestamp = time.time()
+        self.snapshot = self._publish()
+
+    def _apply_pending(self) -> tuple[Target, ...]:
+        """Swap in a pending config; return the targets it added."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return ()
+        old_keys = {t.key for t in self.targets}
+        old_graph, old_secret = self.config.graph_api, self.secrets.app_secret
+        self.config, self.secrets = pending
+        self.targets = configured_targets(self.config)
+        self._rejected_credentials.clear()
+        if self._client and (self.config.graph_api != old_graph or self.secrets.app_secret != old_secret):
+            asyncio.get_running_loop().create_task(self._client.aclose())
+            self._client = None
+        self.recorder.forget_except({t.key for t in self.targets})
+        self.snapshot = self._publish()
+        added = tuple(t for t in self.targets if t.key not in old_keys)
+        log.info("configuration applied: %d targets (%d new)", len(self.targets), len(added))
+        return added
+
+    def _graph_client(self) -> GraphClient:
+        if self._client is None:
+            g = self.config.graph_api
+            self._client = GraphClient(
+                g.base_url,
+                g.version,
+                timeout=g.timeout,
+                app_secret=self.secrets.app_secret,
+                max_retries=g.max_retries,
+                max_connections=max(10, self.config.collection.concurrency * 2),
+                observer=self.recorder,
+            )
+        return self._client
+
+    # ----- the loop --------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run cycles until `stop` is set; cancels an unfinished cycle within moments of it."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        paced = False
+        try:
+            while not stop.is_set():
+                self._apply_pending()
+                started = time.monotonic()
+                if not await self._until_stopped(self.run_cycle(self.targets, paced=paced), stop):
+                    break
+                paced = True
+                while not stop.is_set():
+                    remaining = started + self.config.collection.interval - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.clear()
+                    await _wait_any((stop, self._wake), remaining)
+                    if self._pending is not None:
+                        added = self._apply_pending()
+                        if added and not await self._until_stopped(
+                            self.run_cycle(added, paced=False, count=False), stop
+                        ):
+                            return
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._client:
+            await self._client.aclose()
+            self._client = None
+
+    async def _until_stopped(self, work: object, stop: asyncio.Event) -> bool:
+        """Run `work` (a coroutine) unless `stop` comes first; False if it was cancelled."""
+        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        log.info("collection stopped during a cycle")
+        return False
+
+    async def run_cycle(self, targets: tuple[Target, ...], *, paced: bool, count: bool = True) -> None:
+        """Fetch every target once. With `paced`, start times are spread over the interval."""
+        config = self.config.collection
+        total, done, failed = len(targets), 0, 0
+        started = time.monotonic()
+        spacing = config.interval * PACING_SHARE / total if paced and total else 0.0
+        semaphore = asyncio.Semaphore(config.concurrency)
+        last_progress = started
+        self.recorder.cycle_done, self.recorder.cycle_total = 0, total
+
+        async def one(target: Target) -> None:
+            nonlocal done, failed, last_progress
+            try:
+                ok = await self.fetch(target)
+            finally:
+                semaphore.release()
+            done += 1
+            failed += not ok
+            self.recorder.cycle_done = done
+            now = time.monotonic()
+            if self.progress:
+                self.progress(done, total, failed)
+            if now - last_progress >= PROGRESS_EVERY and done < total:
+                last_progress = now
+                log.info(
+                    "cycle progress: %d/%d targets fetched, %d failed, %.0fs elapsed",
+                    done,
+                    total,
+                    failed,
+                    now - started,
+                )
+            if now - self._last_publish >= PUBLISH_EVERY:
+                self.snapshot = self._publish()
+
+        tasks = []
+        try:
+            for index, target in enumerate(targets):
+                if spacing:
+                    delay = started + index * spacing - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await semaphore.acquire()
+                tasks.append(asyncio.create_task(one(target)))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        duration = time.monotonic() - started
+        if count:
+            rec = self.recorder
+            rec.cycles += 1
+            rec.cycle_duration, rec.last_cycle_end = duration, time.time()
+            if duration > config.interval:
+                rec.overruns += 1
+                log.warning(
+                    "cycle overran its interval: %.0fs for %d targets, interval %.0fs; raise the interval or "
+                    "concurrency",
+                    duration,
+                    total,
+                    config.interval,
+                )
+        self.recorder.cycle_done = self.recorder.cycle_total = 0
+        self.snapshot = self._publish()
+        log.info("cycle finished: %d targets, %d failed, in %.1fs", total, failed, duration)
+
+    async def fetch(self, target: Target) -> bool:
+        """Fetch one target and record the outcome; never raises (one dataset must not disturb others)."""
+        rejected = self._rejected_credentials.get(target.credential)
+        if rejected:
+            self.recorder.failure(target, "auth", f"credential {target.credential!r} was rejected: {rejected}")
+            return False
+        try:
+            quality = await self._fetch_quality(target)
+        except GraphError as exc:
+            self.recorder.failure(target, exc.reason, str(exc))
+            if exc.reason == "auth":
+                if target.credential in self._rejected_credentials:
+                    return False  # a concurrent fetch already reported it
+                self._rejected_credentials[target.credential] = str(exc)
+                log.error(
+                    "credential %r was rejected (%s); no more calls with it until the config is reloaded",
+                    target.credential,
+                    exc,
+                )
+            elif exc.reason == "version":
+                log.error("graph_api.version %s is no longer served: %s", self.config.graph_api.version, exc)
+            else:
+                log.warning("%s: fetch failed: %s", target.describe(), exc)
+            return False
+        except ResponseFormatError as exc:
+            self.recorder.failure(target, "invalid_response", str(exc))
+            log.warning("%s: unexpected response shape: %s", target.describe(), exc)
+            return False
+        except Exception as exc:  # a bug must cost one dataset, not the loop
+            self.recorder.failure(target, "other", f"{type(exc).__name__}: {exc}")
+            log.exception("%s: unexpected error", target.describe())
+            return False
+        for warning in quality.warnings:
+            log.info("%s: %s", target.describe(), warning)
+        self.recorder.success(target, quality)
+        return True
+
+    async def _fetch_quality(self, target: Target) -> DatasetQuality:
+        token = self.secrets.tokens[target.credential]
+        client = self._graph_client()
+        sources = self.config.collection.sources
+        parts: list[DatasetQuality] = []
+        for source in sources:
+            fields = web_fields(self.config.collection.blocks) if source == "web" else OFFLINE_FIELDS
+            response = await client.dataset_quality(token, target.dataset_id, fields, target.agent_name or None)
+            parts.append(parse_dataset_quality(response.body))
+        return DatasetQuality(
+            events=tuple(e for p in parts for e in p.events),
+            offline=tuple(e for p in parts for e in p.offline),
+            warnings=tuple(w for p in parts for w in p.warnings),
+        )
+
+    def _publish(self) -> Snapshot:
+        self._last_publish = time.monotonic()
+        return self.recorder.publish(
+            self.targets,
+            stale_after=self.config.collection.stale_after,
+            label_names=self.config.label_names(),
+            graph_api_version=self.config.graph_api.version,
+            interval=self.config.collection.interval,
+        )
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

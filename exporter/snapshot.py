@@ -1,0 +1,190 @@
+"""The immutable snapshot that /metrics reads, and the recorder the collection loop fills to build it.
+
+The recorder is mutable and lives on the collection loop's thread only; `publish()` freezes it into a new
+Snapshot that is swapped in whole, so a scrape never sees half a cycle's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from exporter.graph.errors import REASONS
+from exporter.graph.ratelimit import RateLimitUsage
+from exporter.parser import DatasetQuality
+from exporter.targets import Target
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class DatasetState:
+    target: Target
+    quality: DatasetQuality | None  # the last good data, None once stale or before the first success
+    fetch_success: bool | None  # None until the first fetch finished
+    last_success: float | None
+    last_reason: str | None = None
+    last_message: str | None = None
+    failures: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    buckets: tuple[int, ...]  # cumulative counts per DURATION_BUCKETS bound, then +Inf
+    total: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    generation: int
+    created: float
+    datasets: tuple[DatasetState, ...] = ()
+    label_names: tuple[str, ...] = ()
+    graph_api_version: str = ""
+    interval: float = 0.0
+    ready: bool = False
+    cycle_duration: float | None = None
+    last_cycle_end: float | None = None
+    cycles: int = 0
+    overruns: int = 0
+    cycle_done: int = 0
+    cycle_total: int = 0
+    requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    durations: Mapping[str, Histogram] = field(default_factory=dict)
+    api_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    usage: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
+    reload_success: bool = True
+    reload_timestamp: float | None = None
+
+
+class _TargetRecord:
+    __slots__ = ("failing_since", "failures", "last_message", "last_reason", "last_success", "quality", "success")
+
+    def __init__(self) -> None:
+        self.quality: DatasetQuality | None = None
+        self.success: bool | None = None
+        self.last_success: float | None = None
+        self.failing_since: float | None = None
+        self.last_reason: str | None = None
+        self.last_message: str | None = None
+        self.failures: Counter[str] = Counter({reason: 0 for reason in REASONS})
+
+
+class Recorder:
+    """Accumulates what the loop learns; implements the Graph client's RequestObserver."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._now = clock
+        self._records: dict[tuple[str, str], _TargetRecord] = {}
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._durations: dict[str, list[float]] = {}
+        self._api_errors: Counter[tuple[str, str]] = Counter()
+        self._usage: dict[tuple[str, str, str, str], float] = {}
+        self._generation = 0
+        self.cycles = 0
+        self.overruns = 0
+        self.cycle_duration: float | None = None
+        self.last_cycle_end: float | None = None
+        self.cycle_done = 0
+        self.cycle_total = 0
+        self.reload_success = True
+        self.reload_timestamp: float | None = None
+
+    # ----- RequestObserver -------------------------------------------------------------------------------
+    def on_request(self, endpoint: str, status: str, seconds: float) -> None:
+        self._requests[endpoint, status] += 1
+        counts = self._durations.setdefault(endpoint, [0.0] * (len(DURATION_BUCKETS) + 2))
+        counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+    def on_graph_error(self, code: int, reason: str) -> None:
+        self._api_errors[str(code), reason] += 1
+
+    def on_usage(self, usage: RateLimitUsage) -> None:
+        for s in usage.samples:
+            self._usage[s.scope, s.object_id, s.type, s.resource] = s.ratio
+
+    # ----- results ---------------------------------------------------------------------------------------
+    def _record(self, target: Target) -> _TargetRecord:
+        return self._records.setdefault(target.key, _TargetRecord())
+
+    def success(self, target: Target, quality: DatasetQuality) -> None:
+        record = self._record(target)
+        record.quality, record.success, record.last_success = quality, True, self._now()
+        record.last_reason = record.last_message = record.failing_since = None
+
+    def failure(self, target: Target, reason: str, message: str) -> None:
+        record = self._record(target)
+        record.success, record.last_reason, record.last_message = False, reason, message
+        record.failures[reason] += 1
+        if record.failing_since is None:
+            record.failing_since = self._now()
+
+    def forget_except(self, keys: set[tuple[str, str]]) -> None:
+        """Drop the state of targets no longer watched (after a reload)."""
+        for key in set(self._records) - keys:
+            del self._records[key]
+
+    # ----- publishing ------------------------------------------------------------------------------------
+    def publish(
+        self,
+        targets: tuple[Target, ...],
+        *,
+        stale_after: float,
+        label_names: tuple[str, ...],
+        graph_api_version: str,
+        interval: float,
+    ) -> Snapshot:
+        now = self._now()
+        states = []
+        for target in targets:
+            record = self._records.get(target.key) or _TargetRecord()
+            quality = record.quality
+            if record.failing_since is not None and now - record.failing_since > stale_after:
+                quality = None  # failing for longer than stale_after: its quality series disappear
+            states.append(
+                DatasetState(
+                    target,
+                    quality,
+                    record.success,
+                    record.last_success,
+                    record.last_reason,
+                    record.last_message,
+                    MappingProxyType(dict(record.failures)),
+                )
+            )
+        self._generation += 1
+        return Snapshot(
+            generation=self._generation,
+            created=now,
+            datasets=tuple(states),
+            label_names=label_names,
+            graph_api_version=graph_api_version,
+            interval=interval,
+            ready=self.cycles > 0,
+            cycle_duration=self.cycle_duration,
+            last_cycle_end=self.last_cycle_end,
+            cycles=self.cycles,
+            overruns=self.overruns,
+            cycle_done=self.cycle_done,
+            cycle_total=self.cycle_total,
+            requests=MappingProxyType(dict(self._requests)),
+            durations=MappingProxyType({e: _histogram(c) for e, c in self._durations.items()}),
+            api_errors=MappingProxyType(dict(self._api_errors)),
+            usage=MappingProxyType(dict(self._usage)),
+            reload_success=self.reload_success,
+            reload_timestamp=self.reload_timestamp,
+        )
+
+
+def _histogram(counts: list[float]) -> Histogram:
+    cumulative, running = [], 0
+    for value in counts[:-1]:
+        running += int(value)
+        cumulative.append(running)
+    return Histogram(tuple(cumulative), counts[-1], running)

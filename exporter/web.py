@@ -1,0 +1,141 @@
+"""The HTTP side: `/`, `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`. It reads snapshots only."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from exporter import __version__
+from exporter.exposition import OPENMETRICS, TEXT, ExpositionCache, wants_openmetrics
+from exporter.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+PLAIN = "text/plain; charset=utf-8"
+
+
+class WebApp(Protocol):
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    def reload(self) -> tuple[bool, str]: ...
+
+
+class WebServer:
+    def __init__(self, app: WebApp, host: str, port: int) -> None:
+        cache = ExpositionCache()
+
+        class Handler(_Handler):
+            pass
+
+        Handler.app = app
+        Handler.cache = cache
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="web", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("listening on http://%s:%d", *self.address)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: WebApp
+    cache: ExpositionCache
+    protocol_version = "HTTP/1.1"
+    server_version = f"meta-dataset-quality-exporter/{__version__}"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.client_address[0], format % args)
+
+    def _reply(
+        self, status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8", **headers: str
+    ) -> None:
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            return self._metrics()
+        if path == "/-/healthy":
+            return self._reply(200, "Healthy.\n")
+        if path == "/-/ready":
+            snap = self.app.snapshot
+            if snap.ready:
+                return self._reply(200, "Ready.\n")
+            return self._reply(
+                503, f"Not ready: first collection cycle running ({snap.cycle_done}/{snap.cycle_total}).\n"
+            )
+        if path == "/-/reload":
+            return self._reply(405, "Use POST to reload the configuration: curl -X POST .../-/reload\n", Allow="POST")
+        if path == "/":
+            return self._reply(200, _landing(self.app.snapshot), "text/html; charset=utf-8")
+        self._reply(404, "Not found. Try /metrics.\n")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 65536))
+        if self.path.split("?", 1)[0] != "/-/reload":
+            return self._reply(405, "Only /-/reload accepts POST.\n", Allow="GET, HEAD")
+        ok, message = self.app.reload()
+        self._reply(200 if ok else 500, message.rstrip("\n") + "\n")
+
+    def _metrics(self) -> None:
+        snap = self.app.snapshot
+        openmetrics = wants_openmetrics(self.headers.get("Accept", ""))
+        compressed = "gzip" in self.headers.get("Accept-Encoding", "")
+        body = self.cache.get(snap, openmetrics=openmetrics, compressed=compressed)
+        extra = {"Content_Encoding": "gzip"} if compressed else {}
+        self._reply(200, body, OPENMETRICS if openmetrics else TEXT, Vary="Accept, Accept-Encoding", **extra)
+
+
+def _landing(snap: Snapshot) -> str:
+    failing = sum(1 for d in snap.datasets if d.fetch_success is False)
+    last = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snap.last_cycle_end)) if snap.last_cycle_end else "none yet"
+    )
+    rows = [
+        ("Version", __version__),
+        ("Graph API version", snap.graph_api_version),
+        ("Targets", str(len(snap.datasets))),
+        ("Failing", str(failing)),
+        ("Last cycle finished", last),
+        ("Last cycle took", f"{snap.cycle_duration:.1f}s" if snap.cycle_duration is not None else "n/a"),
+        ("Interval", f"{snap.interval:.0f}s"),
+    ]
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Meta Dataset Quality Exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}</style></head>
+<body><h1>Meta Dataset Quality Exporter</h1>
+<table>{table}</table>
+<ul><li><a href="metrics">Metrics</a></li><li><a href="-/healthy">Health</a></li>
+<li><a href="-/ready">Readiness</a></li></ul>
+<p>POST <code>/-/reload</code> re-reads the configuration.</p>
+</body></html>
+"""

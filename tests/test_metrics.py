@@ -1,0 +1,257 @@
+"""The collector from hand-built snapshots: names, conversions, absent blocks, duplicates, hostile labels."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.exposition import ExpositionCache, render
+from exporter.metrics import SnapshotCollector
+from exporter.parser import (
+    DatasetQuality,
+    DedupeKey,
+    Diagnostic,
+    EventQuality,
+    MatchKey,
+    OfflineEvent,
+    parse_dataset_quality,
+)
+from exporter.snapshot import DatasetState, Histogram, Snapshot
+from exporter.targets import Target
+from tests.conftest import load_fixture
+
+P = "meta_dataset_quality_"
+
+
+def registry_for(snapshot: Snapshot) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: snapshot))
+    return registry
+
+
+def state(target: Target, quality: DatasetQuality | None, success: bool | None = True, **kw) -> DatasetState:
+    return DatasetState(target, quality, success, 1_700_000_000.0 if success else None, **kw)
+
+
+def snap(*states: DatasetState, **kw) -> Snapshot:
+    return Snapshot(generation=1, created=0, datasets=states, graph_api_version="v25.0", interval=3600, **kw)
+
+
+FULL_EVENT = EventQuality(
+    event_name="Purchase",
+    composite_score=7.2,
+    match_keys=(MatchKey("email", 99.9, 58.96), MatchKey("phone", None, 12.0)),
+    diagnostics=(
+        Diagnostic(
+            "server_sending_mismatched_ip_addresses",
+            "Server sending mismatched IP addresses",
+            "d",
+            "s",
+            61.5,
+            19567,
+            31830,
+        ),
+    ),
+    coverage=34.1,
+    coverage_goal=75,
+    coverage_potential_acr_increase=35.8,
+    dedupe_keys=(DedupeKey("event_id", 100, 97.5, 14.8),),
+    upload_frequency="hourly",
+    acr=45.5,
+    potential_acr_increase=32.9,
+)
+T1 = Target("111", labels=(("customer", "acme"),), name="Acme shop")
+
+
+def test_every_quality_metric_with_ratio_conversion():
+    reg = registry_for(snap(state(T1, DatasetQuality((FULL_EVENT,)))))
+    ev = {"dataset_id": "111", "agent_name": "", "event_name": "Purchase"}
+
+    def value(name, **extra):
+        return reg.get_sample_value(P + name, {**ev, **extra})
+
+    assert value("event_match_quality_score") == 7.2
+    assert value("match_key_coverage_ratio", match_key="email") == 0.999
+    assert value("match_key_potential_acr_increase_ratio", match_key="email") == 0.5896
+    assert value("match_key_coverage_ratio", match_key="phone") is None  # not sent, so no series
+    assert value("match_key_potential_acr_increase_ratio", match_key="phone") == 0.12
+    diag = {"diagnostic": "server_sending_mismatched_ip_addresses"}
+    assert value("diagnostic_affected_events", **diag) == 19567
+    assert value("diagnostic_events", **diag) == 31830
+    assert value("diagnostic_affected_ratio", **diag) == 0.615
+    assert value("event_coverage_ratio") == 0.341
+    assert value("event_coverage_goal_ratio") == 0.75
+    assert value("event_coverage_potential_acr_increase_ratio") == 0.358
+    assert value("dedupe_key_browser_events_ratio", dedupe_key="event_id") == 1.0
+    assert value("dedupe_key_server_events_ratio", dedupe_key="event_id") == 0.975
+    assert value("dedupe_key_browser_coverage_ratio", dedupe_key="event_id") == 0.148
+    assert value("upload_frequency", upload_frequency="hourly") == 1
+    assert value("upload_frequency", upload_frequency="real_time") == 0
+    assert value("upload_frequency", upload_frequency="weekly") == 0
+    assert value("upload_interval_seconds") == 3600
+    assert value("acr_ratio") == 0.455
+    assert value("event_potential_acr_increase_ratio") == 0.329
+
+
+def test_page_example_values_convert_exactly():
+    quality = parse_dataset_quality(load_fixture("page_emq.json"))
+    reg = registry_for(snap(state(T1, quality)))
+    labels = {"dataset_id": "111", "agent_name": "", "event_name": "CompleteRegistration", "match_key": "ip_address"}
+    assert reg.get_sample_value(P + "match_key_coverage_ratio", labels) == 0.999
+
+
+def test_missing_blocks_produce_no_series():
+    reg = registry_for(snap(state(T1, DatasetQuality((EventQuality("PageView"),)))))
+    text = render(snap(state(T1, DatasetQuality((EventQuality("PageView"),))))).decode()
+    assert 'event_name="PageView"' not in text
+    assert reg.get_sample_value(P + "fetch_success", {"dataset_id": "111", "agent_name": ""}) == 1
+
+
+def test_unknown_upload_frequency_gets_its_own_series_and_no_interval():
+    event = EventQuality("Lead", upload_frequency="monthly")
+    reg = registry_for(snap(state(T1, DatasetQuality((event,)))))
+    ev = {"dataset_id": "111", "agent_name": "", "event_name": "Lead"}
+    assert reg.get_sample_value(P + "upload_frequency", {**ev, "upload_frequency": "monthly"}) == 1
+    assert reg.get_sample_value(P + "upload_frequency", {**ev, "upload_frequency": "hourly"}) == 0
+    assert reg.get_sample_value(P + "upload_interval_seconds", ev) is None
+
+
+def test_offline_metrics():
+    offline = OfflineEvent("Purchase", 8.7, 7.5, 9, 6.5, (("email", 88.0),))
+    reg = registry_for(snap(state(T1, DatasetQuality((), (offline,)))))
+    ev = {"dataset_id": "111", "agent_name": "", "event_name": "Purchase"}
+    assert reg.get_sample_value(P + "offline_composite_score", ev) == 8.7
+    assert reg.get_sample_value(P + "offline_match_key_score", ev) == 7.5
+    assert reg.get_sample_value(P + "offline_frequency_score", ev) == 9
+    assert reg.get_sample_value(P + "offline_freshness_score", ev) == 6.5
+    assert reg.get_sample_value(P + "offline_match_key_coverage_ratio", {**ev, "match_key": "email"}) == 0.88
+
+
+def test_info_metrics_have_one_consistent_label_set():
+    t2 = Target("222", name='Globex "EU"', origin="config")
+    t1_agent = Target("111", agent_name="acmeplatform", labels=T1.labels, name=T1.name)
+    snapshot = snap(
+        state(T1, DatasetQuality((FULL_EVENT,))),
+        state(t1_agent, DatasetQuality((FULL_EVENT,))),
+        state(t2, None, success=False, last_reason="auth"),
+        label_names=("customer",),
+    )
+    reg = registry_for(snapshot)
+    base = {"business_id": "", "business_name": "", "origin": "config"}
+    assert (
+        reg.get_sample_value(
+            P + "dataset_info", {"dataset_id": "111", "dataset_name": "Acme shop", "customer": "acme", **base}
+        )
+        == 1
+    )
+    assert (
+        reg.get_sample_value(
+            P + "dataset_info", {"dataset_id": "222", "dataset_name": 'Globex "EU"', "customer": "", **base}
+        )
+        == 1
+    )
+    assert (
+        reg.get_sample_value(
+            P + "diagnostic_info",
+            {
+                "diagnostic": "server_sending_mismatched_ip_addresses",
+                "name": "Server sending mismatched IP addresses",
+                "description": "d",
+                "solution": "s",
+            },
+        )
+        == 1
+    )
+    assert reg.get_sample_value(P + "build_info", {"version": "0.1.0", "graph_api_version": "v25.0"}) == 1
+    families = {f.name: f for f in text_string_to_metric_families(render(snapshot).decode())}
+    assert len(families[P + "dataset_info"].samples) == 2  # one per dataset, not per agent filter
+    assert len(families[P + "diagnostic_info"].samples) == 1
+
+
+def test_health_metrics():
+    failing = state(Target("222"), None, success=False, last_reason="auth", failures={"auth": 3})
+    snapshot = snap(
+        state(T1, DatasetQuality((FULL_EVENT,))),
+        failing,
+        state(Target("333"), None, success=None),
+        requests={("dataset_quality", "200"): 5, ("dataset_quality", "error"): 1},
+        durations={"dataset_quality": Histogram((1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6), 2.5, 6)},
+        api_errors={("190", "auth"): 3},
+        usage={("business_use_case", "42", "ads_management", "call_count"): 0.95},
+        cycle_duration=12.5,
+        last_cycle_end=1_700_000_100.0,
+        cycles=4,
+        reload_success=False,
+    )
+    reg = registry_for(snapshot)
+    key = {"dataset_id": "222", "agent_name": ""}
+    assert reg.get_sample_value(P + "fetch_success", key) == 0
+    assert reg.get_sample_value(P + "fetch_success", {"dataset_id": "111", "agent_name": ""}) == 1
+    assert reg.get_sample_value(P + "fetch_success", {"dataset_id": "333", "agent_name": ""}) is None
+    assert reg.get_sample_value(P + "last_success_timestamp_seconds", {"dataset_id": "111", "agent_name": ""}) == 1.7e9
+    assert reg.get_sample_value(P + "fetch_failures_total", {**key, "reason": "auth"}) == 3
+    assert reg.get_sample_value(P + "fetch_failures_total", {**key, "reason": "timeout"}) == 0  # starts at 0
+    assert reg.get_sample_value(P + "api_requests_total", {"endpoint": "dataset_quality", "status": "error"}) == 1
+    assert reg.get_sample_value(P + "api_request_duration_seconds_count", {"endpoint": "dataset_quality"}) == 6
+    assert (
+        reg.get_sample_value(P + "api_request_duration_seconds_bucket", {"endpoint": "dataset_quality", "le": "0.1"})
+        == 2
+    )
+    assert reg.get_sample_value(P + "api_errors_total", {"code": "190", "reason": "auth"}) == 3
+    usage = {"scope": "business_use_case", "object_id": "42", "type": "ads_management", "resource": "call_count"}
+    assert reg.get_sample_value(P + "api_usage_ratio", usage) == 0.95
+    assert reg.get_sample_value(P + "targets", {"origin": "config"}) == 3
+    assert reg.get_sample_value(P + "cycle_duration_seconds") == 12.5
+    assert reg.get_sample_value(P + "cycle_interval_seconds") == 3600
+    assert reg.get_sample_value(P + "last_cycle_timestamp_seconds") == 1_700_000_100
+    assert reg.get_sample_value(P + "config_last_reload_successful") == 0
+
+
+HOSTILE = ['Quote "q"', "back\\slash", "new\nline", "tab\tand\x01ctl", "ünï©ødé 購入", "", " ", "{}=,"]
+
+
+def test_no_duplicate_series_and_hostile_labels_round_trip():
+    events = []
+    for name in HOSTILE + HOSTILE:  # every name twice: the collector keeps one series each
+        events.append(
+            EventQuality(
+                name,
+                composite_score=5.0,
+                match_keys=(MatchKey(name, 50), MatchKey(name, 60)),
+                diagnostics=(Diagnostic("x", name, name, name, 1, 1, 1),),
+                dedupe_keys=(DedupeKey(name, 1, 1, 1),),
+                upload_frequency=name,
+            )
+        )
+    target = Target("111", agent_name='a"b', name='\\\n"', labels=(("customer", "x\ny"),))
+    snapshot = snap(
+        state(target, DatasetQuality(tuple(events))), state(target, DatasetQuality(())), label_names=("customer",)
+    )
+    text = render(snapshot).decode()
+    families = list(text_string_to_metric_families(text))
+    seen = Counter((s.name, tuple(sorted(s.labels.items()))) for f in families for s in f.samples)
+    assert seen and max(seen.values()) == 1
+    scores = {
+        s.labels["event_name"]: s.value
+        for f in families
+        if f.name == P + "event_match_quality_score"
+        for s in f.samples
+    }
+    assert set(scores) == set(HOSTILE)
+    coverage = [s for f in families if f.name == P + "match_key_coverage_ratio" for s in f.samples]
+    assert all(s.value == 0.5 for s in coverage)  # the first of two duplicates wins
+
+
+def test_exposition_cache_renders_once_per_snapshot_and_format():
+    cache = ExpositionCache()
+    first = snap(state(T1, DatasetQuality((FULL_EVENT,))))
+    plain = cache.get(first, openmetrics=False, compressed=False)
+    assert cache.get(first, openmetrics=False, compressed=False) is plain
+    assert cache.get(first, openmetrics=True, compressed=False).endswith(b"# EOF\n")
+    import gzip
+
+    assert gzip.decompress(cache.get(first, openmetrics=False, compressed=True)) == plain
+    second = Snapshot(generation=2, created=0, datasets=(), graph_api_version="v25.0")
+    assert b"Purchase" not in cache.get(second, openmetrics=False, compressed=False)

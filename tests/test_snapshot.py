@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from exporter.graph.ratelimit import RateLimitUsage, UsageSample
+from exporter.parser import DatasetQuality, EventQuality
+from exporter.snapshot import Recorder
+from exporter.targets import Target
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+QUALITY = DatasetQuality((EventQuality("Purchase", composite_score=7.0),))
+
+
+def publish(recorder, targets, stale_after=60):
+    return recorder.publish(targets, stale_after=stale_after, label_names=(), graph_api_version="v25.0", interval=30)
+
+
+def test_failed_fetch_keeps_last_good_data_for_stale_after_from_the_first_failure():
+    clock = Clock()
+    recorder = Recorder(clock)
+    a, b = Target("1"), Target("2")
+    recorder.success(a, QUALITY)
+    recorder.success(b, QUALITY)
+    clock.now += 3600  # an interval longer than stale_after: old data alone is not stale
+    recorder.failure(a, "transient", "boom")
+    snap = publish(recorder, (a, b))
+    assert snap.datasets[0].quality == QUALITY and snap.datasets[0].fetch_success is False
+    assert snap.datasets[0].last_reason == "transient" and snap.datasets[0].failures["transient"] == 1
+    assert snap.datasets[1].quality == QUALITY
+    clock.now += 50
+    recorder.failure(a, "timeout", "again")  # a second failure does not restart the clock
+    assert publish(recorder, (a, b)).datasets[0].quality == QUALITY
+    clock.now += 11  # failing for 61 s > stale_after 60 s
+    snap = publish(recorder, (a, b))
+    assert snap.datasets[0].quality is None
+    assert snap.datasets[0].last_success == 1000.0
+    assert snap.datasets[1].quality == QUALITY  # b never failed
+    recorder.success(a, QUALITY)
+    assert publish(recorder, (a, b)).datasets[0].quality == QUALITY
+
+
+def test_snapshots_are_independent_of_later_changes():
+    recorder = Recorder(Clock())
+    a = Target("1")
+    recorder.failure(a, "auth", "x")
+    first = publish(recorder, (a,))
+    recorder.failure(a, "auth", "x")
+    recorder.on_request("dataset_quality", "400", 0.2)
+    second = publish(recorder, (a,))
+    assert first.datasets[0].failures["auth"] == 1 and second.datasets[0].failures["auth"] == 2
+    assert first.requests == {} and second.requests[("dataset_quality", "400")] == 1
+    assert second.generation == first.generation + 1
+
+
+def test_request_histogram_is_cumulative():
+    recorder = Recorder(Clock())
+    for seconds in (0.01, 0.2, 0.2, 3, 100):
+        recorder.on_request("dataset_quality", "200", seconds)
+    hist = publish(recorder, ()).durations["dataset_quality"]
+    assert hist.count == 5 and round(hist.total, 2) == 103.41
+    assert hist.buckets[0] == 1 and hist.buckets[2] == 3 and hist.buckets[-2] == 4 and hist.buckets[-1] == 5
+
+
+def test_usage_and_errors_are_recorded():
+    recorder = Recorder(Clock())
+    recorder.on_usage(RateLimitUsage((UsageSample("app", "app", "app", "call_count", 0.3),)))
+    recorder.on_graph_error(190, "auth")
+    snap = publish(recorder, ())
+    assert snap.usage[("app", "app", "app", "call_count")] == 0.3
+    assert snap.api_errors[("190", "auth")] == 1
+
+
+def test_removed_targets_are_forgotten():
+    recorder = Recorder(Clock())
+    a, b = Target("1"), Target("2")
+    recorder.success(a, QUALITY)
+    recorder.success(b, QUALITY)
+    recorder.forget_except({a.key})
+    snap = publish(recorder, (a, b))
+    assert snap.datasets[1].fetch_success is None and snap.datasets[1].quality is None
