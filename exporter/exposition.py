@@ -15,7 +15,8 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from exporter.metrics import SnapshotCollector
 from exporter.snapshot import Snapshot
 
-TEXT = text_format.CONTENT_TYPE_LATEST
+# The classic text format: every Prometheus version reads it, and our names need none of 1.0.0's escaping.
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = openmetrics_format.CONTENT_TYPE_LATEST
 
 

@@ -71,7 +71,8 @@ def as_json(snapshot: Snapshot) -> str:
     return json.dumps({"datasets": [state(s) for s in snapshot.datasets]}, indent=2, ensure_ascii=False) + "\n"
 
 
-def write(snapshot: Snapshot, fmt: str, stream: TextIO = sys.stdout) -> None:
+def write(snapshot: Snapshot, fmt: str, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
     if fmt == "table":
         stream.write(table(snapshot))
     elif fmt == "json":
@@ -83,8 +84,8 @@ def write(snapshot: Snapshot, fmt: str, stream: TextIO = sys.stdout) -> None:
 class ProgressBar:
     """A one-line progress bar on a terminal; plain lines every 10 % elsewhere."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
         self.tty = stream.isatty()
         self._last_decile = -1
 

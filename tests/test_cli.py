@@ -1,0 +1,81 @@
+"""The command line in-process: check-config, once in its three formats, argument handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.cli import main
+from exporter.simulator import EXAMPLE_DATASET_ID
+from tests.conftest import TOKEN
+
+CONFIGS = Path(__file__).parent / "fixtures" / "config"
+
+
+def test_check_config_ok_and_bad(capsys, monkeypatch):
+    monkeypatch.setenv("META_ACCESS_TOKEN", "x" * 10)
+    assert main(["check-config", str(CONFIGS / "minimal.ok.yaml")]) == 0
+    assert "OK (1 datasets" in capsys.readouterr().out
+    assert main(["check-config", str(CONFIGS / "datasets.bad.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "datasets[1].credential: no credential named 'client_c'" in err and "datasets[0].id" in err
+
+
+def test_check_config_reports_missing_secrets_unless_skipped(capsys, monkeypatch):
+    monkeypatch.delenv("META_ACCESS_TOKEN", raising=False)
+    assert main(["check-config", str(CONFIGS / "minimal.ok.yaml")]) == 1
+    assert "environment variable META_ACCESS_TOKEN is not set" in capsys.readouterr().err
+    assert main(["check-config", "--skip-secrets", str(CONFIGS / "minimal.ok.yaml")]) == 0
+
+
+def write_config(tmp_path, sim, datasets):
+    path = tmp_path / "config.yaml"
+    lines = [f"graph_api: {{base_url: '{sim.url}', timeout: 5s}}", "datasets:"]
+    lines += [f"  - {{id: '{d}'}}" for d in datasets]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("META_ACCESS_TOKEN", TOKEN)
+
+
+def test_once_table(tmp_path, simulator, capsys, token):
+    path = write_config(tmp_path, simulator, [EXAMPLE_DATASET_ID, simulator.world.dataset_ids[2]])
+    assert main(["once", "--config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "progress: 2/2 fetched, 0 failed" in captured.err
+    assert f"dataset {EXAMPLE_DATASET_ID} — " not in captured.out  # no name configured
+    assert "CompleteRegistration" in captured.out and "7.2" in captured.out and "ip_address 100%" in captured.out
+    assert "2/2 targets fetched successfully" in captured.out
+
+
+def test_once_json_and_failure_exit_code(tmp_path, simulator, capsys, token):
+    simulator.set_fault(simulator.world.dataset_ids[1], "permission")
+    path = write_config(tmp_path, simulator, [EXAMPLE_DATASET_ID, simulator.world.dataset_ids[1]])
+    assert main(["once", "--config", str(path), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    example, failing = data["datasets"]
+    assert example["success"] and failing["reason"] == "permission"
+    events = {e["event_name"]: e for e in example["events"]}
+    assert events["B2B Purchase"]["coverage"] == 34.1
+
+
+def test_once_prometheus_and_zero_config(simulator, capsys, token):
+    args = ["once", "--dataset-id", EXAMPLE_DATASET_ID, "--graph-api.base-url", simulator.url, "--format", "prometheus"]
+    assert main(args) == 0
+    families = {f.name: f for f in text_string_to_metric_families(capsys.readouterr().out)}
+    samples = {s.labels.get("event_name"): s.value for s in families["meta_dataset_quality_acr_ratio"].samples}
+    assert samples == {"Search": 0.379, "PageView": 0.455}
+
+
+def test_bad_arguments(capsys):
+    assert main(["run"]) == 2
+    assert "nothing to watch" in capsys.readouterr().err
+    assert main(["run", "--dataset-id", "act_1"]) == 2
+    with pytest.raises(SystemExit):
+        main(["once", "--format", "yaml"])
