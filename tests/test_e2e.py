@@ -1,0 +1,289 @@
+"""End to end: the exporter as a subprocess against the simulator, both over loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.simulator import EXAMPLE_DATASET_ID
+from tests.conftest import TOKEN, http
+
+P = "meta_dataset_quality_"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Exporter:
+    def __init__(self, tmp_path: Path, config: str, env: dict[str, str]):
+        self.config_path = tmp_path / "config.yaml"
+        self.config_path.write_text(config)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "exporter.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--log-level",
+                "debug",
+                "run",
+                "--config",
+                str(self.config_path),
+                "--web.listen-address",
+                f"127.0.0.1:{self.port}",
+            ],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._up, what="the exporter to listen")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"exporter exited early:\n{self.log_path.read_text()}")
+        try:
+            return http("GET", self.url + "/-/healthy")[0] == 200
+        except OSError:
+            return False
+
+    def metrics_text(self) -> str:
+        return http("GET", self.url + "/metrics")[2].decode()
+
+    def samples(self) -> dict[tuple[str, tuple], float]:
+        out = {}
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for s in family.samples:
+                out[s.name, tuple(sorted(s.labels.items()))] = s.value
+        return out
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return lookup(self.samples(), name, **labels)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        self._log.close()
+        return self.proc.returncode
+
+
+def lookup(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((P + name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture
+def exporter_factory(tmp_path):
+    started: list[Exporter] = []
+
+    def start(config: str, env: dict[str, str] | None = None) -> Exporter:
+        exporter = Exporter(tmp_path, config, {"META_ACCESS_TOKEN": TOKEN, **(env or {})})
+        started.append(exporter)
+        return exporter
+
+    yield start
+    for exporter in started:
+        exporter.stop()
+
+
+def config_for(sim, datasets: list[str], *, interval="1h", stale_after="45m", extra="") -> str:
+    lines = [
+        f"graph_api: {{base_url: '{sim.url}', timeout: 5s, max_retries: 0}}",
+        "credentials:",
+        "  default: {token_env: META_ACCESS_TOKEN}",
+        "  client_b: {token_env: CLIENT_B_TOKEN}",
+        f"collection: {{interval: {interval}, stale_after: {stale_after}, concurrency: 4}}",
+        "datasets:",
+        *datasets,
+        extra,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def ratio(percentage: float) -> float:
+    return float(Decimal(repr(percentage)) / 100)
+
+
+@pytest.fixture
+def fleet(start_simulator):
+    return start_simulator(datasets=30, seed=5, expired_tokens=("expired-token",))
+
+
+def test_metrics_match_the_simulator_and_promtool_accepts_them(fleet, exporter_factory, tmp_path):
+    ids = fleet.world.dataset_ids
+    sample = ids[1:13]
+    datasets = [f"  - {{id: '{EXAMPLE_DATASET_ID}', name: 'Docs example', labels: {{customer: meta}}}}"]
+    datasets += [f"  - {{id: '{i}', labels: {{customer: c{n % 3}}}}}" for n, i in enumerate(sample)]
+    datasets += [f"  - {{id: '{ids[20]}', credential: client_b}}"]
+    exporter = exporter_factory(config_for(fleet, datasets), {"CLIENT_B_TOKEN": "expired-token"})
+    wait_for(lambda: http("GET", exporter.url + "/-/ready")[0] == 200, what="readiness")
+    text = exporter.metrics_text()
+
+    scraped = exporter.samples()
+
+    def value(name, **labels):
+        return lookup(scraped, name, **labels)
+
+    # Meta's page examples, converted exactly
+    ex = {"dataset_id": EXAMPLE_DATASET_ID, "agent_name": ""}
+    assert value("match_key_coverage_ratio", **ex, event_name="CompleteRegistration", match_key="ip_address") == 0.999
+    assert value("event_match_quality_score", **ex, event_name="pLTVPurchase") == 6.2
+    assert value("event_coverage_ratio", **ex, event_name="B2B Purchase") == 0.341
+    assert value("event_coverage_goal_ratio", **ex, event_name="B2B Purchase") == 0.75
+    assert value("dedupe_key_browser_coverage_ratio", **ex, event_name="AddToCart", dedupe_key="external_id") == 0.1596
+    assert (
+        value(
+            "diagnostic_affected_events",
+            **ex,
+            event_name="Purchase",
+            diagnostic="server_sending_mismatched_ip_addresses",
+        )
+        == 19567
+    )
+    assert value("upload_frequency", **ex, event_name="Lead", upload_frequency="hourly") == 1
+    assert value("match_key_potential_acr_increase_ratio", **ex, event_name="Purchase", match_key="email") == 0.5896
+    assert value("acr_ratio", **ex, event_name="PageView") == 0.455
+    assert value("event_potential_acr_increase_ratio", **ex, event_name="Search") == 0.329
+
+    # synthetic datasets: every value the simulator holds appears under the right labels
+    checked = 0
+    for dataset_id in sample:
+        for event in fleet.world.quality(dataset_id, None)["web"]:
+            labels = {"dataset_id": dataset_id, "agent_name": "", "event_name": event["event_name"]}
+            emq = event.get("event_match_quality", {})
+            if "composite_score" in emq:
+                assert value("event_match_quality_score", **labels) == emq["composite_score"]
+                checked += 1
+            for key in emq.get("match_key_feedback", []):
+                assert value("match_key_coverage_ratio", **labels, match_key=key["identifier"]) == ratio(
+                    key["coverage"]["percentage"]
+                )
+                checked += 1
+            if "event_coverage" in event:
+                assert value("event_coverage_ratio", **labels) == ratio(event["event_coverage"]["percentage"])
+            if "acr" in event:
+                assert value("acr_ratio", **labels) == ratio(event["acr"]["percentage"])
+    assert checked > 50
+
+    # the expired token fails its dataset alone, with reason="auth"
+    failing = {"dataset_id": ids[20], "agent_name": ""}
+    assert value("fetch_success", **failing) == 0
+    assert value("fetch_failures_total", **failing, reason="auth") == 1
+    assert all(value("fetch_success", dataset_id=i, agent_name="") == 1 for i in sample)
+    assert f'dataset_id="{ids[20]}",event_name' not in text
+    assert (
+        value(
+            "dataset_info",
+            dataset_id=EXAMPLE_DATASET_ID,
+            dataset_name="Docs example",
+            business_id="",
+            business_name="",
+            origin="config",
+            customer="meta",
+        )
+        == 1
+    )
+
+    path = tmp_path / "metrics.txt"
+    path.write_text(text)
+    check = subprocess.run(["promtool", "check", "metrics"], stdin=path.open(), capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.strip() == "" and check.stderr.strip() == "", "promtool lint warnings"
+    assert TOKEN not in exporter.log_path.read_text() and "expired-token" not in exporter.log_path.read_text()
+
+
+def test_stale_after_drops_a_failing_datasets_quality(fleet, exporter_factory):
+    ids = fleet.world.dataset_ids
+    exporter = exporter_factory(
+        config_for(
+            fleet, [f"  - {{id: '{ids[1]}'}}", f"  - {{id: '{ids[2]}'}}"], interval="300ms", stale_after="1500ms"
+        )
+    )
+    wait_for(lambda: exporter.value("fetch_success", dataset_id=ids[1], agent_name="") == 1, what="first fetch")
+    fleet.set_fault(ids[1], "transient_2")
+    wait_for(lambda: exporter.value("fetch_success", dataset_id=ids[1], agent_name="") == 0, what="the failure")
+    assert f'dataset_id="{ids[1]}",event_name=' in exporter.metrics_text()  # last good data still served
+    wait_for(lambda: f'dataset_id="{ids[1]}",event_name=' not in exporter.metrics_text(), what="staleness")
+    assert exporter.value("fetch_failures_total", dataset_id=ids[1], agent_name="", reason="transient") >= 1
+    assert exporter.value("last_success_timestamp_seconds", dataset_id=ids[1], agent_name="") > 0
+    assert f'dataset_id="{ids[2]}",event_name=' in exporter.metrics_text()  # the other one is untouched
+    fleet.set_fault(ids[1], None)
+    wait_for(lambda: f'dataset_id="{ids[1]}",event_name=' in exporter.metrics_text(), what="recovery")
+
+
+def test_readiness_reload_and_clean_shutdown(start_simulator, exporter_factory):
+    sim = start_simulator(datasets=5, latency=1.0)
+    ids = sim.world.dataset_ids
+    exporter = exporter_factory(config_for(sim, [f"  - {{id: '{ids[1]}'}}"]))
+    assert http("GET", exporter.url + "/-/ready")[0] == 503  # the first cycle takes a second
+    wait_for(lambda: http("GET", exporter.url + "/-/ready")[0] == 200, what="readiness")
+    assert exporter.value("targets", origin="config") == 1
+
+    good = exporter.config_path.read_text()
+    exporter.config_path.write_text(good + "bogus_key: 1\n")
+    status, _, body = http("POST", exporter.url + "/-/reload", data=b"")
+    assert status == 500 and b"bogus_key: unknown key" in body
+    assert exporter.value("config_last_reload_successful") == 0
+    assert exporter.value("targets", origin="config") == 1  # the old config is still in force
+
+    exporter.config_path.write_text(good.replace("datasets:\n", f"datasets:\n  - {{id: '{ids[2]}'}}\n"))
+    status, _, body = http("POST", exporter.url + "/-/reload", data=b"")
+    assert status == 200, body
+    assert exporter.value("config_last_reload_successful") == 1
+    wait_for(lambda: exporter.value("fetch_success", dataset_id=ids[2], agent_name="") == 1, what="the new dataset")
+
+    exporter.config_path.write_text("datasets: [")
+    exporter.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: exporter.value("config_last_reload_successful") == 0, what="SIGHUP reload refusal")
+    assert exporter.value("targets", origin="config") == 2
+    assert http("GET", exporter.url + "/-/reload")[0] == 405
+
+    started = time.monotonic()
+    assert exporter.stop() == 0
+    assert time.monotonic() - started < 10  # a hang guard; the loop is cancelled at once
+
+
+def test_sigterm_during_a_slow_cycle_exits_zero(start_simulator, exporter_factory):
+    sim = start_simulator(datasets=3, scenario="slow", fault_rate=1.0, slow_seconds=30)
+    exporter = exporter_factory(config_for(sim, [f"  - {{id: '{EXAMPLE_DATASET_ID}'}}"]))
+    time.sleep(0.5)
+    assert exporter.stop() == 0
+
+
+def test_refuses_to_start_with_a_bad_config(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("datasets:\n  - {id: nope}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert f"{path}: datasets[0].id: expected a dataset (pixel) ID of digits, got 'nope'" in result.stderr

@@ -1,0 +1,72 @@
+"""The README's metric table and the code agree, and the example config is valid."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.config import load_config
+from exporter.metrics import SnapshotCollector
+from exporter.parser import DatasetQuality, DedupeKey, Diagnostic, EventQuality, MatchKey, OfflineEvent
+from exporter.snapshot import DatasetState, Histogram, Snapshot
+from exporter.targets import Target
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text("utf-8")
+CONTRACT = ROOT.parent / "shared" / "reference" / "metrics.md"
+
+
+def documented() -> set[str]:
+    return set(re.findall(r"^\| `(meta_dataset_quality_[a-z_]+)` \|", README, re.MULTILINE))
+
+
+def produced() -> set[str]:
+    event = EventQuality(
+        "Purchase",
+        7.0,
+        (MatchKey("email", 90, 5),),
+        (Diagnostic("d", "D", "", "", 1, 1, 1),),
+        50,
+        75,
+        5,
+        (DedupeKey("event_id", 1, 1, 1),),
+        "hourly",
+        5,
+        5,
+    )
+    quality = DatasetQuality((event,), (OfflineEvent("Purchase", 1, 1, 1, 1, (("email", 1),)),))
+    snapshot = Snapshot(
+        generation=1,
+        created=0,
+        datasets=(DatasetState(Target("1"), quality, True, 1.0),),
+        requests={("dataset_quality", "200"): 1},
+        durations={"dataset_quality": Histogram((1,) * 11, 1, 1)},
+        api_errors={("1", "transient"): 1},
+        usage={("app", "app", "app", "call_count"): 0.1},
+        cycle_duration=1,
+        last_cycle_end=1,
+        reload_timestamp=1,
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: snapshot))
+    return {m.name + ("_total" if m.type == "counter" else "") for m in registry.collect()}
+
+
+def test_metric_table_matches_the_code():
+    assert documented() == produced()
+
+
+def test_every_contract_metric_is_produced_or_listed_as_not_yet():
+    if not CONTRACT.exists():
+        pytest.skip(f"{CONTRACT} is not beside this checkout")
+    contract = set(re.findall(r"`(meta_dataset_quality_[a-z_]+)`", CONTRACT.read_text("utf-8")))
+    later = set(re.findall(r"`(meta_dataset_quality_[a-z_]+)`", README.split("Not produced yet", 1)[1].split("##")[0]))
+    assert contract - produced() == later
+
+
+def test_example_config_is_valid():
+    config = load_config(ROOT / "deploy" / "config.example.yaml")
+    assert len(config.datasets) == 3 and config.label_names() == ("customer", "team")
