@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from exporter.config import Config, ConfigError, Secrets, load_config, resolve_secrets
 from exporter.logsetup import register_secrets
-from exporter.scheduler import Scheduler
+from exporter.scheduler import Progress, Scheduler
 from exporter.snapshot import Snapshot
 from exporter.web import WebServer
 
@@ -37,9 +37,11 @@ def file_source(path: str, adjust: Callable[[Config], Config] = lambda c: c) -> 
 
 
 class Exporter:
-    def __init__(self, source: ConfigSource, config: Config, secrets: Secrets) -> None:
+    def __init__(
+        self, source: ConfigSource, config: Config, secrets: Secrets, progress: Progress | None = None
+    ) -> None:
         self.source = source
-        self.scheduler = Scheduler(config, secrets)
+        self.scheduler = Scheduler(config, secrets, progress=progress)
         self._reload_lock = threading.Lock()
         self.web: WebServer | None = None
 

@@ -16,6 +16,7 @@ from exporter.config import (
     Secrets,
     ServerConfig,
 )
+from exporter.report import ProgressBar
 from exporter.simulator import EXAMPLE_DATASET_ID, Simulator, SimulatorSettings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def run_demo(datasets: int, host: str, port: int, interval: float, latency: floa
         port = 0
     config = demo_config(sim, f"{host}:{port}", interval)
     secrets = Secrets({"default": DEMO_TOKEN, "client_b": EXPIRED_TOKEN})
-    exporter = Exporter(lambda: config, config, secrets)
+    exporter = Exporter(lambda: config, config, secrets, progress=ProgressBar())
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -287,3 +288,44 @@ def test_refuses_to_start_with_a_bad_config(tmp_path):
     )
     assert result.returncode == 1
     assert f"{path}: datasets[0].id: expected a dataset (pixel) ID of digits, got 'nope'" in result.stderr
+
+
+def test_zero_config_start_and_sigint(fleet, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--log-format",
+            "json",
+            "--dataset-id",
+            EXAMPLE_DATASET_ID,
+            "--graph-api.base-url",
+            fleet.url,
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+        ],
+        env={**os.environ, "META_ACCESS_TOKEN": TOKEN},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return http("GET", url + "/-/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, what="zero-config readiness")
+        text = http("GET", url + "/metrics")[2].decode()
+        assert f'dataset_id="{EXAMPLE_DATASET_ID}",event_name="pLTVPurchase"}} 6.2' in text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.strip()]
+    assert any(entry["msg"].startswith("cycle finished") for entry in lines)
+    assert all({"time", "level", "logger", "msg"} <= set(entry) for entry in lines)

@@ -330,3 +330,26 @@ def test_http_status_alone_never_decides():
     with pytest.raises(GraphError) as err:
         asyncio.run(go())
     assert err.value.reason == "auth"
+
+
+def test_injected_business_throttle_announces_its_wait(simulator):
+    dataset = simulator.world.dataset_ids[2]
+    simulator.set_fault(dataset, "throttle_business")
+    err = failure(simulator, dataset)
+    assert (err.reason, err.code, err.retry_after) == ("throttled", 80004, 300.0)  # the simulator's 5 minutes
+
+
+def test_a_silent_version_upgrade_is_logged_once(caplog):
+    headers = {"facebook-api-version": "v26.0", "x-ad-api-version-warning": "The v25.0 API is deprecated"}
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"web": []}, headers=headers))
+
+    async def go():
+        async with GraphClient("http://graph.test", "v25.0", transport=transport) as c:
+            for _ in range(3):
+                await c.dataset_quality(TOKEN, "1", "web{event_name}")
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(go())
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("asked for v25.0, Meta answered with v26.0" in m for m in messages) == 1
+    assert sum("The v25.0 API is deprecated" in m for m in messages) == 1

@@ -70,6 +70,7 @@ class GraphClient:
         self.backoff_max = backoff_max
         self.max_body_bytes = max_body_bytes
         self.observer = observer
+        self._version_notes: set[str] = set()
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -158,10 +159,22 @@ class GraphClient:
         return b"".join(chunks)
 
     def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> GraphResponse:
+        self._check_version(headers)
         usage = parse_rate_limit_headers(headers)
         if self.observer and usage.samples:
             self.observer.on_usage(usage)
         return self.interpret_body(status, raw, usage, headers.get("facebook-api-version"))
+
+    def _check_version(self, headers: Mapping[str, str]) -> None:
+        """Meta may answer with a newer version than asked for: say so loudly, once per message."""
+        answered = headers.get("facebook-api-version")
+        notes = [headers.get("x-ad-api-version-warning") or ""]
+        if answered and answered != self.version:
+            notes.append(f"asked for {self.version}, Meta answered with {answered}")
+        for note in filter(None, notes):
+            if note not in self._version_notes:
+                self._version_notes.add(note)
+                log.warning("Graph API version: %s; set graph_api.version to a current version", note)
 
     def interpret_body(
         self, status: int, raw: bytes | str, usage: RateLimitUsage, api_version: str | None = None

@@ -290,10 +290,13 @@ class Simulator:
         pixel = self.world.pixels.get(dataset_id)
         if pixel is None or not dataset_id.isdigit():
             return self._error("not_found", object_id=dataset_id)
+        fault = self.faults.get(dataset_id)
+        if fault == "throttle_business":  # a real throttle: the header announces the wait, and it lasts
+            with self.lock:
+                self.business_quota.force_throttle(pixel.business_id, time.monotonic())
         headers, throttled = self._charge(token, pixel.business_id)
         if throttled:
             return throttled
-        fault = self.faults.get(dataset_id)
         if fault in ERRORS:
             return self._error(fault, headers, object_id=dataset_id, latest=LATEST_VERSION)
         if fault in ("http_500", "http_503", "not_json"):
