@@ -353,3 +353,57 @@ def test_a_silent_version_upgrade_is_logged_once(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("asked for v25.0, Meta answered with v26.0" in m for m in messages) == 1
     assert sum("The v25.0 API is deprecated" in m for m in messages) == 1
+
+
+def run_batch(sim, calls, **options):
+    async def go():
+        async with GraphClient(sim.url, **options) as client:
+            return await client.batch(calls)
+
+    return asyncio.run(go())
+
+
+def quality_call(dataset_id, token=TOKEN, fields="web{event_name}"):
+    from exporter.graph import BatchCall
+
+    return BatchCall("dataset_quality", {"dataset_id": dataset_id, "fields": fields}, token)
+
+
+def test_batch_with_mixed_credentials_and_per_item_failures(start_simulator):
+    sim = start_simulator(datasets=10, tokens=(TOKEN, "client-b-token"), app_secret="s3cret", require_proof=True)
+    ids = sim.world.dataset_ids
+    sim.set_fault(ids[2], "permission")
+    recorder = Recorder()
+    calls = [quality_call(ids[1]), quality_call(ids[2]), quality_call(ids[3], "client-b-token"), quality_call("404")]
+    outcomes = run_batch(sim, calls, app_secret="s3cret", observer=recorder)
+    assert [type(o).__name__ for o in outcomes] == ["GraphResponse", "GraphError", "GraphResponse", "GraphError"]
+    assert outcomes[0].body["web"] == [{"event_name": e["event_name"]} for e in sim.world.quality(ids[1], None)["web"]]
+    assert (outcomes[1].reason, outcomes[3].reason) == ("permission", "not_found")
+    assert recorder.requests == Counter({("batch", "200"): 1})
+    assert any(s.scope == "business_use_case" for u in recorder.usage for s in u.samples)  # item headers read
+    _, _, body = http("GET", sim.url + "/_sim/requests")
+    lines = json.loads(body)
+    assert not any(TOKEN in line for line in lines)  # the batch's own token travels in the form body
+    assert sum("client-b-token" in line for line in lines) == 1  # the other credential's item carries its token
+
+
+def test_batch_null_items_and_whole_batch_errors(start_simulator):
+    sim = start_simulator(datasets=3, scenario="flaky", fault_rate=1.0, slow_seconds=0.01, seed=3)
+    outcomes = run_batch(sim, [quality_call(EXAMPLE_DATASET_ID)] * 40)
+    assert None in outcomes
+    assert {o.reason for o in outcomes if isinstance(o, GraphError)} <= {"transient", "invalid_response"}
+    with pytest.raises(GraphError) as err:
+        run_batch(sim, [quality_call(EXAMPLE_DATASET_ID)] * 51)
+    assert err.value.code == 100
+
+
+def test_batch_answer_of_the_wrong_length_is_invalid():
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, json=[None]))
+
+    async def go():
+        async with GraphClient("http://graph.test", transport=transport) as c:
+            await c.batch([quality_call("1"), quality_call("2")])
+
+    with pytest.raises(GraphError) as err:
+        asyncio.run(go())
+    assert err.value.reason == "invalid_response"

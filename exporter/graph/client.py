@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import httpx
 
@@ -32,6 +33,15 @@ class RequestObserver(Protocol):
     def on_graph_error(self, code: int, reason: str) -> None: ...
 
     def on_usage(self, usage: RateLimitUsage) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchCall:
+    """One GET inside a batch request: `path` below the version, its query, and the token it runs under."""
+
+    path: str
+    params: Mapping[str, str]
+    token: str
 
 
 @dataclass(frozen=True)
@@ -105,11 +115,83 @@ class GraphClient:
             except GraphError as exc:
                 if not exc.retryable or attempt >= self.max_retries:
                     raise
-                delay = min(self.backoff_max, self.backoff * 2**attempt)
-                delay = delay / 2 + random.uniform(0, delay / 2)  # equal jitter
+                delay = self._backoff_delay(attempt)
                 attempt += 1
                 log.debug("retrying %s after %s in %.2fs (attempt %d)", endpoint, exc.reason, delay, attempt + 1)
                 await asyncio.sleep(delay)
+
+    async def batch(self, calls: list[BatchCall]) -> list[GraphResponse | GraphError | None]:
+        """Run up to 50 GETs in one batch request; one outcome per call, in order.
+
+        Items under the batch's token (the first call's) use the form-level token and proof; items under
+        other tokens carry their own token and proof in their relative URL, as Meta's batch API asks.
+        A failure of the whole request raises GraphError; per-item failures come back as GraphError values.
+        """
+        if not calls:
+            return []
+        top = calls[0].token
+        items = []
+        for call in calls:
+            query = dict(call.params)
+            if call.token != top:
+                query.update(access_token=call.token, **self._auth_params(call.token))
+            items.append({"method": "GET", "relative_url": f"{self.version}/{call.path}?{urlencode(query)}"})
+        form = {"access_token": top, "batch": json.dumps(items, separators=(",", ":")), **self._auth_params(top)}
+        attempt = 0
+        while True:
+            try:
+                answer = await self._post_once(form, len(calls))
+                break
+            except GraphError as exc:
+                if not exc.retryable or attempt >= self.max_retries:
+                    raise
+                attempt += 1
+                await asyncio.sleep(self._backoff_delay(attempt - 1))
+        return [self._batch_item(element) for element in answer]
+
+    def _batch_item(self, element: Any) -> GraphResponse | GraphError | None:
+        if element is None:
+            return None
+        if not isinstance(element, dict) or not isinstance(element.get("code"), int):
+            return GraphError("invalid_response", "batch item is not an object with a code")
+        headers = {
+            str(h.get("name")): str(h.get("value"))
+            for h in element.get("headers") or []
+            if isinstance(h, dict) and "name" in h and "value" in h
+        }
+        usage = parse_rate_limit_headers(headers)
+        if self.observer and usage.samples:
+            self.observer.on_usage(usage)
+        body = element.get("body")
+        if not isinstance(body, str):
+            return GraphError("invalid_response", "batch item body is not a string", http_status=element["code"])
+        try:
+            return self.interpret_body(element["code"], body, usage, headers.get("facebook-api-version"))
+        except GraphError as exc:
+            return exc
+
+    async def _post_once(self, form: dict[str, str], count: int) -> list[Any]:
+        started = time.monotonic()
+        status = "error"
+        try:
+            async with self._http.stream("POST", f"{self.base_url}/{self.version}/", data=form) as response:
+                status = str(response.status_code)
+                raw = await self._read_limited(response)
+                result = self._interpret(response.status_code, response.headers, raw)
+        except httpx.TimeoutException as exc:
+            raise GraphError("timeout", f"batch: no answer within the timeout ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise GraphError("network", f"batch: connection failed ({type(exc).__name__})") from None
+        finally:
+            if self.observer:
+                self.observer.on_request("batch", status, time.monotonic() - started)
+        if not isinstance(result.body, list) or len(result.body) != count:
+            raise GraphError("invalid_response", f"batch answer is not a list of {count} elements")
+        return result.body
+
+    def _backoff_delay(self, attempt: int) -> float:
+        delay = min(self.backoff_max, self.backoff * 2**attempt)
+        return delay / 2 + random.uniform(0, delay / 2)  # equal jitter
 
     # ----- one request ---------------------------------------------------------------------------------
     def _auth_params(self, token: str) -> dict[str, str]:
