@@ -60,6 +60,41 @@ class CollectionConfig:
     stale_after: float = 2700.0
     sources: tuple[str, ...] = ("web",)
     blocks: tuple[str, ...] = BLOCKS
+    batch_size: int = 50
+    slow_down_at: float = 0.75
+    cooldown: float = 60.0
+    throttle_wait: float = 300.0
+    max_calls_per_hour: int | None = None
+    metadata_interval: float = 3600.0
+    token_check_interval: float = 3600.0
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    business_id: str = ""
+    ad_account_id: str = ""
+    edges: tuple[str, ...] = ("owned_pixels", "client_pixels")
+    credential: str = "default"
+    include: str = ""
+    exclude: str = ""
+    refresh: float = 3600.0
+    agent_name: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def source(self) -> str:
+        return f"act_{self.ad_account_id}" if self.ad_account_id else self.business_id
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    index: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_series: int = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -86,10 +121,14 @@ class Config:
     datasets: tuple[DatasetConfig, ...] = ()
     server: ServerConfig = ServerConfig()
     source: str = "<defaults>"
+    discovery: tuple[DiscoveryConfig, ...] = ()
+    shard: ShardConfig = ShardConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def label_names(self) -> tuple[str, ...]:
         """The users' own label names across all datasets (the info metric needs one consistent set)."""
-        return tuple(sorted({k for d in self.datasets for k, _ in d.labels}))
+        owners = (*self.datasets, *self.discovery)
+        return tuple(sorted({k for d in owners for k, _ in d.labels}))
 
 
 @dataclass(frozen=True)
@@ -177,7 +216,8 @@ def _duration(raw: dict[str, Any], key: str, path: str, default: float, p: _Prob
 def validate(raw: Any, source: str = "<config>") -> Config:
     """Turn a decoded YAML document into a Config, or raise ConfigError with every problem found."""
     p = _Problems(source)
-    top = _mapping(raw, "", {"graph_api", "credentials", "collection", "datasets", "server"}, p)
+    sections = {"graph_api", "credentials", "collection", "datasets", "server", "discovery", "shard", "limits"}
+    top = _mapping(raw, "", sections, p)
     graph = _graph_api(top.get("graph_api"), p)
     credentials = _credentials(top.get("credentials"), p)
     collection = _collection(top.get("collection"), p)
@@ -186,9 +226,20 @@ def validate(raw: Any, source: str = "<config>") -> Config:
     server = ServerConfig(_get(server_raw, "listen_address", "server", str, ServerConfig.listen_address, p))
     if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$", server.listen_address):
         p.add("server.listen_address", f"expected HOST:PORT, got {server.listen_address!r}")
+    discovery = _discovery(top.get("discovery"), credentials, p)
+    shard_raw = _mapping(top.get("shard"), "shard", {"index", "count"}, p)
+    shard = ShardConfig(_get(shard_raw, "index", "shard", int, 0, p), _get(shard_raw, "count", "shard", int, 1, p))
+    if shard.count < 1 or not 0 <= shard.index < shard.count:
+        p.add(
+            "shard", f"index must be in 0..count-1 and count at least 1, got index {shard.index}, count {shard.count}"
+        )
+    limits_raw = _mapping(top.get("limits"), "limits", {"max_series"}, p)
+    limits = LimitsConfig(_get(limits_raw, "max_series", "limits", int, LimitsConfig.max_series, p))
+    if limits.max_series < 0:
+        p.add("limits.max_series", "must be 0 (no limit) or positive")
     if p.items:
         raise ConfigError(p.items)
-    return Config(graph, credentials, collection, datasets, server, source)
+    return Config(graph, credentials, collection, datasets, server, source, discovery, shard, limits)
 
 
 def _graph_api(value: Any, p: _Problems) -> GraphApiConfig:
@@ -245,16 +296,104 @@ def _credentials(value: Any, p: _Problems) -> dict[str, CredentialConfig]:
 
 
 def _collection(value: Any, p: _Problems) -> CollectionConfig:
-    raw = _mapping(value, "collection", {"interval", "concurrency", "stale_after", "sources", "blocks"}, p)
+    keys = {
+        "interval", "concurrency", "stale_after", "sources", "blocks", "batch_size", "slow_down_at", "cooldown",
+        "throttle_wait", "max_calls_per_hour", "metadata_interval", "token_check_interval",
+    }  # fmt: skip
+    raw = _mapping(value, "collection", keys, p)
     d = CollectionConfig()
-    interval = _duration(raw, "interval", "collection", d.interval, p)
     concurrency = _get(raw, "concurrency", "collection", int, d.concurrency, p)
     if not 1 <= concurrency <= 64:
         p.add("collection.concurrency", f"must be between 1 and 64, got {concurrency}")
-    stale_after = _duration(raw, "stale_after", "collection", d.stale_after, p)
-    sources = _choices(raw, "sources", SOURCES, d.sources, p)
-    blocks = _choices(raw, "blocks", BLOCKS, d.blocks, p)
-    return CollectionConfig(interval, concurrency, stale_after, sources, blocks)
+    batch_size = _get(raw, "batch_size", "collection", int, d.batch_size, p)
+    if not 1 <= batch_size <= 50:
+        p.add("collection.batch_size", f"must be between 1 (no batching) and 50 (Meta's limit), got {batch_size}")
+    slow_down_at = _get(raw, "slow_down_at", "collection", (int, float), d.slow_down_at, p)
+    if not 0 < slow_down_at <= 1:
+        p.add("collection.slow_down_at", f"a share of the rate limit between 0 and 1, got {slow_down_at}")
+    budget = _get(raw, "max_calls_per_hour", "collection", int, None, p)
+    if budget is not None and budget < 1:
+        p.add("collection.max_calls_per_hour", "must be positive")
+    return CollectionConfig(
+        interval=_duration(raw, "interval", "collection", d.interval, p),
+        concurrency=concurrency,
+        stale_after=_duration(raw, "stale_after", "collection", d.stale_after, p),
+        sources=_choices(raw, "sources", SOURCES, d.sources, p),
+        blocks=_choices(raw, "blocks", BLOCKS, d.blocks, p),
+        batch_size=batch_size,
+        slow_down_at=float(slow_down_at),
+        cooldown=_duration(raw, "cooldown", "collection", d.cooldown, p),
+        throttle_wait=_duration(raw, "throttle_wait", "collection", d.throttle_wait, p),
+        max_calls_per_hour=budget,
+        metadata_interval=_duration(raw, "metadata_interval", "collection", d.metadata_interval, p),
+        token_check_interval=_duration(raw, "token_check_interval", "collection", d.token_check_interval, p),
+    )
+
+
+EDGES = ("owned_pixels", "client_pixels")
+
+
+def _discovery(value: Any, credentials: Mapping[str, CredentialConfig], p: _Problems) -> tuple[DiscoveryConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        p.add("discovery", f"expected a list, got {type(value).__name__}")
+        return ()
+    keys = {
+        "business_id",
+        "ad_account_id",
+        "edges",
+        "credential",
+        "include",
+        "exclude",
+        "refresh",
+        "agent_name",
+        "labels",
+    }
+    out = []
+    for i, item in enumerate(value):
+        key = f"discovery[{i}]"
+        raw = _mapping(item, key, keys, p)
+        ids = {}
+        for name in ("business_id", "ad_account_id"):
+            ident = raw.get(name)
+            ident = str(ident) if isinstance(ident, int) and not isinstance(ident, bool) else ident
+            if ident is not None and (not isinstance(ident, str) or not ident.removeprefix("act_").isdigit()):
+                p.add(f"{key}.{name}", f"expected an ID of digits, got {ident!r}")
+            ids[name] = ident.removeprefix("act_") if isinstance(ident, str) else ""
+        if bool(ids["business_id"]) == bool(ids["ad_account_id"]):
+            p.add(key, "set exactly one of business_id or ad_account_id")
+        edges = raw.get("edges", list(EDGES))
+        if not isinstance(edges, list) or not edges or any(e not in EDGES for e in edges):
+            p.add(f"{key}.edges", f"expected a non-empty list from: {', '.join(EDGES)}")
+            edges = list(EDGES)
+        if ids["ad_account_id"] and "edges" in raw:
+            p.add(f"{key}.edges", "an ad account has one edge (adspixels); edges apply to businesses only")
+        credential = _get(raw, "credential", key, str, "default", p)
+        if credential not in credentials:
+            p.add(f"{key}.credential", f"no credential named {credential!r} (known: {', '.join(sorted(credentials))})")
+        patterns = {}
+        for name in ("include", "exclude"):
+            pattern = _get(raw, name, key, str, "", p)
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                p.add(f"{key}.{name}", f"not a valid regular expression: {exc}")
+            patterns[name] = pattern
+        out.append(
+            DiscoveryConfig(
+                business_id=ids["business_id"],
+                ad_account_id=ids["ad_account_id"],
+                edges=tuple(dict.fromkeys(edges)),
+                credential=credential,
+                include=patterns["include"],
+                exclude=patterns["exclude"],
+                refresh=_duration(raw, "refresh", key, 3600.0, p),
+                agent_name=_get(raw, "agent_name", key, str, "", p),
+                labels=_labels(raw.get("labels"), f"{key}.labels", p),
+            )
+        )
+    return tuple(out)
 
 
 def _choices(raw: dict[str, Any], key: str, allowed: tuple[str, ...], default: tuple[str, ...], p: _Problems) -> tuple:

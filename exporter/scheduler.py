@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 
 from exporter.config import Config, Secrets
-from exporter.graph import OFFLINE_FIELDS, GraphClient, GraphError, web_fields
-from exporter.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
+from exporter.fetcher import Fetcher
+from exporter.governor import Governor
+from exporter.graph import GraphClient
 from exporter.snapshot import Recorder, Snapshot
 from exporter.targets import Target, configured_targets
 
@@ -38,6 +39,8 @@ class Scheduler:
         self.snapshot: Snapshot = self._publish()
         self._client: GraphClient | None = None
         self._rejected_credentials: dict[str, str] = {}
+        self.business_of: dict[str, str] = {}  # dataset -> owning business, learned from usage headers
+        self.governor = self._make_governor()
         self._pending: tuple[Config, Secrets] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -67,6 +70,7 @@ class Scheduler:
         self.config, self.secrets = pending
         self.targets = configured_targets(self.config)
         self._rejected_credentials.clear()
+        self.governor = self.governor.reconfigured(self._make_governor())
         if self._client and (self.config.graph_api != old_graph or self.secrets.app_secret != old_secret):
             asyncio.get_running_loop().create_task(self._client.aclose())
             self._client = None
@@ -75,6 +79,15 @@ class Scheduler:
         added = tuple(t for t in self.targets if t.key not in old_keys)
         log.info("configuration applied: %d targets (%d new)", len(self.targets), len(added))
         return added
+
+    def _make_governor(self) -> Governor:
+        c = self.config.collection
+        return Governor(
+            threshold=c.slow_down_at,
+            cooldown=c.cooldown,
+            default_wait=c.throttle_wait,
+            max_calls_per_hour=c.max_calls_per_hour,
+        )
 
     def _graph_client(self) -> GraphClient:
         if self._client is None:
@@ -139,21 +152,18 @@ class Scheduler:
         return False
 
     async def run_cycle(self, targets: tuple[Target, ...], *, paced: bool, count: bool = True) -> None:
-        """Fetch every target once. With `paced`, start times are spread over the interval."""
+        """Fetch every target once. With `paced`, requests are spread over the interval."""
         config = self.config.collection
         total, done, failed = len(targets), 0, 0
         started = time.monotonic()
-        spacing = config.interval * PACING_SHARE / total if paced and total else 0.0
-        semaphore = asyncio.Semaphore(config.concurrency)
+        calls = total * len(config.sources)
+        requests = -(-calls // config.batch_size) if calls else 0
+        spacing = config.interval * PACING_SHARE / requests if paced and requests else 0.0
         last_progress = started
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
 
-        async def one(target: Target) -> None:
+        def target_done(_: Target, ok: bool) -> None:
             nonlocal done, failed, last_progress
-            try:
-                ok = await self.fetch(target)
-            finally:
-                semaphore.release()
             done += 1
             failed += not ok
             self.recorder.cycle_done = done
@@ -162,29 +172,27 @@ class Scheduler:
                 self.progress(done, total, failed)
             if now - last_progress >= PROGRESS_EVERY and done < total:
                 last_progress = now
+                elapsed = now - started
                 log.info(
-                    "cycle progress: %d/%d targets fetched, %d failed, %.0fs elapsed",
-                    done,
-                    total,
-                    failed,
-                    now - started,
+                    "cycle progress: %d/%d targets fetched, %d failed, %.0fs elapsed", done, total, failed, elapsed
                 )
             if now - self._last_publish >= PUBLISH_EVERY:
                 self.snapshot = self._publish()
 
-        tasks = []
-        try:
-            for index, target in enumerate(targets):
-                if spacing:
-                    delay = started + index * spacing - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                await semaphore.acquire()
-                tasks.append(asyncio.create_task(one(target)))
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
+        fetcher = Fetcher(
+            self._graph_client(),
+            self.governor,
+            self.recorder,
+            tokens=dict(self.secrets.tokens),
+            sources=config.sources,
+            blocks=config.blocks,
+            batch_size=config.batch_size,
+            concurrency=config.concurrency,
+            business_of=self.business_of,
+            rejected=self._rejected_credentials,
+            on_done=target_done,
+        )
+        await fetcher.run(targets, spacing=spacing, deadline=started + config.interval)
         duration = time.monotonic() - started
         if count:
             rec = self.recorder
@@ -202,58 +210,6 @@ class Scheduler:
         self.recorder.cycle_done = self.recorder.cycle_total = 0
         self.snapshot = self._publish()
         log.info("cycle finished: %d targets, %d failed, in %.1fs", total, failed, duration)
-
-    async def fetch(self, target: Target) -> bool:
-        """Fetch one target and record the outcome; never raises (one dataset must not disturb others)."""
-        rejected = self._rejected_credentials.get(target.credential)
-        if rejected:
-            self.recorder.failure(target, "auth", f"credential {target.credential!r} was rejected: {rejected}")
-            return False
-        try:
-            quality = await self._fetch_quality(target)
-        except GraphError as exc:
-            self.recorder.failure(target, exc.reason, str(exc))
-            if exc.reason == "auth":
-                if target.credential in self._rejected_credentials:
-                    return False  # a concurrent fetch already reported it
-                self._rejected_credentials[target.credential] = str(exc)
-                log.error(
-                    "credential %r was rejected (%s); no more calls with it until the config is reloaded",
-                    target.credential,
-                    exc,
-                )
-            elif exc.reason == "version":
-                log.error("graph_api.version %s is no longer served: %s", self.config.graph_api.version, exc)
-            else:
-                log.warning("%s: fetch failed: %s", target.describe(), exc)
-            return False
-        except ResponseFormatError as exc:
-            self.recorder.failure(target, "invalid_response", str(exc))
-            log.warning("%s: unexpected response shape: %s", target.describe(), exc)
-            return False
-        except Exception as exc:  # a bug must cost one dataset, not the loop
-            self.recorder.failure(target, "other", f"{type(exc).__name__}: {exc}")
-            log.exception("%s: unexpected error", target.describe())
-            return False
-        for warning in quality.warnings:
-            log.info("%s: %s", target.describe(), warning)
-        self.recorder.success(target, quality)
-        return True
-
-    async def _fetch_quality(self, target: Target) -> DatasetQuality:
-        token = self.secrets.tokens[target.credential]
-        client = self._graph_client()
-        sources = self.config.collection.sources
-        parts: list[DatasetQuality] = []
-        for source in sources:
-            fields = web_fields(self.config.collection.blocks) if source == "web" else OFFLINE_FIELDS
-            response = await client.dataset_quality(token, target.dataset_id, fields, target.agent_name or None)
-            parts.append(parse_dataset_quality(response.body))
-        return DatasetQuality(
-            events=tuple(e for p in parts for e in p.events),
-            offline=tuple(e for p in parts for e in p.offline),
-            warnings=tuple(w for p in parts for w in p.warnings),
-        )
 
     def _publish(self) -> Snapshot:
         self._last_publish = time.monotonic()

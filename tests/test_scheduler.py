@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from exporter.config import Secrets, validate
 from exporter.parser import parse_dataset_quality
 from exporter.scheduler import Scheduler
@@ -12,16 +14,19 @@ from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN
 
 
-def make(sim, datasets, *, interval="1h", stale_after="45m", concurrency=4, sources=("web",), extra_credentials=()):
+def make(
+    sim, datasets, *, interval="1h", stale_after="45m", concurrency=4, sources=("web",), extra_credentials=(), **more
+):
+    collection = {
+        "interval": interval,
+        "stale_after": stale_after,
+        "concurrency": concurrency,
+        "sources": list(sources),
+    }
     raw = {
         "graph_api": {"base_url": sim.url, "timeout": "5s", "max_retries": 0},
         "credentials": {"default": {"token_env": "T"}, **{c: {"token_env": c.upper()} for c in extra_credentials}},
-        "collection": {
-            "interval": interval,
-            "stale_after": stale_after,
-            "concurrency": concurrency,
-            "sources": list(sources),
-        },
+        "collection": collection | more,
         "datasets": datasets,
     }
     return validate(raw, "test.yaml")
@@ -63,37 +68,42 @@ def test_a_cycle_fetches_every_target_with_the_simulators_values(simulator):
 
 def test_one_bad_dataset_never_disturbs_the_others(simulator):
     ids = simulator.world.dataset_ids[:6]
+    other_business = simulator.world.dataset_ids[30]
     simulator.set_fault(ids[1], "not_json")
     simulator.set_fault(ids[2], "permission")
     simulator.set_fault(ids[3], "not_found")
-    simulator.set_fault(ids[4], "throttle_business")
-    scheduler = Scheduler(make(simulator, [{"id": i} for i in ids] + [{"id": "404"}]), secrets())
+    simulator.set_fault(other_business, "throttle_business")  # throttles its whole business for 5 minutes
+    datasets = [{"id": i} for i in [*ids, other_business, "404"]]
+    scheduler = Scheduler(make(simulator, datasets, interval="2s"), secrets())
     states = by_id(run_cycle(scheduler))
-    reasons = {i: states[i, ""].last_reason for i in [*ids, "404"]}
+    reasons = {i: states[i, ""].last_reason for i in [*ids, other_business, "404"]}
     assert reasons == {
         ids[0]: None,
         ids[1]: "invalid_response",
         ids[2]: "permission",
         ids[3]: "not_found",
-        ids[4]: "throttled",
+        ids[4]: None,
         ids[5]: None,
+        other_business: "throttled",  # not retried before the cycle ends: the wait was longer
         "404": "not_found",
     }
     assert states[ids[0], ""].fetch_success and states[ids[5], ""].quality.events
     assert "fbtrace_id=" in states[ids[2], ""].last_message
 
 
-def test_a_rejected_token_fails_only_its_datasets_and_is_not_used_again(start_simulator):
+@pytest.mark.parametrize(("batch_size", "first_cycle_calls"), [(1, 5), (50, 8)])
+def test_a_rejected_token_fails_only_its_datasets_and_is_not_used_again(start_simulator, batch_size, first_cycle_calls):
     sim = start_simulator(datasets=10, expired_tokens=("old-token",))
     ids = sim.world.dataset_ids
     datasets = [{"id": i} for i in ids[:4]] + [{"id": i, "credential": "client_b"} for i in ids[4:8]]
-    scheduler = Scheduler(
-        make(sim, datasets, concurrency=1, extra_credentials=("client_b",)), secrets(client_b="old-token")
-    )
+    config = make(sim, datasets, concurrency=1, extra_credentials=("client_b",), batch_size=batch_size)
+    scheduler = Scheduler(config, secrets(client_b="old-token"))
     states = by_id(run_cycle(scheduler))
     assert [states[i, ""].fetch_success for i in ids[:8]] == [True] * 4 + [False] * 4
     assert {states[i, ""].last_reason for i in ids[4:8]} == {"auth"}
-    assert sim.calls == 5  # four good datasets, then one call with the expired token and no more
+    # one by one: four good calls, one with the expired token, and no more; batched: all eight went in the
+    # first request, before the token was known to be bad
+    assert sim.calls == first_cycle_calls
     calls = sim.calls
     run_cycle(scheduler)
     assert sim.calls == calls + 4

@@ -138,7 +138,7 @@ def test_error_shapes(simulator, fault, status, code, subcode):
     assert (error["code"], error.get("error_subcode")) == (code, subcode)
     assert set(error) >= {"message", "type", "code", "fbtrace_id"}
     assert error.get("is_transient", False) is (code in (1, 2))
-    other = simulator.world.dataset_ids[6]
+    other = simulator.world.dataset_ids[30]  # another business: a business throttle does not reach it
     assert quality(simulator, other, "web{event_name}")[0] == 200  # faults are per dataset
 
 

@@ -299,4 +299,5 @@ class GraphClient:
             http_status=status,
             fbtrace_id=str(error["fbtrace_id"]) if error.get("fbtrace_id") else None,
             retry_after=retry_after,
+            usage=usage,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from exporter.graph.ratelimit import RateLimitUsage
+
 REASONS = (
     "auth",
     "permission",
@@ -50,8 +52,10 @@ class GraphError(Exception):
         http_status: int | None = None,
         fbtrace_id: str | None = None,
         retry_after: float | None = None,
+        usage: RateLimitUsage | None = None,
     ) -> None:
         self.reason = reason
+        self.usage = usage or RateLimitUsage()
         self.code = code
         self.subcode = subcode
         self.http_status = http_status

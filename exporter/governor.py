@@ -1,0 +1,148 @@
+"""The rate-limit governor: decides how many calls may go to each app and business right now.
+
+Meta asks clients to watch the usage headers, slow down before 100 % and stop once throttled (throttled calls
+still count). Each key (`("app", credential)` or `("business", business_id)`) has an allowance:
+
+- usage unknown: `initial_allowance` calls in flight, to learn the usage;
+- usage below the threshold: as many calls as fit below the threshold at the observed cost per call;
+- usage at or above the threshold: none until `cooldown` has passed, then one probe call at a time;
+- throttled: none until the announced `estimated_time_to_regain_access` (or `default_wait`), then one probe.
+
+An optional hard budget caps calls in any rolling hour. The governor is used from the event loop's thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (scope, object id): ("app", credential name) or ("business", business id)
+DEFAULT_STEP = 0.01  # assumed usage per call until two observations show the real cost
+
+
+@dataclass
+class _State:
+    usage: float | None = None
+    step: float = DEFAULT_STEP
+    reserved: int = 0
+    cool_until: float = 0.0
+    blocked_until: float = 0.0
+    blocked_wall: float = 0.0
+
+
+class Governor:
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.75,
+        cooldown: float = 60.0,
+        default_wait: float = 300.0,
+        initial_allowance: int = 10,
+        max_calls_per_hour: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.default_wait = default_wait
+        self.initial_allowance = initial_allowance
+        self.max_calls_per_hour = max_calls_per_hour
+        self._now = clock
+        self._wall = wall_clock
+        self._states: dict[Key, _State] = {}
+        self._calls: deque[float] = deque()  # start times within the last hour, for the budget
+
+    def _state(self, key: Key) -> _State:
+        return self._states.setdefault(key, _State())
+
+    # ----- dispatch ------------------------------------------------------------------------------------
+    def allowance(self, key: Key) -> int:
+        state = self._state(key)
+        now = self._now()
+        if now < state.blocked_until or now < state.cool_until:
+            return 0
+        if state.usage is None:
+            return self.initial_allowance - state.reserved
+        if state.usage >= self.threshold:
+            return 1 - state.reserved  # a probe, to read the usage again
+        fits = math.floor((self.threshold - state.usage) / max(state.step, 1e-6) + 1e-9)
+        return max(fits, 1) - state.reserved
+
+    def budget_left(self) -> int | None:
+        if self.max_calls_per_hour is None:
+            return None
+        cutoff = self._now() - 3600
+        while self._calls and self._calls[0] <= cutoff:
+            self._calls.popleft()
+        return self.max_calls_per_hour - len(self._calls)
+
+    def try_reserve(self, keys: Iterable[Key]) -> bool:
+        """Reserve one call for every key if all allow it (and the hourly budget does)."""
+        keys = tuple(keys)
+        budget = self.budget_left()
+        if (budget is not None and budget <= 0) or any(self.allowance(k) <= 0 for k in keys):
+            return False
+        for key in keys:
+            self._state(key).reserved += 1
+        if budget is not None:
+            self._calls.append(self._now())
+        return True
+
+    def release(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            state = self._state(key)
+            state.reserved = max(0, state.reserved - 1)
+
+    # ----- what the answers said -------------------------------------------------------------------------
+    def observe(self, key: Key, usage: float) -> None:
+        state = self._state(key)
+        if state.usage is not None and usage > state.usage:
+            state.step = max(state.step if state.step != DEFAULT_STEP else 0.0, usage - state.usage)
+        state.usage = usage
+        if usage >= self.threshold and self._now() >= state.cool_until:
+            state.cool_until = self._now() + self.cooldown
+            log.info(
+                "%s %s is at %.0f%% of its rate limit: next call in %.0fs, then one at a time until below %.0f%%",
+                key[0],
+                key[1],
+                usage * 100,
+                self.cooldown,
+                self.threshold * 100,
+            )
+
+    def throttled(self, key: Key, retry_after: float | None) -> None:
+        state = self._state(key)
+        wait = retry_after if retry_after and retry_after > 0 else self.default_wait
+        state.blocked_until = self._now() + wait
+        state.blocked_wall = self._wall() + wait
+        state.usage = max(state.usage or 0.0, 1.0)
+        log.warning("%s %s is throttled: no calls for it for %.0fs, as Meta announced", key[0], key[1], wait)
+
+    # ----- for the loop and /metrics -----------------------------------------------------------------------
+    def next_release(self, keys: Iterable[Key]) -> float:
+        """The monotonic time at which any of these keys may be called again (now if one may)."""
+        now = self._now()
+        times = [max(self._state(k).blocked_until, self._state(k).cool_until, now) for k in keys]
+        if self.max_calls_per_hour is not None and self._calls and (self.budget_left() or 0) <= 0:
+            times = [max(t, self._calls[0] + 3600) for t in times] or [self._calls[0] + 3600]
+        return min(times, default=now)
+
+    def throttled_until(self) -> dict[Key, float]:
+        now = self._now()
+        return {k: s.blocked_wall for k, s in self._states.items() if s.blocked_until > now}
+
+    def reconfigured(self, fresh: Governor) -> Governor:
+        """`fresh` (built from a new config) keeping what Meta told this one about usage and throttles."""
+        fresh._states = self._states
+        fresh._calls = self._calls
+        return fresh
+
+    def reset_reservations(self) -> None:
+        for state in self._states.values():
+            state.reserved = 0
