@@ -1,0 +1,103 @@
+"""The governor's decisions, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.governor import Governor
+
+APP, BIZ = ("app", "default"), ("business", "42")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def governor(clock, **kw):
+    return Governor(clock=clock, wall_clock=lambda: 1_700_000_000 + clock.now, **kw)
+
+
+def reserve_all(gov, key, limit=1000):
+    n = 0
+    while n < limit and gov.try_reserve([key]):
+        n += 1
+    return n
+
+
+def test_unknown_usage_allows_a_few_calls_in_flight(clock):
+    gov = governor(clock, initial_allowance=10)
+    assert reserve_all(gov, BIZ) == 10
+    gov.release([BIZ])
+    assert gov.try_reserve([BIZ])
+
+
+def test_allowance_follows_the_observed_cost_per_call(clock):
+    gov = governor(clock, threshold=0.75)
+    gov.observe(BIZ, 0.10)
+    gov.observe(BIZ, 0.15)  # 5 % per call
+    assert gov.allowance(BIZ) == 12  # (75 - 15) / 5
+    assert reserve_all(gov, BIZ) == 12
+
+
+def test_hot_key_cools_down_then_probes_one_call_at_a_time(clock):
+    gov = governor(clock, threshold=0.75, cooldown=60)
+    gov.observe(BIZ, 0.80)
+    assert gov.allowance(BIZ) == 0
+    assert gov.next_release([BIZ]) == 160
+    clock.now = 161
+    assert reserve_all(gov, BIZ) == 1  # one probe
+    gov.release([BIZ])
+    gov.observe(BIZ, 0.30)  # usage fell: back to normal
+    assert gov.allowance(BIZ) > 1
+
+
+def test_throttle_blocks_for_the_announced_time_then_probes(clock):
+    gov = governor(clock, default_wait=300)
+    gov.throttled(BIZ, 120)
+    assert gov.allowance(BIZ) == 0 and not gov.try_reserve([APP, BIZ])
+    assert gov.throttled_until() == {BIZ: 1_700_000_000 + 220}
+    assert gov.next_release([BIZ]) == 220
+    clock.now = 221
+    assert gov.throttled_until() == {}
+    assert reserve_all(gov, BIZ) == 1
+
+
+def test_throttle_without_an_announced_wait_uses_the_default(clock):
+    gov = governor(clock, default_wait=300)
+    gov.throttled(APP, None)
+    assert gov.next_release([APP]) == 400
+
+
+def test_one_blocked_key_does_not_hold_back_others(clock):
+    gov = governor(clock)
+    gov.throttled(("business", "1"), 100)
+    assert gov.try_reserve([APP, ("business", "2")])
+    assert not gov.try_reserve([APP, ("business", "1")])
+    assert gov.next_release([("business", "1"), ("business", "2")]) == 100
+
+
+def test_hourly_budget(clock):
+    gov = governor(clock, max_calls_per_hour=3, initial_allowance=100)
+    assert reserve_all(gov, APP) == 3
+    for _ in range(3):
+        gov.release([APP])
+    assert not gov.try_reserve([APP])
+    assert gov.next_release([APP]) == 3700
+    clock.now = 3701
+    assert gov.try_reserve([APP])
+
+
+def test_reconfigured_keeps_what_meta_said(clock):
+    gov = governor(clock)
+    gov.throttled(BIZ, 100)
+    fresh = gov.reconfigured(governor(clock, threshold=0.5))
+    assert fresh.threshold == 0.5 and fresh.allowance(BIZ) == 0
