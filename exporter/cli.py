@@ -167,6 +167,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     async def one_cycle() -> None:
         try:
+            await scheduler.prepare()
             await scheduler.run_cycle(scheduler.targets, paced=False)
         finally:
             await scheduler.close()

@@ -6,6 +6,7 @@ Nothing here calls the API: each collector reads the snapshot it is given. Every
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from exporter.graph.errors import REASONS
 from exporter.parser import EventQuality
 from exporter.snapshot import DURATION_BUCKETS, Snapshot
 
+log = logging.getLogger(__name__)
 PREFIX = "meta_dataset_quality_"
 CACHED = "Cached from the last successful fetch."
 UPLOAD_INTERVALS = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
@@ -24,22 +26,41 @@ EVENT_LABELS = ["dataset_id", "agent_name", "event_name"]
 ERROR_LABELS = ["code", "reason"]
 
 
+class SeriesBudget:
+    """How many quality series may still be added (limits.max_series; 0 is no limit), and how many were not."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit if limit > 0 else -1
+        self.dropped = 0
+
+    def take(self) -> bool:
+        if self.left == 0:
+            self.dropped += 1
+            return False
+        self.left -= 1
+        return True
+
+
 class _Family:
     """A metric family that keeps the first sample per label set and ignores repeats."""
 
-    def __init__(self, family: GaugeMetricFamily | CounterMetricFamily) -> None:
+    def __init__(self, family: GaugeMetricFamily | CounterMetricFamily, budget: SeriesBudget | None = None) -> None:
         self.family = family
+        self.budget = budget
         self._seen: set[tuple[str, ...]] = set()
 
     def add(self, labels: list[str], value: float) -> None:
         key = tuple(labels)
-        if key not in self._seen:
+        if key not in self._seen and (self.budget is None or self.budget.take()):
             self._seen.add(key)
             self.family.add_metric(labels, value)
 
 
-def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
-    return _Family(GaugeMetricFamily(PREFIX + name, doc, labels=labels))
+def _gauge(name: str, doc: str, labels: list[str], budget: SeriesBudget | None = None) -> _Family:
+    return _Family(GaugeMetricFamily(PREFIX + name, doc, labels=labels), budget)
+
+
+_budgeted_gauge = _gauge
 
 
 def _counter(name: str, doc: str, labels: list[str]) -> _Family:
@@ -54,10 +75,14 @@ class QualityCollector:
     meta_dataset_quality_upload_frequency{dataset_id="123",agent_name="",event_name="Lead",upload_frequency="hourly"} 1
     """
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, budget: SeriesBudget | None = None) -> None:
         self.snapshot = snapshot
+        self.budget = budget or SeriesBudget(0)
 
     def collect(self) -> Iterator[Metric]:
+        def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
+            return _budgeted_gauge(name, doc, labels, self.budget)
+
         def pct(field: str, doc: str) -> str:
             return f"{doc} API field {field}, as a ratio (percentage / 100). {CACHED}"
 
@@ -198,10 +223,14 @@ class OfflineCollector:
     meta_dataset_quality_offline_match_key_coverage_ratio{...,event_name="Purchase",match_key="email"} 0.88
     """
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, budget: SeriesBudget | None = None) -> None:
         self.snapshot = snapshot
+        self.budget = budget or SeriesBudget(0)
 
     def collect(self) -> Iterator[Metric]:
+        def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
+            return _budgeted_gauge(name, doc, labels, self.budget)
+
         def score(name: str, field: str) -> _Family:
             doc = f"Offline events (beta), 28-day score 0 to 10. API field offline[].{field}.score. {CACHED}"
             return _gauge(f"offline_{name}_score", doc, EVENT_LABELS)
@@ -267,6 +296,20 @@ class InfoCollector:
                     if diag.slug not in seen_diagnostics:  # the first text seen for a slug wins
                         seen_diagnostics.add(diag.slug)
                         diagnostics.add([diag.slug, diag.name, diag.description, diag.solution], 1)
+        fired = _gauge(
+            "dataset_last_fired_timestamp_seconds",
+            "When the pixel last received an event (pixel field last_fired_time), where known.",
+            ["dataset_id"],
+        )
+        server_fired = _gauge(
+            "dataset_server_last_fired_timestamp_seconds",
+            "When the dataset last received a server (Conversions API) event (server_last_fired_time), where known.",
+            ["dataset_id"],
+        )
+        for state in snap.datasets:
+            _add(fired, [state.target.dataset_id], state.last_fired)
+            _add(server_fired, [state.target.dataset_id], state.server_last_fired)
+        yield from (fired.family, server_fired.family)
         build = _gauge(
             "build_info",
             "The exporter's version and the Graph API version it calls; always 1.",
@@ -312,6 +355,7 @@ class HealthCollector:
             targets.add([origin], count)
         yield from (success.family, last.family, failures.family, targets.family)
         yield from self._api(snap)
+        yield from self._housekeeping(snap)
         yield from self._cycle(snap)
 
     def _api(self, snap: Snapshot) -> Iterable[Metric]:
@@ -344,6 +388,32 @@ class HealthCollector:
         for labels, ratio in sorted(snap.usage.items()):
             usage.add(list(labels), ratio)
         yield usage.family
+
+    def _housekeeping(self, snap: Snapshot) -> Iterable[Metric]:
+        throttled = _gauge(
+            "api_throttled_until_timestamp_seconds",
+            "While an app or business is throttled: when Meta expects access back.",
+            ["scope", "object_id"],
+        )
+        for (scope, object_id), until in sorted(snap.throttled_until.items()):
+            throttled.add(["business_use_case" if scope == "business" else scope, object_id], until)
+        success = _gauge("discovery_success", "1 if the latest discovery from this source succeeded.", ["source"])
+        last = _gauge(
+            "discovery_last_success_timestamp_seconds", "When discovery from this source last succeeded.", ["source"]
+        )
+        for source, (ok, when) in sorted(snap.discovery.items()):
+            success.add([source], 1.0 if ok else 0.0)
+            _add(last, [source], when)
+        valid = _gauge("token_valid", "1 if debug_token says this credential's token is valid.", ["credential"])
+        expiry = _gauge(
+            "token_expiry_timestamp_seconds",
+            "When this credential's token expires (debug_token expires_at); 0: never.",
+            ["credential"],
+        )
+        for name, (ok, expires) in sorted(snap.tokens.items()):
+            valid.add([name], 1.0 if ok else 0.0)
+            expiry.add([name], expires)
+        yield from (throttled.family, success.family, last.family, valid.family, expiry.family)
 
     def _cycle(self, snap: Snapshot) -> Iterable[Metric]:
         def single(name: str, doc: str, value: float | None) -> Iterable[Metric]:
@@ -379,14 +449,29 @@ class HealthCollector:
 
 
 class SnapshotCollector(Collector):
-    """All metric groups for whatever snapshot `source()` returns at collection time."""
+    """All metric groups for whatever snapshot `source()` returns at collection time.
 
-    GROUPS = (QualityCollector, OfflineCollector, InfoCollector, HealthCollector)
+    Quality series count against `limits.max_series`; the rest (info, health) are always served.
+    """
 
     def __init__(self, source: Callable[[], Snapshot]) -> None:
         self.source = source
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self.source()
-        for group in self.GROUPS:
-            yield from group(snapshot).collect()
+        budget = SeriesBudget(snapshot.max_series)
+        yield from QualityCollector(snapshot, budget).collect()
+        yield from OfflineCollector(snapshot, budget).collect()
+        yield from InfoCollector(snapshot).collect()
+        yield from HealthCollector(snapshot).collect()
+        if budget.dropped:
+            log.warning(
+                "limits.max_series (%d) reached: %d quality series left out of this snapshot",
+                snapshot.max_series,
+                budget.dropped,
+            )
+        yield GaugeMetricFamily(
+            PREFIX + "series_dropped",
+            "Quality series left out of the last snapshot by limits.max_series.",
+            value=budget.dropped,
+        )

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 
 from exporter.config import Config, Secrets
+from exporter.discovery import Housekeeping
 from exporter.fetcher import Fetcher
 from exporter.governor import Governor
 from exporter.graph import GraphClient
-from exporter.snapshot import Recorder, Snapshot
+from exporter.snapshot import Extras, Recorder, Snapshot
 from exporter.targets import Target, configured_targets
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,10 @@ class Scheduler:
     def __init__(self, config: Config, secrets: Secrets, *, progress: Progress | None = None) -> None:
         self.config = config
         self.secrets = secrets
-        self.targets: tuple[Target, ...] = configured_targets(config)
+        self.housekeeping = Housekeeping()
+        self.targets: tuple[Target, ...] = self.housekeeping.targets(configured_targets(config), config)
         self.recorder = Recorder()
         self.progress = progress
-        self.snapshot: Snapshot = self._publish()
         self._client: GraphClient | None = None
         self._rejected_credentials: dict[str, str] = {}
         self.business_of: dict[str, str] = {}  # dataset -> owning business, learned from usage headers
@@ -45,6 +46,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._last_publish = 0.0
+        self.snapshot: Snapshot = self._publish()
 
     # ----- configuration ---------------------------------------------------------------------------------
     def replace_config(self, config: Config, secrets: Secrets) -> None:
@@ -60,25 +62,20 @@ class Scheduler:
             self.recorder.reload_timestamp = time.time()
         self.snapshot = self._publish()
 
-    def _apply_pending(self) -> tuple[Target, ...]:
-        """Swap in a pending config; return the targets it added."""
+    def _apply_pending(self) -> None:
+        """Swap in a pending config; `prepare` then recomputes the targets."""
         pending, self._pending = self._pending, None
         if pending is None:
-            return ()
-        old_keys = {t.key for t in self.targets}
+            return
         old_graph, old_secret = self.config.graph_api, self.secrets.app_secret
         self.config, self.secrets = pending
-        self.targets = configured_targets(self.config)
+        self.housekeeping.forget_schedule()
         self._rejected_credentials.clear()
         self.governor = self.governor.reconfigured(self._make_governor())
         if self._client and (self.config.graph_api != old_graph or self.secrets.app_secret != old_secret):
             asyncio.get_running_loop().create_task(self._client.aclose())
             self._client = None
-        self.recorder.forget_except({t.key for t in self.targets})
-        self.snapshot = self._publish()
-        added = tuple(t for t in self.targets if t.key not in old_keys)
-        log.info("configuration applied: %d targets (%d new)", len(self.targets), len(added))
-        return added
+        log.info("configuration applied")
 
     def _make_governor(self) -> Governor:
         c = self.config.collection
@@ -103,6 +100,20 @@ class Scheduler:
             )
         return self._client
 
+    async def prepare(self) -> tuple[Target, ...]:
+        """Run what is due (discovery, pixel metadata, token checks) and recompute the targets; return new ones."""
+        client, tokens = self._graph_client(), dict(self.secrets.tokens)
+        for credential in self._rejected_credentials:
+            tokens.pop(credential, None)
+        await self.housekeeping.discover(client, self.config, tokens)
+        await self.housekeeping.refresh_metadata(client, self.config, tokens)
+        await self.housekeeping.check_tokens(client, self.config, tokens, self.secrets.app_secret)
+        old_keys = {t.key for t in self.targets}
+        self.targets = self.housekeeping.targets(configured_targets(self.config), self.config)
+        self.recorder.forget_except({t.key for t in self.targets})
+        self.snapshot = self._publish()
+        return tuple(t for t in self.targets if t.key not in old_keys)
+
     # ----- the loop --------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run cycles until `stop` is set; cancels an unfinished cycle within moments of it."""
@@ -113,6 +124,8 @@ class Scheduler:
             while not stop.is_set():
                 self._apply_pending()
                 started = time.monotonic()
+                if not await self._until_stopped(self.prepare(), stop):
+                    break
                 if not await self._until_stopped(self.run_cycle(self.targets, paced=paced), stop):
                     break
                 paced = True
@@ -123,7 +136,8 @@ class Scheduler:
                     self._wake.clear()
                     await _wait_any((stop, self._wake), remaining)
                     if self._pending is not None:
-                        added = self._apply_pending()
+                        self._apply_pending()
+                        added = await self.prepare()
                         if added and not await self._until_stopped(
                             self.run_cycle(added, paced=False, count=False), stop
                         ):
@@ -213,12 +227,21 @@ class Scheduler:
 
     def _publish(self) -> Snapshot:
         self._last_publish = time.monotonic()
+        hk = self.housekeeping
+        extras = Extras(
+            last_fired={i: (m.last_fired, m.server_last_fired) for i, m in hk.meta.items()},
+            throttled_until=self.governor.throttled_until(),
+            discovery={source: (s.success, s.last_success) for source, s in hk.sources.items()},
+            tokens={name: (t.valid, t.expires_at) for name, t in hk.tokens.items()},
+            max_series=self.config.limits.max_series,
+        )
         return self.recorder.publish(
             self.targets,
             stale_after=self.config.collection.stale_after,
             label_names=self.config.label_names(),
             graph_api_version=self.config.graph_api.version,
             interval=self.config.collection.interval,
+            extras=extras,
         )
 
 

@@ -30,6 +30,8 @@ class DatasetState:
     last_reason: str | None = None
     last_message: str | None = None
     failures: Mapping[str, int] = field(default_factory=dict)
+    last_fired: float | None = None
+    server_last_fired: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,21 @@ class Snapshot:
     usage: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
     reload_success: bool = True
     reload_timestamp: float | None = None
+    throttled_until: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
+    tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
+    max_series: int = 0
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What the loop knows besides fetch results, handed to `publish` as it stands."""
+
+    last_fired: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    throttled_until: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
+    tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
+    max_series: int = 0
 
 
 class _TargetRecord:
@@ -139,8 +156,10 @@ class Recorder:
         label_names: tuple[str, ...],
         graph_api_version: str,
         interval: float,
+        extras: Extras | None = None,
     ) -> Snapshot:
         now = self._now()
+        extras = extras or Extras()
         states = []
         for target in targets:
             record = self._records.get(target.key) or _TargetRecord()
@@ -156,6 +175,7 @@ class Recorder:
                     record.last_reason,
                     record.last_message,
                     MappingProxyType(dict(record.failures)),
+                    *extras.last_fired.get(target.dataset_id, (None, None)),
                 )
             )
         self._generation += 1
@@ -179,6 +199,10 @@ class Recorder:
             usage=MappingProxyType(dict(self._usage)),
             reload_success=self.reload_success,
             reload_timestamp=self.reload_timestamp,
+            throttled_until=MappingProxyType(dict(extras.throttled_until)),
+            discovery=MappingProxyType(dict(extras.discovery)),
+            tokens=MappingProxyType(dict(extras.tokens)),
+            max_series=extras.max_series,
         )
 
 

@@ -49,7 +49,7 @@ def test_once_table(tmp_path, simulator, capsys, token):
     assert main(["once", "--config", str(path)]) == 0
     captured = capsys.readouterr()
     assert "progress: 2/2 fetched, 0 failed" in captured.err
-    assert f"dataset {EXAMPLE_DATASET_ID} — " not in captured.out  # no name configured
+    assert f"dataset {EXAMPLE_DATASET_ID} — Meta documentation example" in captured.out  # named by its metadata
     assert "CompleteRegistration" in captured.out and "7.2" in captured.out and "ip_address 100%" in captured.out
     assert "2/2 targets fetched successfully" in captured.out
 

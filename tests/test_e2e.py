@@ -201,18 +201,25 @@ def test_metrics_match_the_simulator_and_promtool_accepts_them(fleet, exporter_f
     assert value("fetch_failures_total", **failing, reason="auth") == 1
     assert all(value("fetch_success", dataset_id=i, agent_name="") == 1 for i in sample)
     assert f'dataset_id="{ids[20]}",event_name' not in text
+    owner = fleet.world.pixels[EXAMPLE_DATASET_ID]  # business and name come from the pixel's metadata
+    info = {"dataset_id": EXAMPLE_DATASET_ID, "dataset_name": "Docs example", "origin": "config", "customer": "meta"}
+    assert value("dataset_info", **info, business_id=owner.business_id, business_name=owner.business_name) == 1
+    unnamed = fleet.world.pixels[sample[0]]
     assert (
         value(
             "dataset_info",
-            dataset_id=EXAMPLE_DATASET_ID,
-            dataset_name="Docs example",
-            business_id="",
-            business_name="",
+            dataset_id=sample[0],
+            dataset_name=unnamed.name,
             origin="config",
-            customer="meta",
+            customer="c0",
+            business_id=unnamed.business_id,
+            business_name=unnamed.business_name,
         )
         == 1
     )
+    fired = value("dataset_last_fired_timestamp_seconds", dataset_id=sample[0])
+    assert fired is not None and abs(fired - (time.time() - unnamed.last_fired_ago)) < 120
+    assert value("series_dropped") == 0
 
     path = tmp_path / "metrics.txt"
     path.write_text(text)

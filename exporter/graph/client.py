@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
@@ -23,6 +23,7 @@ from exporter.graph.ratelimit import RateLimitUsage, parse_rate_limit_headers
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+_AUTH_PARAMS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
 
 
 class RequestObserver(Protocol):
@@ -105,6 +106,20 @@ class GraphClient:
         if agent_name:
             params["agent_name"] = agent_name
         return await self.get("dataset_quality", params, token, endpoint="dataset_quality")
+
+    async def get_next(self, url: str, token: str, *, endpoint: str) -> GraphResponse:
+        """Follow a `paging.next` URL: same host only, and the token moves from its query to the header."""
+        parts = urlsplit(url)
+        base = urlsplit(self.base_url)
+        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+            raise GraphError("invalid_response", f"paging.next points to another host ({parts.netloc})")
+        path = parts.path.removeprefix(base.path.rstrip("/")).lstrip("/")
+        version, _, rest = path.partition("/")
+        path = rest if version.startswith("v") and version[1:2].isdigit() else path
+        params = {
+            k: v for k, v in parse_qsl(parts.query) if k not in ("access_token", "appsecret_proof", "appsecret_time")
+        }
+        return await self.get(path, params, token, endpoint=endpoint)
 
     async def get(self, path: str, params: Mapping[str, str], token: str, *, endpoint: str) -> GraphResponse:
         """GET `{base}/{version}/{path}` with retries for transient failures only."""
