@@ -42,6 +42,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         help="watch this dataset (repeatable); with no --config the token comes from META_ACCESS_TOKEN",
     )
     p.add_argument("--graph-api.base-url", dest="base_url", metavar="URL", help="override graph_api.base_url")
+    p.add_argument("--shard-index", type=int, metavar="I", help="this replica's shard, 0..N-1 (overrides shard.index)")
+    p.add_argument("--shard-count", type=int, metavar="N", help="number of replicas sharing the fleet")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -117,13 +119,25 @@ def _config_source(args: argparse.Namespace) -> ConfigSource:
             config = replace(config, graph_api=replace(config.graph_api, base_url=args.base_url.rstrip("/")))
         if getattr(args, "listen_address", None):
             config = replace(config, server=ServerConfig(args.listen_address))
+        if args.shard_index is not None or args.shard_count is not None:
+            shard = replace(
+                config.shard,
+                index=config.shard.index if args.shard_index is None else args.shard_index,
+                count=config.shard.count if args.shard_count is None else args.shard_count,
+            )
+            if shard.count < 1 or not 0 <= shard.index < shard.count:
+                raise ConfigError(
+                    [f"--shard-index/--shard-count: need 0 <= index < count, got {shard.index}/{shard.count}"]
+                )
+            config = replace(config, shard=shard)
         return config
 
-    if args.config:
-        return file_source(args.config, adjust)
     bad = [i for i in args.dataset_id if not str(i).isdigit()]
     if bad:
         raise ConfigError([f"--dataset-id: expected a dataset (pixel) ID of digits, got {bad[0]!r}"])
+    if args.config:
+        return file_source(args.config, adjust)
+    adjust(Config())  # reports bad flags before anything starts
     return lambda: adjust(Config(source="<command line>"))
 
 

@@ -23,13 +23,15 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (scope, object id): ("app", credential name) or ("business", business id)
-DEFAULT_STEP = 0.01  # assumed usage per call until two observations show the real cost
+DEFAULT_STEP = 0.01  # assumed usage per call before any answer
+MAX_ALLOWANCE = 1000  # calls in flight for one key when its usage hardly moves
 
 
 @dataclass
 class _State:
     usage: float | None = None
-    step: float = DEFAULT_STEP
+    step: float = 0.0  # the largest usage increase seen between two answers: the cost of one call
+    observed: int = 0
     reserved: int = 0
     cool_until: float = 0.0
     blocked_until: float = 0.0
@@ -71,8 +73,10 @@ class Governor:
             return self.initial_allowance - state.reserved
         if state.usage >= self.threshold:
             return 1 - state.reserved  # a probe, to read the usage again
-        fits = math.floor((self.threshold - state.usage) / max(state.step, 1e-6) + 1e-9)
-        return max(fits, 1) - state.reserved
+        # Until an increase between two answers shows the cost of a call, spread the usage over the calls seen.
+        step = state.step or (state.usage / state.observed if state.observed else DEFAULT_STEP)
+        fits = MAX_ALLOWANCE if step < 1e-4 else math.floor((self.threshold - state.usage) / step + 1e-9)
+        return max(min(fits, MAX_ALLOWANCE), 1) - state.reserved
 
     def budget_left(self) -> int | None:
         if self.max_calls_per_hour is None:
@@ -103,8 +107,9 @@ class Governor:
     def observe(self, key: Key, usage: float) -> None:
         state = self._state(key)
         if state.usage is not None and usage > state.usage:
-            state.step = max(state.step if state.step != DEFAULT_STEP else 0.0, usage - state.usage)
+            state.step = max(state.step, usage - state.usage)
         state.usage = usage
+        state.observed += 1
         if usage >= self.threshold and self._now() >= state.cool_until:
             state.cool_until = self._now() + self.cooldown
             log.info(

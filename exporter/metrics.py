@@ -51,8 +51,10 @@ class _Family:
 
     def add(self, labels: list[str], value: float) -> None:
         key = tuple(labels)
-        if key not in self._seen and (self.budget is None or self.budget.take()):
-            self._seen.add(key)
+        if key in self._seen:
+            return
+        self._seen.add(key)  # a repeat is ignored, and never counted as dropped twice
+        if self.budget is None or self.budget.take():
             self.family.add_metric(labels, value)
 
 

@@ -255,3 +255,33 @@ def test_exposition_cache_renders_once_per_snapshot_and_format():
     assert gzip.decompress(cache.get(first, openmetrics=False, compressed=True)) == plain
     second = Snapshot(generation=2, created=0, datasets=(), graph_api_version="v25.0")
     assert b"Purchase" not in cache.get(second, openmetrics=False, compressed=False)
+
+
+def test_series_limit_drops_quality_series_and_counts_them(caplog):
+    limited = Snapshot(
+        generation=1,
+        created=0,
+        datasets=(state(T1, DatasetQuality((FULL_EVENT,))),),
+        graph_api_version="v25.0",
+        max_series=5,
+    )
+    unlimited = Snapshot(generation=1, created=0, datasets=limited.datasets, graph_api_version="v25.0")
+    quality_families = {f"{P}{n}" for n in ("event_match_quality_score", "match_key_coverage_ratio", "acr_ratio")}
+
+    def quality_series(snapshot):
+        families = text_string_to_metric_families(render(snapshot).decode())
+        return [
+            s
+            for f in families
+            for s in f.samples
+            if not f.name.endswith(("_info", "_total")) and "dataset_id" in s.labels and "event_name" in s.labels
+        ]
+
+    everything = len(quality_series(unlimited))
+    assert everything > 5 and quality_families
+    assert len(quality_series(limited)) == 5
+    reg = registry_for(limited)
+    assert reg.get_sample_value(P + "series_dropped") == everything - 5
+    assert reg.get_sample_value(P + "fetch_success", {"dataset_id": "111", "agent_name": ""}) == 1  # health stays
+    assert "limits.max_series (5) reached" in caplog.text
+    assert registry_for(unlimited).get_sample_value(P + "series_dropped") == 0

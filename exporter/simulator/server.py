@@ -109,6 +109,7 @@ class Simulator:
             settings.business_calls_per_window, settings.quota_window, settings.throttle_seconds
         )
         self.requests: deque[str] = deque(maxlen=10_000)
+        self.outcomes: deque[tuple[str, bool]] = deque(maxlen=100_000)  # (business id, throttled) per charged call
         self.calls = 0
         self._server: ThreadingHTTPServer | None = None
 
@@ -271,6 +272,9 @@ class Simulator:
                     ]
                 }
             )
+        refused = app.throttled_for > 0 or (business is not None and business.throttled_for > 0)
+        if business_id is not None:
+            self.outcomes.append((business_id, refused))
         if app.throttled_for > 0:
             return headers, self._error("throttle_app", headers)
         if business is not None and business.throttled_for > 0:

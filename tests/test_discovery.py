@@ -1,0 +1,181 @@
+"""Discovery, pixel metadata, token checks and sharding against the simulator over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+
+from exporter.config import Secrets, validate
+from exporter.discovery import Housekeeping, graph_time, in_shard
+from exporter.graph import GraphClient
+from exporter.scheduler import Scheduler
+from exporter.simulator import EXAMPLE_DATASET_ID
+from tests.conftest import TOKEN, http
+
+
+def config_for(sim, **sections):
+    raw = {"graph_api": {"base_url": sim.url, "timeout": "5s", "max_retries": 0}, **sections}
+    return validate(raw, "test.yaml")
+
+
+def prepared(sim, config, secrets=None):
+    scheduler = Scheduler(config, secrets or Secrets({"default": TOKEN}))
+
+    async def go():
+        try:
+            await scheduler.prepare()
+        finally:
+            await scheduler.close()
+
+    asyncio.run(go())
+    return scheduler
+
+
+def test_discovery_follows_every_edge_to_the_end(start_simulator):
+    sim = start_simulator(datasets=120, per_business=40)
+    world = sim.world
+    business = next(iter(world.businesses.values()))
+    config = config_for(
+        sim,
+        discovery=[
+            {"business_id": business.id, "labels": {"customer": "acme"}},
+            {"business_id": world.agency_id, "edges": ["client_pixels"]},
+            {"ad_account_id": f"act_{business.ad_account_id}"},
+        ],
+    )
+    scheduler = prepared(sim, config)
+    available = [i for i in world.dataset_ids if not world.pixels[i].is_unavailable]
+    assert {t.dataset_id for t in scheduler.targets} == set(available)  # every page, unavailable ones skipped
+    assert len(scheduler.targets) == len(available)  # each dataset watched once across three sources
+    first = next(t for t in scheduler.targets if t.dataset_id == business.pixel_ids[1])
+    assert (first.origin, first.business_id, first.labels) == ("discovery", business.id, (("customer", "acme"),))
+    assert first.name == world.pixels[first.dataset_id].name
+    snap = scheduler.snapshot
+    assert snap.discovery[business.id][0] is True and snap.discovery[f"act_{business.ad_account_id}"][0] is True
+    state = next(s for s in snap.datasets if s.target.dataset_id == business.pixel_ids[1])
+    assert abs(state.last_fired - (time.time() - world.pixels[business.pixel_ids[1]].last_fired_ago)) < 120
+    _, _, body = http("GET", sim.url + "/_sim/requests")
+    assert TOKEN not in body.decode()  # paging.next was followed with the token in the header
+
+
+def test_include_exclude_and_configured_datasets_win(start_simulator):
+    sim = start_simulator(datasets=30, per_business=50)
+    business = next(iter(sim.world.businesses.values()))
+    config = config_for(
+        sim,
+        discovery=[{"business_id": business.id, "edges": ["owned_pixels"], "include": "^Shop", "exclude": "7$"}],
+        datasets=[{"id": EXAMPLE_DATASET_ID, "name": "Mine"}],
+    )
+    scheduler = prepared(sim, config)
+    by_id = {t.dataset_id: t for t in scheduler.targets}
+    assert by_id[EXAMPLE_DATASET_ID].origin == "config" and by_id[EXAMPLE_DATASET_ID].name == "Mine"
+    others = [t for t in scheduler.targets if t.origin == "discovery"]
+    assert others and all(t.name.startswith("Shop") and not t.name.endswith("7") for t in others)
+
+
+def test_failed_or_empty_refresh_keeps_the_last_list_and_a_vanished_pixel_leaves(start_simulator):
+    sim = start_simulator(datasets=20, per_business=50)
+    business = next(iter(sim.world.businesses.values()))
+    source = {"business_id": business.id, "edges": ["owned_pixels"], "refresh": "1s"}
+    scheduler = Scheduler(config_for(sim, discovery=[source]), Secrets({"default": TOKEN}))
+
+    async def refresh():
+        scheduler.housekeeping.forget_schedule()
+        await scheduler.prepare()
+
+    async def go():
+        await refresh()
+        found = {t.dataset_id for t in scheduler.targets}
+        sim.set_scenario("throttled")  # every call fails
+        await refresh()
+        assert {t.dataset_id for t in scheduler.targets} == found
+        assert scheduler.snapshot.discovery[business.id][0] is False
+        sim.set_scenario("healthy")
+        gone = business.pixel_ids[3]
+        sim.world.businesses[business.id] = type(business)(
+            business.id, business.name, business.ad_account_id, tuple(i for i in business.pixel_ids if i != gone)
+        )
+        await refresh()
+        assert {t.dataset_id for t in scheduler.targets} == found - {gone}
+        assert scheduler.snapshot.discovery[business.id][0] is True
+        sim.world.businesses[business.id] = type(business)(business.id, business.name, business.ad_account_id, ())
+        await refresh()  # an empty answer is suspicious: the last list stays
+        assert {t.dataset_id for t in scheduler.targets} == found - {gone}
+        assert scheduler.snapshot.discovery[business.id][0] is False
+        await scheduler.close()
+
+    asyncio.run(go())
+
+
+def test_metadata_names_configured_datasets_and_gives_last_fired(simulator):
+    ids = simulator.world.dataset_ids[1:4]
+    scheduler = prepared(simulator, config_for(simulator, datasets=[{"id": i} for i in ids]))
+    for target in scheduler.targets:
+        pixel = simulator.world.pixels[target.dataset_id]
+        assert (target.name, target.business_id, target.business_name) == (
+            pixel.name,
+            pixel.business_id,
+            pixel.business_name,
+        )
+    states = {s.target.dataset_id: s for s in scheduler.snapshot.datasets}
+    for dataset_id in ids:
+        pixel = simulator.world.pixels[dataset_id]
+        assert states[dataset_id].last_fired is not None
+        assert (states[dataset_id].server_last_fired is None) == (pixel.server_last_fired_ago is None)
+    assert Counter(line.split()[0] for line in simulator.requests) == Counter({"POST": 1, "BATCH-ITEM": 3})
+
+
+def test_token_checks(start_simulator):
+    sim = start_simulator(datasets=3, app_secret="app-secret-value", expired_tokens=("old-token",))
+    config = config_for(
+        sim,
+        graph_api={"base_url": sim.url, "app_id": sim.settings.app_id, "app_secret_env": "SECRET"},
+        credentials={"default": {"token_env": "A"}, "client_b": {"token_env": "B"}},
+    )
+    scheduler = prepared(sim, config, Secrets({"default": TOKEN, "client_b": "old-token"}, "app-secret-value"))
+    tokens = scheduler.snapshot.tokens
+    assert tokens["default"] == (True, 0.0)
+    assert tokens["client_b"][0] is False and tokens["client_b"][1] > 0
+    assert not any("old-token" in line or TOKEN in line for line in sim.requests if not line.startswith("BATCH-ITEM"))
+
+
+def test_no_token_checks_without_app_credentials(simulator):
+    scheduler = prepared(simulator, config_for(simulator))
+    assert scheduler.snapshot.tokens == {}
+
+
+def test_shards_split_a_fleet_without_overlap(start_simulator):
+    ids = [str(100_000_000_000_000 + i) for i in range(3000)]
+    parts = [{i for i in ids if in_shard(i, index, 3)} for index in range(3)]
+    assert set().union(*parts) == set(ids) and sum(map(len, parts)) == len(ids)
+    assert all(800 < len(p) < 1200 for p in parts)  # roughly even
+    sim = start_simulator(datasets=10)
+    datasets = [{"id": i} for i in sim.world.dataset_ids]
+    seen = []
+    for index in range(2):
+        scheduler = Scheduler(config_for(sim, datasets=datasets, shard={"index": index, "count": 2}), Secrets({}))
+        seen.append({t.dataset_id for t in scheduler.targets})
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(sim.world.dataset_ids)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("2026-11-29T12:00:00+0000", 1795953600.0), ("soon", None), (None, None)]
+)
+def test_graph_time(text, expected):
+    assert graph_time(text) == expected
+
+
+def test_housekeeping_is_not_rerun_before_it_is_due(simulator):
+    housekeeping = Housekeeping()
+    config = config_for(simulator, datasets=[{"id": EXAMPLE_DATASET_ID}])
+
+    async def go():
+        async with GraphClient(simulator.url) as client:
+            for _ in range(3):
+                await housekeeping.refresh_metadata(client, config, {"default": TOKEN})
+
+    asyncio.run(go())
+    assert simulator.calls == 1
