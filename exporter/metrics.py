@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from decimal import Decimal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.graph.errors import REASONS
@@ -19,6 +21,7 @@ from exporter.parser import EventQuality
 from exporter.snapshot import DURATION_BUCKETS, Snapshot
 
 log = logging.getLogger(__name__)
+_KEEP: ContextVar[bool] = ContextVar("keep_samples", default=False)
 PREFIX = "meta_dataset_quality_"
 CACHED = "Cached from the last successful fetch."
 UPLOAD_INTERVALS = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
@@ -41,13 +44,34 @@ class SeriesBudget:
         return True
 
 
-class _Family:
-    """A metric family that keeps the first sample per label set and ignores repeats."""
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
 
-    def __init__(self, family: GaugeMetricFamily | CounterMetricFamily, budget: SeriesBudget | None = None) -> None:
-        self.family = family
+
+class _Family:
+    """One metric family, rendered as it is filled.
+
+    Each sample becomes its exposition line at once, in a byte buffer, so a fleet's millions of series never
+    exist as objects. A repeated label set is ignored; with a budget, quality series beyond it are counted,
+    not written. `keep=True` also keeps the samples, for the prometheus_client adapter (tests, registries).
+    """
+
+    def __init__(
+        self, name: str, doc: str, labels: list[str], budget: SeriesBudget | None = None, *, kind: str = "gauge"
+    ) -> None:
+        self.name, self.doc, self.kind, self.labelnames = PREFIX + name, doc, kind, labels
         self.budget = budget
+        self.lines = bytearray()
+        self.samples: list[tuple[str, tuple[str, ...], float]] | None = [] if _KEEP.get() else None
         self._seen: set[tuple[str, ...]] = set()
+        self._orders: dict[int, list[int]] = {}
+        self._sample_name = self.name + "_total" if kind == "counter" else self.name
+
+    def new_scope(self) -> None:
+        """Label sets of different datasets never collide: forget the ones seen so far (saves memory)."""
+        self._seen.clear()
 
     def add(self, labels: list[str], value: float) -> None:
         key = tuple(labels)
@@ -55,18 +79,57 @@ class _Family:
             return
         self._seen.add(key)  # a repeat is ignored, and never counted as dropped twice
         if self.budget is None or self.budget.take():
-            self.family.add_metric(labels, value)
+            self._write(self._sample_name, self.labelnames, key, value)
+
+    def add_histogram(self, labels: list[str], buckets: Iterable[tuple[str, int]], total: float, count: int) -> None:
+        for bound, cumulative in buckets:
+            self._write(self.name + "_bucket", [*self.labelnames, "le"], (*labels, bound), cumulative)
+        self._write(self.name + "_count", self.labelnames, tuple(labels), count)
+        self._write(self.name + "_sum", self.labelnames, tuple(labels), total)
+
+    def _write(self, name: str, names: list[str], values: tuple[str, ...], value: float) -> None:
+        if names:
+            order = self._orders.get(len(names))
+            if order is None:  # label names in sorted order, as Prometheus's own clients write them
+                order = self._orders[len(names)] = sorted(range(len(names)), key=names.__getitem__)
+            pairs = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in order)
+            self.lines += f"{name}{{{pairs}}} {floatToGoString(value)}\n".encode()
+        else:
+            self.lines += f"{name} {floatToGoString(value)}\n".encode()
+        if self.samples is not None:
+            self.samples.append((name, values, value))
+
+    def header(self, openmetrics: bool = False) -> bytes:
+        # The classic text format names a counter's family with its `_total`; OpenMetrics without.
+        name = self.name if openmetrics or self.kind != "counter" else self._sample_name
+        doc = self.doc.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"# HELP {name} {doc}\n# TYPE {name} {self.kind}\n".encode()
+
+    def to_metric(self) -> Metric:
+        """The same family as a prometheus_client Metric (needs keep=True)."""
+        metric = Metric(self.name, self.doc, self.kind)
+        for name, values, value in self.samples or ():
+            names = [*self.labelnames, "le"] if name.endswith("_bucket") else self.labelnames
+            metric.add_sample(name, dict(zip(names, values, strict=True)), value)
+        return metric
 
 
 def _gauge(name: str, doc: str, labels: list[str], budget: SeriesBudget | None = None) -> _Family:
-    return _Family(GaugeMetricFamily(PREFIX + name, doc, labels=labels), budget)
+    return _Family(name, doc, labels, budget)
 
 
 _budgeted_gauge = _gauge
 
 
 def _counter(name: str, doc: str, labels: list[str]) -> _Family:
-    return _Family(CounterMetricFamily(PREFIX + name, doc, labels=labels))
+    return _Family(name, doc, labels, kind="counter")
+
+
+def _single(name: str, doc: str, value: float | None, kind: str = "gauge") -> Iterator[_Family]:
+    if value is not None:
+        family = _Family(name, doc, [], kind=kind)
+        family.add([], value)
+        yield family
 
 
 class QualityCollector:
@@ -81,7 +144,7 @@ class QualityCollector:
         self.snapshot = snapshot
         self.budget = budget or SeriesBudget(0)
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[_Family]:
         def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
             return _budgeted_gauge(name, doc, labels, self.budget)
 
@@ -175,10 +238,11 @@ class QualityCollector:
         for state in self.snapshot.datasets:
             if state.quality is None:
                 continue
+            for family in f.values():
+                family.new_scope()
             for event in state.quality.events:
                 _event_samples(f, [state.target.dataset_id, state.target.agent_name, event.event_name], event)
-        for family in f.values():
-            yield family.family
+        yield from f.values()
 
 
 def _add(family: _Family, labels: list[str], value: float | None, percent: bool = False) -> None:
@@ -229,7 +293,7 @@ class OfflineCollector:
         self.snapshot = snapshot
         self.budget = budget or SeriesBudget(0)
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[_Family]:
         def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
             return _budgeted_gauge(name, doc, labels, self.budget)
 
@@ -244,9 +308,12 @@ class OfflineCollector:
             f"Offline events (beta): match key coverage as a ratio. API field offline[].match_key.coverage. {CACHED}",
             [*EVENT_LABELS, "match_key"],
         )
+        offline = (composite, match_key, frequency, freshness, coverage)
         for state in self.snapshot.datasets:
             if state.quality is None:
                 continue
+            for family in offline:
+                family.new_scope()
             for event in state.quality.offline:
                 labels = [state.target.dataset_id, state.target.agent_name, event.event_name]
                 _add(composite, labels, event.composite_score)
@@ -255,8 +322,7 @@ class OfflineCollector:
                 _add(freshness, labels, event.freshness_score)
                 for key, value in event.match_key_coverage:
                     _add(coverage, [*labels, key], value, percent=True)
-        for family in (composite, match_key, frequency, freshness, coverage):
-            yield family.family
+        yield from offline
 
 
 class InfoCollector:
@@ -270,7 +336,7 @@ class InfoCollector:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[_Family]:
         snap = self.snapshot
         names = ["dataset_id", "dataset_name", "business_id", "business_name", "origin", *snap.label_names]
         info = _gauge(
@@ -311,7 +377,7 @@ class InfoCollector:
         for state in snap.datasets:
             _add(fired, [state.target.dataset_id], state.last_fired)
             _add(server_fired, [state.target.dataset_id], state.server_last_fired)
-        yield from (fired.family, server_fired.family)
+        yield from (fired, server_fired)
         build = _gauge(
             "build_info",
             "The exporter's version and the Graph API version it calls; always 1.",
@@ -321,7 +387,7 @@ class InfoCollector:
             ],
         )
         build.add([__version__, snap.graph_api_version], 1)
-        yield from (info.family, diagnostics.family, build.family)
+        yield from (info, diagnostics, build)
 
 
 class HealthCollector:
@@ -336,7 +402,7 @@ class HealthCollector:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[_Family]:
         snap = self.snapshot
         key = ["dataset_id", "agent_name"]
         success = _gauge("fetch_success", "1 if the latest fetch of this dataset succeeded, else 0.", key)
@@ -355,12 +421,12 @@ class HealthCollector:
                 failures.add([*labels, reason], state.failures.get(reason, 0))
         for origin, count in by_origin.items():
             targets.add([origin], count)
-        yield from (success.family, last.family, failures.family, targets.family)
+        yield from (success, last, failures, targets)
         yield from self._api(snap)
         yield from self._housekeeping(snap)
         yield from self._cycle(snap)
 
-    def _api(self, snap: Snapshot) -> Iterable[Metric]:
+    def _api(self, snap: Snapshot) -> Iterable[_Family]:
         requests = _counter(
             "api_requests",
             "HTTP requests made to the Graph API, by endpoint and HTTP status (error: no response).",
@@ -368,20 +434,20 @@ class HealthCollector:
         )
         for (endpoint, status), count in sorted(snap.requests.items()):
             requests.add([endpoint, status], count)
-        yield requests.family
-        durations = HistogramMetricFamily(
-            PREFIX + "api_request_duration_seconds", "Latency of Graph API requests.", labels=["endpoint"]
+        yield requests
+        durations = _Family(
+            "api_request_duration_seconds", "Latency of Graph API requests.", ["endpoint"], kind="histogram"
         )
+        bounds = [*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf"]
         for endpoint, hist in sorted(snap.durations.items()):
-            bounds = [*(str(b) for b in DURATION_BUCKETS), "+Inf"]
-            durations.add_metric([endpoint], list(zip(bounds, hist.buckets, strict=True)), hist.total)
+            durations.add_histogram([endpoint], zip(bounds, hist.buckets, strict=True), hist.total, hist.count)
         yield durations
         errors = _counter(
             "api_errors", "Graph API error objects received, by error.code and reason.", ["code", "reason"]
         )
         for (code, reason), count in sorted(snap.api_errors.items()):
             errors.add([code, reason], count)
-        yield errors.family
+        yield errors
         usage = _gauge(
             "api_usage_ratio",
             "Latest rate-limit usage from the X-App-Usage, X-Business-Use-Case-Usage and X-Ad-Account-Usage headers.",
@@ -389,9 +455,9 @@ class HealthCollector:
         )
         for labels, ratio in sorted(snap.usage.items()):
             usage.add(list(labels), ratio)
-        yield usage.family
+        yield usage
 
-    def _housekeeping(self, snap: Snapshot) -> Iterable[Metric]:
+    def _housekeeping(self, snap: Snapshot) -> Iterable[_Family]:
         throttled = _gauge(
             "api_throttled_until_timestamp_seconds",
             "While an app or business is throttled: when Meta expects access back.",
@@ -415,52 +481,40 @@ class HealthCollector:
         for name, (ok, expires) in sorted(snap.tokens.items()):
             valid.add([name], 1.0 if ok else 0.0)
             expiry.add([name], expires)
-        yield from (throttled.family, success.family, last.family, valid.family, expiry.family)
+        yield from (throttled, success, last, valid, expiry)
 
-    def _cycle(self, snap: Snapshot) -> Iterable[Metric]:
-        def single(name: str, doc: str, value: float | None) -> Iterable[Metric]:
-            if value is not None:
-                yield GaugeMetricFamily(PREFIX + name, doc, value=value)
-
-        yield from single(
+    def _cycle(self, snap: Snapshot) -> Iterable[_Family]:
+        yield from _single(
             "cycle_duration_seconds", "How long the last complete collection cycle took.", snap.cycle_duration
         )
-        yield from single("cycle_interval_seconds", "The configured collection interval.", snap.interval)
-        yield from single(
+        yield from _single("cycle_interval_seconds", "The configured collection interval.", snap.interval)
+        yield from _single(
             "last_cycle_timestamp_seconds", "When the last collection cycle completed.", snap.last_cycle_end
         )
-        yield from single(
+        yield from _single(
             "cycle_progress_ratio",
             "Share of the current cycle's targets already fetched (1 between cycles).",
             snap.cycle_done / snap.cycle_total if snap.cycle_total else 1.0,
         )
-        yield CounterMetricFamily(PREFIX + "cycles", "Collection cycles completed.", value=snap.cycles)
-        yield CounterMetricFamily(
-            PREFIX + "cycle_overruns", "Cycles that took longer than the interval.", value=snap.overruns
-        )
-        yield GaugeMetricFamily(
-            PREFIX + "config_last_reload_successful",
+        yield from _single("cycles", "Collection cycles completed.", snap.cycles, "counter")
+        yield from _single("cycle_overruns", "Cycles that took longer than the interval.", snap.overruns, "counter")
+        yield from _single(
+            "config_last_reload_successful",
             "1 if the last configuration reload worked (or none was asked for), 0 if it was refused.",
-            value=1.0 if snap.reload_success else 0.0,
+            1.0 if snap.reload_success else 0.0,
         )
-        yield from single(
+        yield from _single(
             "config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully.",
             snap.reload_timestamp,
         )
 
 
-class SnapshotCollector(Collector):
-    """All metric groups for whatever snapshot `source()` returns at collection time.
-
-    Quality series count against `limits.max_series`; the rest (info, health) are always served.
-    """
-
-    def __init__(self, source: Callable[[], Snapshot]) -> None:
-        self.source = source
-
-    def collect(self) -> Iterator[Metric]:
-        snapshot = self.source()
+def families(snapshot: Snapshot, *, keep_samples: bool = False) -> Iterator[_Family]:
+    """Every metric family for a snapshot, in exposition order. Quality series count against
+    `limits.max_series`; the rest (info, health) are always served."""
+    token = _KEEP.set(keep_samples)
+    try:
         budget = SeriesBudget(snapshot.max_series)
         yield from QualityCollector(snapshot, budget).collect()
         yield from OfflineCollector(snapshot, budget).collect()
@@ -472,8 +526,18 @@ class SnapshotCollector(Collector):
                 snapshot.max_series,
                 budget.dropped,
             )
-        yield GaugeMetricFamily(
-            PREFIX + "series_dropped",
-            "Quality series left out of the last snapshot by limits.max_series.",
-            value=budget.dropped,
+        yield from _single(
+            "series_dropped", "Quality series left out of the last snapshot by limits.max_series.", budget.dropped
         )
+    finally:
+        _KEEP.reset(token)
+
+
+class SnapshotCollector(Collector):
+    """The same families for a prometheus_client registry (tests use `get_sample_value`)."""
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        return iter([family.to_metric() for family in families(self.source(), keep_samples=True)])

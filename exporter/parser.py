@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +23,14 @@ class ResponseFormatError(ValueError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MatchKey:
     identifier: str
     coverage: float | None = None
     potential_acr_increase: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Diagnostic:
     slug: str
     name: str
@@ -40,7 +41,7 @@ class Diagnostic:
     total_event_count: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DedupeKey:
     dedupe_key: str
     browser_events: float | None = None
@@ -48,7 +49,7 @@ class DedupeKey:
     browser_coverage: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventQuality:
     event_name: str
     composite_score: float | None = None
@@ -63,7 +64,7 @@ class EventQuality:
     potential_acr_increase: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OfflineEvent:
     event_name: str
     composite_score: float | None = None
@@ -73,7 +74,7 @@ class OfflineEvent:
     match_key_coverage: tuple[tuple[str, float], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DatasetQuality:
     events: tuple[EventQuality, ...] = ()
     offline: tuple[OfflineEvent, ...] = ()
@@ -82,7 +83,7 @@ class DatasetQuality:
 
 def diagnostic_slug(name: str) -> str:
     """A stable label value for a diagnostic title: lowercase, runs of non-alphanumerics become `_`."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unnamed"
+    return sys.intern(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unnamed")
 
 
 def parse_dataset_quality(body: Any) -> DatasetQuality:
@@ -265,6 +266,7 @@ def _items(parent: dict[str, Any], key: str, path: str) -> list[tuple[Any, str]]
 
 
 def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = False) -> str | None:
+    """A string field; interned, because label values and Meta's texts repeat across a fleet."""
     value = None if parent is None else parent.get(key)
     if value is None:
         if required:
@@ -274,7 +276,7 @@ def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = Fa
         raise ResponseFormatError(f"{path}.{key}", f"expected a string, got {_describe(value)}")
     if required and not value:
         raise ResponseFormatError(f"{path}.{key}", "empty")
-    return value
+    return sys.intern(value)
 
 
 def _num(parent: dict[str, Any] | None, key: str, path: str) -> float | None:

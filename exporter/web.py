@@ -109,9 +109,17 @@ class _Handler(BaseHTTPRequestHandler):
         snap = self.app.snapshot
         openmetrics = wants_openmetrics(self.headers.get("Accept", ""))
         compressed = "gzip" in self.headers.get("Accept-Encoding", "")
-        body = self.cache.get(snap, openmetrics=openmetrics, compressed=compressed)
-        extra = {"Content_Encoding": "gzip"} if compressed else {}
-        self._reply(200, body, OPENMETRICS if openmetrics else TEXT, Vary="Accept, Accept-Encoding", **extra)
+        rendered = self.cache.get(snap, openmetrics=openmetrics, compressed=compressed)
+        self.send_response(200)
+        self.send_header("Content-Type", OPENMETRICS if openmetrics else TEXT)
+        self.send_header("Content-Length", str(rendered.length))
+        self.send_header("Vary", "Accept, Accept-Encoding")
+        if compressed:
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        if self.command != "HEAD":
+            for chunk in rendered.chunks:
+                self.wfile.write(chunk)
 
 
 def _landing(snap: Snapshot) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
 
 from prometheus_client import CollectorRegistry
@@ -245,16 +246,64 @@ def test_no_duplicate_series_and_hostile_labels_round_trip():
 
 
 def test_exposition_cache_renders_once_per_snapshot_and_format():
+
     cache = ExpositionCache()
     first = snap(state(T1, DatasetQuality((FULL_EVENT,))))
     plain = cache.get(first, openmetrics=False, compressed=False)
     assert cache.get(first, openmetrics=False, compressed=False) is plain
-    assert cache.get(first, openmetrics=True, compressed=False).endswith(b"# EOF\n")
-    import gzip
-
-    assert gzip.decompress(cache.get(first, openmetrics=False, compressed=True)) == plain
+    assert plain.length == len(plain.bytes())
+    assert cache.get(first, openmetrics=True, compressed=False).bytes().endswith(b"# EOF\n")
+    packed = cache.get(first, openmetrics=False, compressed=True)
+    assert gzip.decompress(packed.bytes()) == plain.bytes()
     second = Snapshot(generation=2, created=0, datasets=(), graph_api_version="v25.0")
-    assert b"Purchase" not in cache.get(second, openmetrics=False, compressed=False)
+    assert b"Purchase" not in cache.get(second, openmetrics=False, compressed=False).bytes()
+
+
+def rich_snapshot():
+    events = [FULL_EVENT] + [
+        EventQuality(n, composite_score=1.5, match_keys=(MatchKey(n, 3),), upload_frequency=n) for n in HOSTILE
+    ]
+    offline = OfflineEvent("Purchase", 8.7, 7.5, 9, 6.5, (("email", 88.0),))
+    return snap(
+        state(T1, DatasetQuality(tuple(events), (offline,)), last_fired=5.0),
+        state(Target("2", agent_name="x"), None, success=False, last_reason="auth", failures={"auth": 2}),
+        label_names=("customer",),
+        requests={("dataset_quality", "200"): 5},
+        durations={"dataset_quality": Histogram((1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6), 2.5, 6)},
+        api_errors={("190", "auth"): 3},
+        usage={("app", "app", "app", "call_count"): 0.5},
+        throttled_until={("business", "9"): 7.0},
+        discovery={"9": (True, 1.0)},
+        tokens={"default": (False, 0.0)},
+        cycle_duration=2.0,
+    )
+
+
+def parsed(text, parser=text_string_to_metric_families):
+    out = {}
+    for family in parser(text):
+        for s in family.samples:
+            out[(family.name, family.type, family.documentation, s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_our_renderer_writes_what_prometheus_client_writes():
+    from prometheus_client import generate_latest
+
+    snapshot = rich_snapshot()
+    ours = render(snapshot).decode()
+    theirs = generate_latest(registry_for(snapshot)).decode()
+    assert parsed(ours) == parsed(theirs)
+    assert ours == theirs  # byte for byte, label order and number formatting included
+
+
+def test_openmetrics_rendering_parses():
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    snapshot = rich_snapshot()
+    ours = render(snapshot, openmetrics=True).decode()
+    assert parsed(ours, om_parse) == parsed(om_latest(registry_for(snapshot)).decode(), om_parse)
 
 
 def test_series_limit_drops_quality_series_and_counts_them(caplog):
