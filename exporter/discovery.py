@@ -6,6 +6,7 @@ the last good list; a pixel gone upstream leaves after the next successful refre
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -183,19 +184,24 @@ class Housekeeping:
             return
         wanted = {d.id: d.credential for d in config.datasets if d.credential in tokens}
         ids = [i for i in wanted if in_shard(i, config.shard.index, config.shard.count)]
-        for start in range(0, len(ids), config.collection.batch_size):
-            chunk = ids[start : start + config.collection.batch_size]
+        size = config.collection.batch_size
+        slots = asyncio.Semaphore(config.collection.concurrency)
+
+        async def one_batch(chunk: list[str]) -> None:
             calls = [BatchCall(i, {"fields": PIXEL_FIELDS}, tokens[wanted[i]]) for i in chunk]
-            try:
-                outcomes = await client.batch(calls)
-            except GraphError as exc:
-                log.warning("pixel metadata refresh failed: %s", exc)
-                return
+            async with slots:
+                try:
+                    outcomes = await client.batch(calls)
+                except GraphError as exc:
+                    log.warning("pixel metadata refresh failed for %d datasets: %s", len(chunk), exc)
+                    return
             for dataset_id, outcome in zip(chunk, outcomes, strict=True):
                 if isinstance(outcome, GraphResponse) and isinstance(outcome.body, dict):
                     self.meta[dataset_id] = pixel_meta(outcome.body)
                 elif isinstance(outcome, GraphError):
                     log.info("pixel metadata for dataset %s unavailable: %s", dataset_id, outcome)
+
+        await asyncio.gather(*(one_batch(ids[i : i + size]) for i in range(0, len(ids), size)))
 
     # ----- token checks ------------------------------------------------------------------------------------
     async def check_tokens(

@@ -27,17 +27,19 @@ class Rendered:
         return b"".join(self.chunks)
 
 
-def render_chunks(snapshot: Snapshot, openmetrics: bool = False) -> Rendered:
-    chunks: list[bytes | bytearray] = []
+def render_both(snapshot: Snapshot) -> tuple[Rendered, Rendered]:
+    """Text and OpenMetrics renderings; they share every family's sample lines and differ in headers only."""
+    text: list[bytes | bytearray] = []
+    om: list[bytes | bytearray] = []
     for family in families(snapshot):
-        chunks += (family.header(openmetrics), family.lines)
-    if openmetrics:
-        chunks.append(b"# EOF\n")
-    return Rendered(tuple(chunks), sum(len(c) for c in chunks))
+        text += (family.header(False), family.lines)
+        om += (family.header(True), family.lines)
+    om.append(b"# EOF\n")
+    return Rendered(tuple(text), sum(map(len, text))), Rendered(tuple(om), sum(map(len, om)))
 
 
 def render(snapshot: Snapshot, openmetrics: bool = False) -> bytes:
-    return render_chunks(snapshot, openmetrics).bytes()
+    return render_both(snapshot)[openmetrics].bytes()
 
 
 def gzipped(rendered: Rendered) -> Rendered:
@@ -63,9 +65,8 @@ class ExpositionCache:
         with self._lock:
             if snapshot.generation != self._generation:
                 self._generation, self._entries = snapshot.generation, {}
+            if not self._entries:
+                self._entries[(False, False)], self._entries[(True, False)] = render_both(snapshot)
             if key not in self._entries:
-                plain = self._entries.get((openmetrics, False)) or render_chunks(snapshot, openmetrics)
-                self._entries[(openmetrics, False)] = plain
-                if compressed:
-                    self._entries[key] = gzipped(plain)
+                self._entries[key] = gzipped(self._entries[(openmetrics, False)])
             return self._entries[key]

@@ -247,9 +247,10 @@ def _obj(value: Any, path: str) -> dict[str, Any]:
 
 
 def _opt_obj(parent: dict[str, Any] | None, key: str, path: str) -> dict[str, Any] | None:
-    if parent is None or parent.get(key) is None:
-        return None
-    return _obj(parent[key], f"{path}.{key}" if path else key)
+    value = None if parent is None else parent.get(key)
+    if value is None or type(value) is dict:
+        return value
+    return _obj(value, f"{path}.{key}" if path else key)
 
 
 def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
@@ -283,17 +284,26 @@ def _num(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
     value = None if parent is None else parent.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {_describe(value)}")
-    result = float(value)
-    if not math.isfinite(result):
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value
         raise ResponseFormatError(f"{path}.{key}", f"expected a finite number, got {value!r}")
-    return result
+    if kind is int:
+        try:
+            return float(value)
+        except OverflowError:
+            raise ResponseFormatError(f"{path}.{key}", "number too large") from None
+    raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {_describe(value)}")
 
 
 def _percentage(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
-    block = _opt_obj(parent, key, path)
-    return _num(block, "percentage", f"{path}.{key}") if block is not None else None
+    block = None if parent is None else parent.get(key)
+    if block is None:
+        return None
+    if type(block) is not dict:
+        raise ResponseFormatError(f"{path}.{key}", f"expected an object, got {_describe(block)}")
+    return _num(block, "percentage", f"{path}.{key}")
 
 
 def _score(parent: dict[str, Any], key: str, path: str) -> float | None:

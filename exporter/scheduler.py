@@ -24,7 +24,7 @@ from exporter.targets import Target, configured_targets
 log = logging.getLogger(__name__)
 
 PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
-PUBLISH_EVERY = 1.0  # seconds between snapshots published during a cycle
+PUBLISH_EVERY = 5.0  # seconds between snapshots published during a cycle (each costs a pass over all targets)
 PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
 
 Progress = Callable[[int, int, int], None]  # (done, total, failed)

@@ -145,6 +145,7 @@ def test_duplicate_match_keys_and_diagnostic_slugs_are_kept_once():
         (lambda b: b["web"][0]["event_match_quality"].update(composite_score="8.3"), "composite_score"),
         (lambda b: b["web"][0]["event_match_quality"].update(composite_score=True), "composite_score"),
         (lambda b: b["web"][0]["event_match_quality"].update(composite_score=float("nan")), "composite_score"),
+        (lambda b: b["web"][0]["event_match_quality"].update(composite_score=10**400), "composite_score"),
         (lambda b: b["web"][0]["event_coverage"].update(percentage=[80]), "event_coverage.percentage"),
         (lambda b: b["web"][0].update(acr=7), "web[0].acr"),
         (lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"][1].pop("identifier"), "identifier"),

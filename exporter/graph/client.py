@@ -11,8 +11,9 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
 
 import httpx
 
@@ -24,6 +25,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
+
+
+@lru_cache(maxsize=1024)
+def _quote(value: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
+    # The same long `fields` expansion goes into every batch item: quote it once.
+    return quote_plus(value, safe, encoding, errors)
 
 
 class RequestObserver(Protocol):
@@ -150,7 +157,8 @@ class GraphClient:
             query = dict(call.params)
             if call.token != top:
                 query.update(access_token=call.token, **self._auth_params(call.token))
-            items.append({"method": "GET", "relative_url": f"{self.version}/{call.path}?{urlencode(query)}"})
+            relative = f"{self.version}/{call.path}?{urlencode(query, quote_via=_quote)}"
+            items.append({"method": "GET", "relative_url": relative})
         form = {"access_token": top, "batch": json.dumps(items, separators=(",", ":")), **self._auth_params(top)}
         attempt = 0
         while True:

@@ -148,7 +148,11 @@ class World:
 
     def quality(self, dataset_id: str, agent_name: str | None) -> dict[str, Any]:
         """The full (unfiltered) dataset_quality response for a dataset; a fresh copy each call."""
-        return copy.deepcopy(_quality(self.seed, dataset_id, agent_name or ""))
+        return copy.deepcopy(self.shared_quality(dataset_id, agent_name))
+
+    def shared_quality(self, dataset_id: str, agent_name: str | None) -> dict[str, Any]:
+        """The same, without the copy: callers must not change it."""
+        return _quality(self.seed, dataset_id, agent_name or "")
 
 
 def _make_pixel(seed: int, pixel_id: str, business_id: str, business_name: str) -> Pixel:
@@ -170,7 +174,7 @@ def _make_pixel(seed: int, pixel_id: str, business_id: str, business_name: str) 
     )
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=32768)
 def _quality(seed: int, dataset_id: str, agent_name: str) -> dict[str, Any]:
     if dataset_id == EXAMPLE_DATASET_ID:
         return _page_example() if not agent_name else {"web": []}

@@ -5,6 +5,7 @@ Deliberately independent of the client's field builder: the simulator parses wha
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 FieldTree = dict[str, "FieldTree | None"]
@@ -94,8 +95,9 @@ class UnknownFieldError(ValueError):
         self.field = field
 
 
+@lru_cache(maxsize=256)
 def parse_fields(text: str) -> FieldTree:
-    """Parse `a,b{c,d{e}}` into {"a": None, "b": {"c": None, "d": {"e": None}}}."""
+    """Parse `a,b{c,d{e}}` into {"a": None, "b": {"c": None, "d": {"e": None}}}. Callers must not change it."""
     tree, pos = _parse_list(text, 0)
     if pos != len(text):
         raise FieldSyntaxError(

@@ -306,7 +306,11 @@ class Simulator:
         if fault in ("http_500", "http_503", "not_json"):
             status, ctype, body = raw_fault_reply(fault)
             return Reply(status, raw=(ctype, body), headers=headers)
-        data = apply_scenario(self.world.quality(dataset_id, params.get("agent_name")), self.scenario)
+        agent = params.get("agent_name")
+        if self.scenario in ("emq_drop", "dedupe_broken", "coverage_drop"):
+            data = apply_scenario(self.world.quality(dataset_id, agent), self.scenario)
+        else:
+            data = self.world.shared_quality(dataset_id, agent)  # `select` builds new objects; nothing is changed
         reply = Reply(200, select(data, tree, DATASET_QUALITY_SCHEMA), headers)
         if fault == "slow":
             reply.fault = "slow"

@@ -1,0 +1,28 @@
+"""Smoke test of bench/scale.py: it runs and reports every figure. No timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_scale_benchmark_runs_and_reports():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "all", "--sizes", "40", "--scrapes", "5", "--renders", "1",
+         "--baseline-sample", "3", "--json"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (throughput,) = report["throughput"]
+    assert throughput["datasets"] == 40 and throughput["cycle_s"] > 0 and throughput["bound_s"] > 0
+    assert throughput["naive_s"] > 0 and throughput["speedup"] > 0
+    (scrape,) = report["scrape"]
+    assert scrape["gzip_bytes"] < scrape["plain_bytes"] and scrape["gzip_p99_ms"] > 0
+    assert scrape["per_scrape_render_p50_ms"] > 0
+    (memory,) = report["memory"]
+    assert memory["rss_bytes"] > memory["exposition_bytes"] > 0
