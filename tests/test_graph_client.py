@@ -407,3 +407,22 @@ def test_batch_answer_of_the_wrong_length_is_invalid():
     with pytest.raises(GraphError) as err:
         asyncio.run(go())
     assert err.value.reason == "invalid_response"
+
+
+def test_ad_account_usage_is_labelled_with_the_account_called():
+    recorder = Recorder()
+    headers = {"X-Ad-Account-Usage": '{"acc_id_util_pct": 12.5, "reset_time_duration": 0}'}
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"data": []}, headers=headers))
+
+    async def go():
+        async with GraphClient("http://graph.test", transport=transport, observer=recorder) as c:
+            await c.get("act_42/adspixels", {}, TOKEN, endpoint="discovery")
+
+    asyncio.run(go())
+    (sample,) = recorder.usage[-1].samples
+    assert (sample.scope, sample.object_id, sample.resource, sample.ratio) == (
+        "ad_account",
+        "act_42",
+        "acc_id_util",
+        0.125,
+    )

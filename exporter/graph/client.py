@@ -233,7 +233,8 @@ class GraphClient:
             async with self._http.stream("GET", url, params=query, headers=headers) as response:
                 status = str(response.status_code)
                 body = await self._read_limited(response)
-                return self._interpret(response.status_code, response.headers, body)
+                account = path.split("/", 1)[0] if path.startswith("act_") else ""
+                return self._interpret(response.status_code, response.headers, body, account)
         except httpx.TimeoutException as exc:
             raise GraphError("timeout", f"{endpoint}: no answer within the timeout ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
@@ -263,9 +264,9 @@ class GraphClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes) -> GraphResponse:
+    def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes, ad_account: str = "") -> GraphResponse:
         self._check_version(headers)
-        usage = parse_rate_limit_headers(headers)
+        usage = parse_rate_limit_headers(headers, ad_account_id=ad_account)  # the header does not name it
         if self.observer and usage.samples:
             self.observer.on_usage(usage)
         return self.interpret_body(status, raw, usage, headers.get("facebook-api-version"))
