@@ -177,6 +177,13 @@ class Simulator:
             return "slow"
         return None
 
+    def batch_fault(self) -> str | None:
+        """In the flaky scenario, a share of whole batch requests fail as a proxy or network would."""
+        with self.lock:
+            if self.scenario == "flaky" and self.rng.random() < self.settings.fault_rate / 4:
+                return self.rng.choice(("http_500", "http_503", "reset", "slow"))
+        return None
+
     def _error(self, name: str, headers: dict[str, str] | None = None, **fmt: Any) -> Reply:
         status, body = error_body(name, self.rng, **fmt)
         return Reply(status, body, dict(headers or {}))
@@ -510,7 +517,13 @@ class _Handler(BaseHTTPRequestHandler):
         if "access_token" not in form and (header_token := self._token_from_header()):
             form["access_token"] = header_token
         self._latency()
-        self._send(self.sim.batch(form, self._base()))
+        whole = self.sim.batch_fault()
+        if whole in ("http_500", "http_503"):
+            status, ctype, raw = raw_fault_reply(whole)
+            return self._send(Reply(status, raw=(ctype, raw)))
+        reply = self.sim.batch(form, self._base())
+        reply.fault = whole  # "reset" or "slow" hit the whole request; None leaves it alone
+        self._send(reply)
 
     def _latency(self) -> None:
         if self.sim.settings.latency:
