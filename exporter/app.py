@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 from exporter.config import Config, ConfigError, Secrets, load_config, resolve_secrets
-from exporter.logsetup import register_secrets
+from exporter.logsetup import redact, register_secrets
 from exporter.scheduler import Progress, Scheduler
 from exporter.snapshot import Snapshot
 from exporter.web import WebServer
@@ -57,7 +57,8 @@ class Exporter:
             except ConfigError as exc:
                 log.error("reload refused, keeping the previous configuration: %s", exc)
                 self.scheduler.note_reload(False)
-                return False, f"reload refused, previous configuration kept.\n{exc}"
+                # A value in the refused file may be a secret pasted by mistake: answer as the log does.
+                return False, redact(f"reload refused, previous configuration kept.\n{exc}")
             if listen_address(config) != listen_address(self.scheduler.config):
                 log.warning("server.listen_address changed; it takes effect at the next restart")
             self.scheduler.replace_config(config, secrets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,24 @@ def test_bad_arguments(capsys):
     assert main(["run", "--dataset-id", "act_1"]) == 2
     with pytest.raises(SystemExit):
         main(["once", "--format", "yaml"])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.bad.yaml")), ids=lambda p: p.name)
+def test_every_bad_fixture_fails_check_config_with_its_messages(path, capsys):
+    assert main(["check-config", "--skip-secrets", str(path)]) == 1
+    err = capsys.readouterr().err
+    expected = re.findall(r"^# expect: (.+)$", path.read_text("utf-8"), re.MULTILINE)
+    for line in expected:
+        assert line.replace(path.name, str(path), 1) in err
+
+
+def test_run_refuses_a_bad_config_with_a_non_zero_exit(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("collection: {interval: soon}\n")
+    assert main(["run", "--config", str(path)]) == 1
+    assert "collection.interval: expected a duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--shard-index", "3", "--shard-count", "3"], ["--dataset-id", "12x"]])
+def test_bad_flags_fail_before_anything_starts(args, capsys):
+    assert main(["run", "--dataset-id", "1", *args]) == 2

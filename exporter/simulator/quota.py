@@ -18,7 +18,8 @@ class Usage:
 
     @property
     def regain_minutes(self) -> int:
-        return math.ceil(self.throttled_for / 60) if self.throttled_for > 0 else 0
+        # Meta's estimate is in whole minutes; a block of under half a minute reads 0.
+        return round(self.throttled_for / 60)
 
 
 class RollingQuota:
