@@ -16,11 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# promtool and amtool come from Debian's prometheus and prometheus-alertmanager packages.
+# promtool and amtool come from Debian's prometheus and prometheus-alertmanager packages; the status page's
+# browser test drives Debian's chromium through Playwright (which never downloads a browser of its own).
 tools:
-	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null; then \
 	  $(SUDO) apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y prometheus prometheus-alertmanager; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y prometheus prometheus-alertmanager chromium; \
 	fi
 
 lint: venv

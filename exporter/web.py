@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from exporter import __version__
 from exporter.exposition import OPENMETRICS, TEXT, ExpositionCache, wants_openmetrics
 from exporter.snapshot import Snapshot
+from exporter.status import status_html, status_json
 
 log = logging.getLogger(__name__)
 PLAIN = "text/plain; charset=utf-8"
@@ -33,6 +34,7 @@ class WebServer:
 
         Handler.app = app
         Handler.cache = cache
+        Handler.status = StatusCache()
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
@@ -52,9 +54,27 @@ class WebServer:
         self._server.server_close()
 
 
+class StatusCache:
+    """The status page and its JSON twin, built once per snapshot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._pages: dict[bool, bytes] = {}
+
+    def get(self, snapshot: Snapshot, as_json: bool) -> bytes:
+        with self._lock:
+            if snapshot.generation != self._generation:
+                self._generation, self._pages = snapshot.generation, {}
+            if as_json not in self._pages:
+                self._pages[as_json] = status_json(snapshot) if as_json else status_html(snapshot)
+            return self._pages[as_json]
+
+
 class _Handler(BaseHTTPRequestHandler):
     app: WebApp
     cache: ExpositionCache
+    status: StatusCache
     protocol_version = "HTTP/1.1"
     server_version = f"meta-dataset-quality-exporter/{__version__}"
 
@@ -94,6 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(405, "Use POST to reload the configuration: curl -X POST .../-/reload\n", Allow="POST")
         if path == "/":
             return self._reply(200, _landing(self.app.snapshot), "text/html; charset=utf-8")
+        if path == "/status":
+            as_json = "format=json" in self.path.partition("?")[2].split("&")
+            body = self.status.get(self.app.snapshot, as_json)
+            return self._reply(200, body, "application/json" if as_json else "text/html; charset=utf-8")
         self._reply(404, "Not found. Try /metrics.\n")
 
     def do_POST(self) -> None:
@@ -142,7 +166,8 @@ def _landing(snap: Snapshot) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}</style></head>
 <body><h1>Meta Dataset Quality Exporter</h1>
 <table>{table}</table>
-<ul><li><a href="metrics">Metrics</a></li><li><a href="-/healthy">Health</a></li>
+<ul><li><a href="status">Status of every dataset</a></li><li><a href="metrics">Metrics</a></li>
+<li><a href="-/healthy">Health</a></li>
 <li><a href="-/ready">Readiness</a></li></ul>
 <p>POST <code>/-/reload</code> re-reads the configuration.</p>
 </body></html>

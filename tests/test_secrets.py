@@ -63,7 +63,9 @@ def test_canaries_appear_nowhere(start_simulator, tmp_path):
                 return any(line.startswith(f"meta_dataset_quality_cycles_total {n}") for line in text.splitlines())
 
             wait_for(lambda: cycles_done(2), what="two cycles")
-            pages = {path: http("GET", url + path)[2].decode() for path in ("/metrics", "/", "/-/ready", "/-/reload")}
+            paths = ("/metrics", "/", "/status", "/status?format=json", "/-/ready", "/-/reload")
+            pages = {path: http("GET", url + path)[2].decode() for path in paths}
+            assert "auth" in pages["/status"] and "fbtrace_id" in pages["/status?format=json"]  # failures shown
             assert "meta_dataset_quality_token_valid" in pages["/metrics"]  # the token check ran
             assert 'reason="auth"' in pages["/metrics"]  # the rejected token's path ran
             config.write_text(good.replace("timeout: 3s", f"timeout: {CANARY_TOKEN}"))  # a bad value quoting a secret

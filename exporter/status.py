@@ -1,0 +1,235 @@
+"""`/status`: every watched dataset for people, plus "what to fix first", as HTML and as JSON.
+
+Built from a snapshot only. Every string from the API or the config is escaped; the page carries its own
+CSS and script (no external assets), and the script only sorts and filters rows that are already there.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any
+
+from exporter import __version__
+from exporter.snapshot import DatasetState, Snapshot
+
+MAX_OPPORTUNITIES = 100
+EVENTS_SHOWN = 6
+
+
+def _iso(epoch: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
+def _dataset(state: DatasetState) -> dict[str, Any]:
+    t = state.target
+    events = state.quality.events if state.quality else ()
+    scored = sorted((e for e in events if e.composite_score is not None), key=lambda e: e.composite_score or 0.0)
+    diagnostics = [d for e in events for d in e.diagnostics]
+    top = max(diagnostics, key=lambda d: d.percentage or 0.0, default=None)
+    status = "pending" if state.fetch_success is None else "ok" if state.fetch_success else "failing"
+    return {
+        "dataset_id": t.dataset_id,
+        "name": t.name,
+        "agent_name": t.agent_name,
+        "business_id": t.business_id,
+        "business_name": t.business_name,
+        "labels": dict(t.labels),
+        "origin": t.origin,
+        "status": status,
+        "reason": state.last_reason,
+        "error": state.last_message,
+        "last_success": _iso(state.last_success),
+        "worst_emq": scored[0].composite_score if scored else None,
+        "events": [{"event_name": e.event_name, "emq": e.composite_score} for e in scored],
+        "top_diagnostic": {"name": top.name, "percentage": top.percentage, "solution": top.solution} if top else None,
+    }
+
+
+def _opportunities(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Meta's own estimates of additional conversions, largest first."""
+    found: list[dict[str, Any]] = []
+    for state in snapshot.datasets:
+        if state.quality is None:
+            continue
+        t = state.target
+        base = {"dataset_id": t.dataset_id, "dataset_name": t.name, "customer": dict(t.labels).get("customer", "")}
+        for e in state.quality.events:
+            for key in e.match_keys:
+                if key.potential_acr_increase:
+                    found.append(base | {"event_name": e.event_name, "action": f"send {key.identifier}",
+                                         "lift": key.potential_acr_increase})  # fmt: skip
+            if e.potential_acr_increase:
+                action = "send this event through the Conversions API"
+                found.append(base | {"event_name": e.event_name, "action": action, "lift": e.potential_acr_increase})
+            if e.coverage_potential_acr_increase:
+                action = "raise event coverage (server events with matching dedupe keys)"
+                found.append(
+                    base | {"event_name": e.event_name, "action": action, "lift": e.coverage_potential_acr_increase}
+                )
+    found.sort(key=lambda o: -o["lift"])
+    return found[:MAX_OPPORTUNITIES]
+
+
+def _by_customer(opportunities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    customers: dict[str, dict[str, Any]] = {}
+    for o in opportunities:
+        entry = customers.setdefault(
+            o["customer"], {"customer": o["customer"], "opportunities": 0, "largest_lift": 0.0}
+        )
+        entry["opportunities"] += 1
+        entry["largest_lift"] = max(entry["largest_lift"], o["lift"])
+    return sorted(customers.values(), key=lambda c: -c["largest_lift"])
+
+
+def status_model(snapshot: Snapshot) -> dict[str, Any]:
+    datasets = [_dataset(s) for s in snapshot.datasets]
+    opportunities = _opportunities(snapshot)
+    return {
+        "version": __version__,
+        "generated": _iso(snapshot.created),
+        "last_cycle": _iso(snapshot.last_cycle_end),
+        "datasets": datasets,
+        "failing": sum(1 for d in datasets if d["status"] == "failing"),
+        "opportunities": opportunities,
+        "by_customer": _by_customer(opportunities),
+    }
+
+
+def status_json(snapshot: Snapshot) -> bytes:
+    return json.dumps(status_model(snapshot), ensure_ascii=False, indent=1).encode()
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: float | None, suffix: str = "") -> str:
+    return "" if value is None else f"{value:g}{suffix}"
+
+
+def _cell(text: Any, sort: Any = None, cls: str = "") -> str:
+    key = text if sort is None else sort
+    attrs = f' data-sort="{_e(key)}"' + (f' class="{cls}"' if cls else "")
+    return f"<td{attrs}>{_e(text)}</td>"
+
+
+def status_html(snapshot: Snapshot) -> bytes:
+    model = status_model(snapshot)
+    rows = []
+    for d in model["datasets"]:
+        events = " · ".join(f"{ev['event_name']} {ev['emq']:g}" for ev in d["events"][:EVENTS_SHOWN])
+        if len(d["events"]) > EVENTS_SHOWN:
+            events += f" · +{len(d['events']) - EVENTS_SHOWN} more"
+        diag = d["top_diagnostic"]
+        diag_text = f"{diag['name']} ({_num(diag['percentage'], '%')})" if diag else ""
+        failure = f"{d['reason']}: {d['error']}" if d["status"] == "failing" else ""
+        worst = d["worst_emq"]
+        rows.append(
+            "<tr>"
+            + _cell(d["name"] or d["dataset_id"])
+            + _cell(d["dataset_id"])
+            + _cell(d["agent_name"])
+            + _cell(d["business_name"] or d["business_id"])
+            + _cell(d["labels"].get("customer", ""))
+            + _cell(d["status"], cls=d["status"])
+            + _cell(d["last_success"] or "never")
+            + _cell(_num(worst), sort=worst if worst is not None else 99, cls="num")
+            + _cell(events)
+            + _cell(diag_text, sort=diag["percentage"] if diag else -1)
+            + _cell(failure)
+            + "</tr>"
+        )
+    opportunities = [
+        "<tr>"
+        + _cell(_num(o["lift"], "%"), sort=o["lift"], cls="num")
+        + _cell(o["dataset_name"] or o["dataset_id"])
+        + _cell(o["customer"])
+        + _cell(o["event_name"])
+        + _cell(o["action"])
+        + "</tr>"
+        for o in model["opportunities"]
+    ]
+    customers = [
+        "<tr>"
+        + _cell(c["customer"] or "(none)")
+        + _cell(c["opportunities"], cls="num")
+        + _cell(_num(c["largest_lift"], "%"), sort=c["largest_lift"], cls="num")
+        + "</tr>"
+        for c in model["by_customer"]
+    ]
+    return _PAGE.format(
+        version=_e(model["version"]),
+        generated=_e(model["generated"]),
+        count=len(model["datasets"]),
+        failing=model["failing"],
+        last_cycle=_e(model["last_cycle"] or "none yet"),
+        rows="\n".join(rows),
+        opportunities="\n".join(opportunities),
+        customers="\n".join(customers),
+    ).encode()
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Dataset quality status</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h1{{font-size:1.4em}} h2{{font-size:1.15em;margin-top:2em}}
+table{{border-collapse:collapse;width:100%;font-size:.85em}} th,td{{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}}
+th{{cursor:pointer;background:#f4f4f4;position:sticky;top:0}} th[aria-sort=ascending]::after{{content:" ▲"}} th[aria-sort=descending]::after{{content:" ▼"}}
+td.num{{text-align:right}} td.failing{{color:#b00020;font-weight:600}} td.ok{{color:#1b7f3b}} input{{padding:.4em;width:24em;margin:.5em 0}}
+</style></head><body>
+<h1>Dataset quality status</h1>
+<p>{count} datasets watched, {failing} failing. Last cycle: {last_cycle}. Generated {generated} by
+meta-dataset-quality-exporter {version}. <a href="status?format=json">JSON</a> · <a href="metrics">metrics</a></p>
+<input id="filter" type="search" placeholder="Filter datasets (name, id, event, customer, reason…)" aria-label="Filter datasets">
+<table id="datasets" class="sortable"><thead><tr>
+<th>Dataset</th><th>ID</th><th>Agent filter</th><th>Business</th><th>Customer</th><th>Status</th><th>Last success</th>
+<th>Worst EMQ</th><th>EMQ per event (worst first)</th><th>Top diagnostic</th><th>Failure</th>
+</tr></thead><tbody>
+{rows}
+</tbody></table>
+<h2>What to fix first</h2>
+<p>Meta's own estimates of additional conversions reported (potential ACR increase), largest first.</p>
+<table id="opportunities" class="sortable"><thead><tr><th>Potential lift</th><th>Dataset</th><th>Customer</th><th>Event</th><th>Action</th></tr></thead><tbody>
+{opportunities}
+</tbody></table>
+<h2>By customer</h2>
+<table id="customers" class="sortable"><thead><tr><th>Customer</th><th>Opportunities</th><th>Largest lift</th></tr></thead><tbody>
+{customers}
+</tbody></table>
+<script>
+(function () {{
+  function key(cell) {{
+    var v = cell.getAttribute("data-sort"), n = Number(v);
+    return v !== "" && !isNaN(n) ? n : v.toLowerCase();
+  }}
+  document.querySelectorAll("table.sortable").forEach(function (table) {{
+    table.querySelectorAll("th").forEach(function (th, column) {{
+      th.addEventListener("click", function () {{
+        var ascending = th.getAttribute("aria-sort") !== "ascending";
+        table.querySelectorAll("th").forEach(function (other) {{ other.removeAttribute("aria-sort"); }});
+        th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+        var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {{
+          var x = key(a.cells[column]), y = key(b.cells[column]);
+          var c = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+          return ascending ? c : -c;
+        }});
+        rows.forEach(function (row) {{ body.appendChild(row); }});
+      }});
+    }});
+  }});
+  var filter = document.getElementById("filter");
+  filter.addEventListener("input", function () {{
+    var words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    document.querySelectorAll("#datasets tbody tr").forEach(function (row) {{
+      var text = row.textContent.toLowerCase();
+      row.hidden = !words.every(function (w) {{ return text.indexOf(w) !== -1; }});
+    }});
+  }});
+}})();
+</script>
+</body></html>
+"""
