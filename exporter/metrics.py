@@ -118,9 +118,6 @@ def _gauge(name: str, doc: str, labels: list[str], budget: SeriesBudget | None =
     return _Family(name, doc, labels, budget)
 
 
-_budgeted_gauge = _gauge
-
-
 def _counter(name: str, doc: str, labels: list[str]) -> _Family:
     return _Family(name, doc, labels, kind="counter")
 
@@ -145,91 +142,91 @@ class QualityCollector:
         self.budget = budget or SeriesBudget(0)
 
     def collect(self) -> Iterator[_Family]:
-        def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
-            return _budgeted_gauge(name, doc, labels, self.budget)
+        def gauge(name: str, doc: str, labels: list[str]) -> _Family:
+            return _gauge(name, doc, labels, self.budget)
 
         def pct(field: str, doc: str) -> str:
             return f"{doc} API field {field}, as a ratio (percentage / 100). {CACHED}"
 
         f = {
-            "emq": _gauge(
+            "emq": gauge(
                 "event_match_quality_score",
                 f"Event Match Quality, 0 to 10. API field event_match_quality.composite_score. {CACHED}",
                 EVENT_LABELS,
             ),
-            "key_cov": _gauge(
+            "key_cov": gauge(
                 "match_key_coverage_ratio",
                 pct("match_key_feedback[].coverage.percentage", "Share of events carrying this match key."),
                 [*EVENT_LABELS, "match_key"],
             ),
-            "key_acr": _gauge(
+            "key_acr": gauge(
                 "match_key_potential_acr_increase_ratio",
                 pct("match_key_feedback[].potential_aly_acr_increase.percentage", "Potential ACR lift from this key."),
                 [*EVENT_LABELS, "match_key"],
             ),
-            "diag_affected": _gauge(
+            "diag_affected": gauge(
                 "diagnostic_affected_events",
                 f"Events affected by the diagnostic. API field diagnostics[].affected_event_count. {CACHED}",
                 [*EVENT_LABELS, "diagnostic"],
             ),
-            "diag_total": _gauge(
+            "diag_total": gauge(
                 "diagnostic_events",
                 f"Events checked by the diagnostic. API field diagnostics[].total_event_count. {CACHED}",
                 [*EVENT_LABELS, "diagnostic"],
             ),
-            "diag_ratio": _gauge(
+            "diag_ratio": gauge(
                 "diagnostic_affected_ratio",
                 pct("diagnostics[].percentage", "Share of events affected by the diagnostic."),
                 [*EVENT_LABELS, "diagnostic"],
             ),
-            "coverage": _gauge(
+            "coverage": gauge(
                 "event_coverage_ratio",
                 pct("event_coverage.percentage", "Share of Pixel events covered by the Conversions API (7 days)."),
                 EVENT_LABELS,
             ),
-            "coverage_goal": _gauge(
+            "coverage_goal": gauge(
                 "event_coverage_goal_ratio",
                 pct("event_coverage.goal_percentage", "Meta's goal for event coverage."),
                 EVENT_LABELS,
             ),
-            "coverage_acr": _gauge(
+            "coverage_acr": gauge(
                 "event_coverage_potential_acr_increase_ratio",
                 pct("event_coverage.potential_aly_acr_increase.percentage", "Potential ACR lift from coverage."),
                 EVENT_LABELS,
             ),
-            "dedupe_browser": _gauge(
+            "dedupe_browser": gauge(
                 "dedupe_key_browser_events_ratio",
                 pct("browser_events_with_dedupe_key.percentage", "Share of browser events with this dedupe key."),
                 [*EVENT_LABELS, "dedupe_key"],
             ),
-            "dedupe_server": _gauge(
+            "dedupe_server": gauge(
                 "dedupe_key_server_events_ratio",
                 pct("server_events_with_dedupe_key.percentage", "Share of server events with this dedupe key."),
                 [*EVENT_LABELS, "dedupe_key"],
             ),
-            "dedupe_coverage": _gauge(
+            "dedupe_coverage": gauge(
                 "dedupe_key_browser_coverage_ratio",
                 pct("overall_browser_coverage_from_dedupe_key.percentage", "Browser events deduplicated by this key."),
                 [*EVENT_LABELS, "dedupe_key"],
             ),
-            "frequency": _gauge(
+            "frequency": gauge(
                 "upload_frequency",
                 f"1 for the current upload frequency, 0 for the other known ones. API field "
                 f"data_freshness.upload_frequency. {CACHED}",
                 [*EVENT_LABELS, "upload_frequency"],
             ),
-            "interval": _gauge(
+            "interval": gauge(
                 "upload_interval_seconds",
                 f"Upload frequency as seconds between uploads (real_time 0). API field "
                 f"data_freshness.upload_frequency. {CACHED}",
                 EVENT_LABELS,
             ),
-            "acr": _gauge(
+            "acr": gauge(
                 "acr_ratio",
                 pct("acr.percentage", "Additional conversions reported thanks to the Conversions API (7 days)."),
                 EVENT_LABELS,
             ),
-            "event_acr": _gauge(
+            "event_acr": gauge(
                 "event_potential_acr_increase_ratio",
                 pct("event_potential_aly_acr_increase.percentage", "Potential ACR lift for an event not yet sent."),
                 EVENT_LABELS,
@@ -294,16 +291,16 @@ class OfflineCollector:
         self.budget = budget or SeriesBudget(0)
 
     def collect(self) -> Iterator[_Family]:
-        def _gauge(name: str, doc: str, labels: list[str]) -> _Family:
-            return _budgeted_gauge(name, doc, labels, self.budget)
+        def gauge(name: str, doc: str, labels: list[str]) -> _Family:
+            return _gauge(name, doc, labels, self.budget)
 
         def score(name: str, field: str) -> _Family:
             doc = f"Offline events (beta), 28-day score 0 to 10. API field offline[].{field}.score. {CACHED}"
-            return _gauge(f"offline_{name}_score", doc, EVENT_LABELS)
+            return gauge(f"offline_{name}_score", doc, EVENT_LABELS)
 
         composite, match_key = score("composite", "composite"), score("match_key", "match_key")
         frequency, freshness = score("frequency", "frequency"), score("freshness", "freshness")
-        coverage = _gauge(
+        coverage = gauge(
             "offline_match_key_coverage_ratio",
             f"Offline events (beta): match key coverage as a ratio. API field offline[].match_key.coverage. {CACHED}",
             [*EVENT_LABELS, "match_key"],

@@ -334,3 +334,15 @@ def test_series_limit_drops_quality_series_and_counts_them(caplog):
     assert reg.get_sample_value(P + "fetch_success", {"dataset_id": "111", "agent_name": ""}) == 1  # health stays
     assert "limits.max_series (5) reached" in caplog.text
     assert registry_for(unlimited).get_sample_value(P + "series_dropped") == 0
+
+
+def test_series_limit_covers_offline_series_too():
+    offline = (OfflineEvent("Purchase", 8.7, 7.5, 9, 6.5, (("email", 88.0), ("phone", 10.0))),)
+    limited = Snapshot(
+        generation=1,
+        created=0,
+        datasets=(state(T1, DatasetQuality((), offline)),),
+        graph_api_version="v25.0",
+        max_series=2,
+    )
+    assert registry_for(limited).get_sample_value(P + "series_dropped") == 4  # six offline series, two kept

@@ -9,10 +9,10 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
 
 import httpx
@@ -23,6 +23,7 @@ from exporter.graph.ratelimit import RateLimitUsage, parse_rate_limit_headers
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
 
@@ -130,10 +131,14 @@ class GraphClient:
 
     async def get(self, path: str, params: Mapping[str, str], token: str, *, endpoint: str) -> GraphResponse:
         """GET `{base}/{version}/{path}` with retries for transient failures only."""
+        return await self._retrying(endpoint, lambda: self._get_once(path, params, token, endpoint))
+
+    async def _retrying(self, endpoint: str, once: Callable[[], Awaitable[T]]) -> T:
+        """Bounded retries with exponential back-off and jitter, for transient, timeout and network errors only."""
         attempt = 0
         while True:
             try:
-                return await self._get_once(path, params, token, endpoint)
+                return await once()
             except GraphError as exc:
                 if not exc.retryable or attempt >= self.max_retries:
                     raise
@@ -160,16 +165,7 @@ class GraphClient:
             relative = f"{self.version}/{call.path}?{urlencode(query, quote_via=_quote)}"
             items.append({"method": "GET", "relative_url": relative})
         form = {"access_token": top, "batch": json.dumps(items, separators=(",", ":")), **self._auth_params(top)}
-        attempt = 0
-        while True:
-            try:
-                answer = await self._post_once(form, len(calls))
-                break
-            except GraphError as exc:
-                if not exc.retryable or attempt >= self.max_retries:
-                    raise
-                attempt += 1
-                await asyncio.sleep(self._backoff_delay(attempt - 1))
+        answer = await self._retrying("batch", lambda: self._post_once(form, len(calls)))
         return [self._batch_item(element) for element in answer]
 
     def _batch_item(self, element: Any) -> GraphResponse | GraphError | None:
