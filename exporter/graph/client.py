@@ -190,20 +190,7 @@ class GraphClient:
             return exc
 
     async def _post_once(self, form: dict[str, str], count: int) -> list[Any]:
-        started = time.monotonic()
-        status = "error"
-        try:
-            async with self._http.stream("POST", f"{self.base_url}/{self.version}/", data=form) as response:
-                status = str(response.status_code)
-                raw = await self._read_limited(response)
-                result = self._interpret(response.status_code, response.headers, raw)
-        except httpx.TimeoutException as exc:
-            raise GraphError("timeout", f"batch: no answer within the timeout ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise GraphError("network", f"batch: connection failed ({type(exc).__name__})") from None
-        finally:
-            if self.observer:
-                self.observer.on_request("batch", status, time.monotonic() - started)
+        result = await self._send("POST", f"{self.base_url}/{self.version}/", "batch", data=form)
         if not isinstance(result.body, list) or len(result.body) != count:
             raise GraphError("invalid_response", f"batch answer is not a list of {count} elements")
         return result.body
@@ -222,14 +209,18 @@ class GraphClient:
     async def _get_once(self, path: str, params: Mapping[str, str], token: str, endpoint: str) -> GraphResponse:
         url = f"{self.base_url}/{self.version}/{path.lstrip('/')}"
         query = {**params, **self._auth_params(token)}
+        account = path.split("/", 1)[0] if path.startswith("act_") else ""
         headers = {"Authorization": f"OAuth {token}"}
+        return await self._send("GET", url, endpoint, account, params=query, headers=headers)
+
+    async def _send(self, method: str, url: str, endpoint: str, account: str = "", **request: Any) -> GraphResponse:
+        """One HTTP request: its body read up to the limit, its answer interpreted, its outcome counted."""
         started = time.monotonic()
         status = "error"
         try:
-            async with self._http.stream("GET", url, params=query, headers=headers) as response:
+            async with self._http.stream(method, url, **request) as response:
                 status = str(response.status_code)
                 body = await self._read_limited(response)
-                account = path.split("/", 1)[0] if path.startswith("act_") else ""
                 return self._interpret(response.status_code, response.headers, body, account)
         except httpx.TimeoutException as exc:
             raise GraphError("timeout", f"{endpoint}: no answer within the timeout ({type(exc).__name__})") from None
