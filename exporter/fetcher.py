@@ -171,12 +171,14 @@ class Fetcher:
                         )
                     )
                 except GraphError as exc:
+                    log.warning("a batch of %d requests failed as a whole: %s", len(batch), exc)
                     outcomes = [exc] * len(batch)
         finally:
             semaphore.release()
+        whole = len(batch) > 1 and outcomes.count(outcomes[0]) == len(batch) and isinstance(outcomes[0], GraphError)
         for call, outcome in zip(batch, outcomes, strict=True):
             self.governor.release(call.keys)
-            self._settle(call, outcome)
+            self._settle(call, outcome, quiet=whole)
 
     def _token(self, call: _Call) -> str:
         return self.tokens[call.target.credential]
@@ -187,7 +189,7 @@ class Fetcher:
             params["agent_name"] = call.target.agent_name
         return params
 
-    def _settle(self, call: _Call, outcome: GraphResponse | GraphError | None) -> None:
+    def _settle(self, call: _Call, outcome: GraphResponse | GraphError | None, *, quiet: bool = False) -> None:
         if outcome is None:
             call.attempts += 1
             if call.attempts > NULL_RETRIES:
@@ -209,7 +211,7 @@ class Fetcher:
                 )
             elif outcome.reason == "version":
                 log.error("the configured Graph API version is no longer served: %s", outcome)
-            self._fail(call, outcome.reason, str(outcome))
+            self._fail(call, outcome.reason, str(outcome), quiet=quiet)
             return
         try:
             quality = parse_dataset_quality(outcome.body)
@@ -263,12 +265,12 @@ class Fetcher:
         else:
             self._queue.append(call)  # never retried at once: the governor holds it until access returns
 
-    def _fail(self, call: _Call, reason: str, message: str) -> None:
+    def _fail(self, call: _Call, reason: str, message: str, *, quiet: bool = False) -> None:
         assembly = self._assembly[call.target.key]
         if assembly.failed:
             return
         assembly.failed = True
         self.recorder.failure(call.target, reason, message)
-        if reason not in ("auth", "throttled"):
+        if not quiet and reason not in ("auth", "throttled"):  # those are logged once per credential or key
             log.warning("%s: fetch failed: %s", call.target.describe(), message)
         self.on_done(call.target, False)

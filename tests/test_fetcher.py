@@ -148,3 +148,17 @@ def test_invalid_body_fails_one_target_only():
     client = ScriptedClient([ok({"web": "nope"}), ok({"web": [{"event_name": "Lead"}]})])
     _, done = run_fetcher(client, [Target("1"), Target("2")])
     assert sorted(done) == [("1", False), ("2", True)]
+
+
+def test_a_whole_batch_failure_is_logged_once(caplog):
+    class FailingClient(ScriptedClient):
+        async def batch(self, calls):
+            self.batches.append(calls)
+            raise GraphError("transient", "service unavailable")
+
+    client = FailingClient([])
+    with caplog.at_level(logging.WARNING):
+        _, done = run_fetcher(client, [Target(str(i)) for i in range(20)])
+    assert sorted(ok for _, ok in done) == [False] * 20
+    lines = [r for r in caplog.records if "service unavailable" in r.getMessage()]
+    assert len(lines) == len(client.batches) == 2  # one line per failed request, not one per dataset
