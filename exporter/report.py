@@ -86,7 +86,7 @@ class ProgressBar:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self._last_decile = -1
 
     def __call__(self, done: int, total: int, failed: int) -> None:

@@ -339,3 +339,31 @@ def test_zero_config_start_and_sigint(fleet, tmp_path):
     lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.strip()]
     assert any(entry["msg"].startswith("cycle finished") for entry in lines)
     assert all({"time", "level", "logger", "msg"} <= set(entry) for entry in lines)
+
+
+def test_demo_command_serves_the_simulated_fleet():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--datasets", "20", "--listen", "127.0.0.1:0", "--latency", "0.01"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = None
+        for line in proc.stdout:
+            if "metrics:" in line:
+                url = line.split()[-1].removesuffix("/metrics")
+                break
+        assert url, "the demo printed no URL"
+        wait_for(lambda: http("GET", url + "/-/ready")[0] == 200, what="demo readiness")
+        text = http("GET", url + "/metrics")[2].decode()
+        assert (
+            f'dataset_id="{EXAMPLE_DATASET_ID}",event_name="CompleteRegistration",match_key="ip_address"}} 0.999'
+            in text
+        )
+        assert 'reason="auth"} 1.0' in text  # the demo's expired credential shows what a failure looks like
+        assert http("GET", url + "/status")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
