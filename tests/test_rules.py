@@ -76,3 +76,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
 def test_runbook_has_no_section_without_an_alert():
     sections = set(re.findall(r"^### (\w+)$", RUNBOOK, re.MULTILINE))
     assert sections == {rule["alert"] for rule in ALERTS}
+
+
+def test_promtool_check_config_checks_both_rule_files():
+    result = promtool("check", "config", "--lint=all", str(ROOT / "deploy" / "prometheus" / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 rule files found" in result.stdout  # relative rule_files: checked, not silently skipped
