@@ -107,7 +107,8 @@ class Scheduler:
             tokens.pop(credential, None)
         await self.housekeeping.discover(client, self.config, tokens)
         await self.housekeeping.refresh_metadata(client, self.config, tokens)
-        await self.housekeeping.check_tokens(client, self.config, tokens, self.secrets.app_secret)
+        # Rejected tokens are still checked: debug_token is how token_valid learns that they went bad.
+        await self.housekeeping.check_tokens(client, self.config, dict(self.secrets.tokens), self.secrets.app_secret)
         old_keys = {t.key for t in self.targets}
         self.targets = self.housekeeping.targets(configured_targets(self.config), self.config)
         self.recorder.forget_except({t.key for t in self.targets})

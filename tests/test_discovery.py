@@ -179,3 +179,23 @@ def test_housekeeping_is_not_rerun_before_it_is_due(simulator):
 
     asyncio.run(go())
     assert simulator.calls == 1
+
+
+def test_a_rejected_credential_is_still_token_checked(start_simulator):
+    sim = start_simulator(datasets=3, app_secret="app-secret-value", expired_tokens=("old-token",))
+    config = config_for(
+        sim,
+        graph_api={"base_url": sim.url, "app_id": sim.settings.app_id, "app_secret_env": "SECRET"},
+        collection={"token_check_interval": "1s"},
+    )
+    scheduler = Scheduler(config, Secrets({"default": "old-token"}, "app-secret-value"))
+    scheduler._rejected_credentials["default"] = "expired"  # as after a 190 answer
+
+    async def go():
+        try:
+            await scheduler.prepare()
+        finally:
+            await scheduler.close()
+
+    asyncio.run(go())
+    assert scheduler.snapshot.tokens["default"][0] is False
