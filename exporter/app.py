@@ -13,6 +13,7 @@ from exporter.logsetup import redact, register_secrets
 from exporter.scheduler import Progress, Scheduler
 from exporter.snapshot import Snapshot
 from exporter.web import WebServer
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,16 @@ def file_source(path: str, adjust: Callable[[Config], Config] = lambda c: c) -> 
 
 class Exporter:
     def __init__(
-        self, source: ConfigSource, config: Config, secrets: Secrets, progress: Progress | None = None
+        self,
+        source: ConfigSource,
+        config: Config,
+        secrets: Secrets,
+        progress: Progress | None = None,
+        web_config: str | None = None,
     ) -> None:
         self.source = source
+        self.web_config = web_config
+        self.security = load_web_config(web_config)  # raises ConfigError: the exporter refuses to start
         self.scheduler = Scheduler(config, secrets, progress=progress)
         self._reload_lock = threading.Lock()
         self.web: WebServer | None = None
@@ -54,6 +62,7 @@ class Exporter:
         with self._reload_lock:
             try:
                 config, secrets = load_all(self.source)
+                security = load_web_config(self.web_config)
             except ConfigError as exc:
                 log.error("reload refused, keeping the previous configuration: %s", exc)
                 self.scheduler.note_reload(False)
@@ -62,6 +71,9 @@ class Exporter:
             if listen_address(config) != listen_address(self.scheduler.config):
                 log.warning("server.listen_address changed; it takes effect at the next restart")
             self.scheduler.replace_config(config, secrets)
+            self.security = security
+            if self.web:
+                self.web.secure(security)
             self.scheduler.note_reload(True)
             log.info("configuration reloaded from %s", config.source)
             return True, f"configuration reloaded: {len(config.datasets)} datasets"
@@ -71,7 +83,7 @@ class Exporter:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
-        self.web = WebServer(self, *listen_address(self.scheduler.config))
+        self.web = WebServer(self, *listen_address(self.scheduler.config), security=self.security)
         self.web.start()
         try:
             await self.scheduler.run(stop)
@@ -80,13 +92,13 @@ class Exporter:
             log.info("stopped")
 
 
-def run(source: ConfigSource) -> int:
+def run(source: ConfigSource, web_config: str | None = None) -> int:
     try:
         config, secrets = load_all(source)
+        exporter = Exporter(source, config, secrets, web_config=web_config)
     except ConfigError as exc:
         log.error("%s", exc)
         return 1
-    exporter = Exporter(source, config, secrets)
     log.info("watching %d targets every %.0fs", len(exporter.scheduler.targets), config.collection.interval)
 
     async def main() -> None:

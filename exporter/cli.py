@@ -52,6 +52,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--web.listen-address", dest="listen_address", metavar="HOST:PORT", help=f"default 0.0.0.0:{DEFAULT_PORT}"
     )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="TLS and basic auth, in the format of Prometheus's exporter-toolkit",
+    )
 
 
 def _add_once(sub: argparse._SubParsersAction) -> None:
@@ -150,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    return run_exporter(source)
+    return run_exporter(source, args.web_config)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

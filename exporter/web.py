@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
+import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +16,7 @@ from exporter import __version__
 from exporter.exposition import OPENMETRICS, TEXT, ExpositionCache, wants_openmetrics
 from exporter.snapshot import Snapshot
 from exporter.status import status_html, status_json
+from exporter.webconfig import WebSecurity
 
 log = logging.getLogger(__name__)
 PLAIN = "text/plain; charset=utf-8"
@@ -25,8 +29,32 @@ class WebApp(Protocol):
     def reload(self) -> tuple[bool, str]: ...
 
 
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    security = WebSecurity()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        tls = self.security.tls
+        if tls is not None:  # the handshake happens in the handler's thread, so a slow client blocks no one
+            sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(10)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:  # plain HTTP, no client certificate, an old TLS version
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
+
+
 class WebServer:
-    def __init__(self, app: WebApp, host: str, port: int) -> None:
+    def __init__(self, app: WebApp, host: str, port: int, security: WebSecurity | None = None) -> None:
         cache = ExpositionCache()
 
         class Handler(_Handler):
@@ -35,9 +63,8 @@ class WebServer:
         Handler.app = app
         Handler.cache = cache
         Handler.status = StatusCache()
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), Handler)
+        self._server.security = security or WebSecurity()
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="web", daemon=True)
 
     @property
@@ -45,9 +72,14 @@ class WebServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    def secure(self, security: WebSecurity) -> None:
+        """Swap TLS and basic auth (on reload); connections made from now on use them."""
+        self._server.security = security
+
     def start(self) -> None:
         self._thread.start()
-        log.info("listening on http://%s:%d", *self.address)
+        scheme = "https" if self._server.security.tls else "http"
+        log.info("listening on %s://%s:%d", scheme, *self.address)
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -81,6 +113,21 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.client_address[0], format % args)
 
+    def _authorised(self) -> bool:
+        users = self.server.security.users  # type: ignore[attr-defined]
+        if not users:
+            return True
+        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user = password = ""
+            if user and self.server.security.allows(user, password):  # type: ignore[attr-defined]
+                return True
+        self._reply(401, "Unauthorized\n", WWW_Authenticate='Basic realm="meta-dataset-quality-exporter"')
+        return False
+
     def _reply(
         self, status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8", **headers: str
     ) -> None:
@@ -98,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        if not self._authorised():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             return self._metrics()
@@ -124,6 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(min(length, 65536))
+        if not self._authorised():
+            return
         if self.path.split("?", 1)[0] != "/-/reload":
             return self._reply(405, "Only /-/reload accepts POST.\n", Allow="GET, HEAD")
         ok, message = self.app.reload()

@@ -1,0 +1,177 @@
+"""--web.config.file: TLS, basic auth with bcrypt, mutual TLS, minimum version, reload, and bad files."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+
+from exporter.config import ConfigError
+from exporter.snapshot import Snapshot
+from exporter.web import WebServer
+from exporter.webconfig import load_web_config
+from tests.conftest import TOKEN
+from tests.test_e2e import free_port
+
+PASSWORD = "correct horse battery staple"
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("certs")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test CA", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "1", "-extfile", "san.ext", cwd=d)  # fmt: skip
+    return d
+
+
+def web_config(directory: Path, text: str) -> str:
+    path = directory / "web.yml"
+    path.write_text(text)
+    return str(path)
+
+
+class App:
+    snapshot = Snapshot(generation=1, created=0, graph_api_version="v25.0", ready=True)
+
+    @staticmethod
+    def reload():
+        return True, "reloaded"
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(path: str) -> str:
+        server = WebServer(App(), "127.0.0.1", 0, security=load_web_config(path))
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{server.address[1]}"
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def trusting(certs: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certs / "ca.crt"))
+
+
+def hashed(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def test_tls_works_and_plain_http_is_refused(certs, serve):
+    address = serve(web_config(certs, "tls_server_config: {cert_file: server.crt, key_file: server.key}\n"))
+    response = httpx.get(f"https://{address}/metrics", verify=trusting(certs))
+    assert response.status_code == 200 and b"meta_dataset_quality_build_info" in response.content
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{address}/metrics", timeout=5)
+
+
+def test_basic_auth(certs, serve):
+    address = serve(web_config(certs, f"basic_auth_users:\n  alice: '{hashed(PASSWORD)}'\n"))
+    for auth in (None, ("alice", "wrong"), ("bob", PASSWORD)):
+        response = httpx.get(f"http://{address}/metrics", auth=auth)
+        assert response.status_code == 401 and b"meta_dataset_quality" not in response.content
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert httpx.get(f"http://{address}/metrics", auth=("alice", PASSWORD)).status_code == 200
+    assert httpx.get(f"http://{address}/-/healthy", auth=("alice", PASSWORD)).status_code == 200
+    assert httpx.post(f"http://{address}/-/reload").status_code == 401  # reload is protected too
+
+
+def test_mutual_tls(certs, serve):
+    config = (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+    )
+    address = serve(web_config(certs, config))
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"https://{address}/metrics", verify=trusting(certs), timeout=5)
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    context.load_cert_chain(certs / "client.crt", certs / "client.key")
+    assert httpx.get(f"https://{address}/metrics", verify=context).status_code == 200
+
+
+def test_minimum_tls_version(certs, serve):
+    config = "tls_server_config: {cert_file: server.crt, key_file: server.key, min_version: TLS13}\n"
+    address = serve(web_config(certs, config))
+    old = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"https://{address}/metrics", verify=old, timeout=5)
+    assert httpx.get(f"https://{address}/metrics", verify=trusting(certs)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tls_server_config: {cert_file: nope.crt, key_file: nope.key}\n", "cannot load the certificate"),
+        ("tls_server_config: {cert_file: server.crt}\n", "tls_server_config.key_file: required"),
+        ("tls_server_config: {cert_file: server.crt, key_file: server.key, client_auth_type: Maybe}\n", "unknown value 'Maybe'"),
+        ("tls_server_config: {cert_file: server.crt, key_file: server.key, min_version: TLS14}\n", "unknown value 'TLS14'"),
+        ("tls_server_config: {cert_file: server.crt, key_file: server.key, client_auth_type: RequireAndVerifyClientCert}\n",
+         "client_ca_file: required"),
+        ("basic_auth_users: {alice: hunter2}\n", "basic_auth_users.alice: expected a bcrypt hash"),
+        ("basic_auth: {}\n", "basic_auth: unknown key"),
+    ],
+)  # fmt: skip
+def test_bad_web_configs_name_the_file_key_and_problem(certs, text, message):
+    path = web_config(certs, text)
+    with pytest.raises(ConfigError) as err:
+        load_web_config(path)
+    assert path in str(err.value) and message in str(err.value)
+
+
+def test_web_config_is_reloaded_with_the_rest(simulator, tmp_path):
+    path = Path(web_config(tmp_path, f"basic_auth_users:\n  alice: '{hashed(PASSWORD)}'\n"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--dataset-id", "123456789012345", "--graph-api.base-url", simulator.url,
+         "--web.listen-address", f"127.0.0.1:{port}", "--web.config.file", str(path)],
+        env={**os.environ, "META_ACCESS_TOKEN": TOKEN}, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/-/healthy", auth=("alice", PASSWORD)).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        path.write_text(f"basic_auth_users:\n  alice: '{hashed('new password')}'\n")
+        assert httpx.post(url + "/-/reload", auth=("alice", PASSWORD)).status_code == 200
+        assert httpx.get(url + "/metrics", auth=("alice", PASSWORD)).status_code == 401
+        assert httpx.get(url + "/metrics", auth=("alice", "new password")).status_code == 200
+        path.write_text("basic_auth_users: {alice: plain-text}\n")  # refused: the old users stay
+        assert httpx.post(url + "/-/reload", auth=("alice", "new password")).status_code == 500
+        assert httpx.get(url + "/metrics", auth=("alice", "new password")).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_exporter_refuses_to_start_with_a_bad_web_config(tmp_path):
+    path = web_config(tmp_path, "basic_auth_users: {alice: plain-text}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--dataset-id", "1", "--web.config.file", path],
+        env={**os.environ, "META_ACCESS_TOKEN": TOKEN}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1 and "basic_auth_users.alice: expected a bcrypt hash" in result.stderr
