@@ -17,11 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # promtool and amtool come from Debian's prometheus and prometheus-alertmanager packages; the status page's
-# browser test drives Debian's chromium through Playwright (which never downloads a browser of its own).
+# browser test drives Debian's chromium through Playwright (which never downloads a browser of its own);
+# kubectl (kubernetes-client) renders the kustomizations and openssl makes the TLS tests' certificates.
 tools:
-	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v kubectl >/dev/null || ! command -v openssl >/dev/null; then \
 	  $(SUDO) apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y prometheus prometheus-alertmanager chromium; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y prometheus prometheus-alertmanager chromium \
+	    openssl $$(command -v kubectl >/dev/null || echo kubernetes-client); \
 	fi
 
 lint: venv

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from dataclasses import replace
+from typing import Any
 
 from exporter import __version__
 from exporter.app import ConfigSource, file_source, load_all
@@ -95,14 +96,27 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency", type=float, default=0.05, help="simulated API latency in seconds")
 
 
+def _add_logging(parser: argparse.ArgumentParser, *, default: bool) -> None:
+    level, fmt = ("info", "text") if default else (argparse.SUPPRESS, argparse.SUPPRESS)
+    parser.add_argument("--log-level", default=level, choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default=fmt, choices=["text", "json"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meta-dataset-quality-exporter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    _add_logging(parser, default=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    original = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        subparser = original(name, **kwargs)
+        _add_logging(subparser, default=False)  # also after the command: `run --log-format json`
+        return subparser
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
     _add_run(sub)
     p = sub.add_parser("check-config", help="validate a configuration file and its secrets, then exit")
     p.add_argument("file")

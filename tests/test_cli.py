@@ -101,3 +101,12 @@ def test_run_refuses_a_bad_config_with_a_non_zero_exit(tmp_path, capsys):
 @pytest.mark.parametrize("args", [["--shard-index", "3", "--shard-count", "3"], ["--dataset-id", "12x"]])
 def test_bad_flags_fail_before_anything_starts(args, capsys):
     assert main(["run", "--dataset-id", "1", *args]) == 2
+
+
+def test_logging_flags_work_before_and_after_the_command():
+    from exporter.cli import build_parser
+
+    after = build_parser().parse_args(["run", "--config", "c.yaml", "--log-format", "json", "--log-level", "debug"])
+    assert (after.log_format, after.log_level) == ("json", "debug")
+    before = build_parser().parse_args(["--log-format", "json", "run", "--config", "c.yaml"])
+    assert (before.log_format, before.log_level) == ("json", "info")
