@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -500,8 +500,3 @@ def _read_secret(
     if not value:
         problems.append(f"{source}: {key}: {file_name} is empty")
     return value or None
-
-
-def with_overrides(config: Config, **changes: Any) -> Config:
-    """A copy with top-level sections replaced (CLI flags and the demo use this)."""
-    return replace(config, **changes)

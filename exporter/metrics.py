@@ -26,7 +26,6 @@ PREFIX = "meta_dataset_quality_"
 CACHED = "Cached from the last successful fetch."
 UPLOAD_INTERVALS = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
 EVENT_LABELS = ["dataset_id", "agent_name", "event_name"]
-ERROR_LABELS = ["code", "reason"]
 
 
 class SeriesBudget:
@@ -129,7 +128,18 @@ def _single(name: str, doc: str, value: float | None, kind: str = "gauge") -> It
         yield family
 
 
-class QualityCollector:
+class _QualitySeries:
+    """A group of quality families; their series count against the snapshot's series budget."""
+
+    def __init__(self, snapshot: Snapshot, budget: SeriesBudget | None = None) -> None:
+        self.snapshot = snapshot
+        self.budget = budget or SeriesBudget(0)
+
+    def gauge(self, name: str, doc: str, labels: list[str]) -> _Family:
+        return _gauge(name, doc, labels, self.budget)
+
+
+class QualityCollector(_QualitySeries):
     """Per-event quality gauges from `web[]`, one family per API field.
 
     meta_dataset_quality_event_match_quality_score{dataset_id="123",agent_name="",event_name="Purchase"} 7.2
@@ -137,13 +147,8 @@ class QualityCollector:
     meta_dataset_quality_upload_frequency{dataset_id="123",agent_name="",event_name="Lead",upload_frequency="hourly"} 1
     """
 
-    def __init__(self, snapshot: Snapshot, budget: SeriesBudget | None = None) -> None:
-        self.snapshot = snapshot
-        self.budget = budget or SeriesBudget(0)
-
     def collect(self) -> Iterator[_Family]:
-        def gauge(name: str, doc: str, labels: list[str]) -> _Family:
-            return _gauge(name, doc, labels, self.budget)
+        gauge = self.gauge
 
         def pct(field: str, doc: str) -> str:
             return f"{doc} API field {field}, as a ratio (percentage / 100). {CACHED}"
@@ -279,20 +284,15 @@ def _event_samples(f: dict[str, _Family], labels: list[str], event: EventQuality
     _add(f["event_acr"], labels, event.potential_acr_increase, ratio)
 
 
-class OfflineCollector:
+class OfflineCollector(_QualitySeries):
     """Beta offline-event scores (only present when the `offline` source is enabled).
 
     meta_dataset_quality_offline_composite_score{dataset_id="123",agent_name="",event_name="Purchase"} 8.7
     meta_dataset_quality_offline_match_key_coverage_ratio{...,event_name="Purchase",match_key="email"} 0.88
     """
 
-    def __init__(self, snapshot: Snapshot, budget: SeriesBudget | None = None) -> None:
-        self.snapshot = snapshot
-        self.budget = budget or SeriesBudget(0)
-
     def collect(self) -> Iterator[_Family]:
-        def gauge(name: str, doc: str, labels: list[str]) -> _Family:
-            return _gauge(name, doc, labels, self.budget)
+        gauge = self.gauge
 
         def score(name: str, field: str) -> _Family:
             doc = f"Offline events (beta), 28-day score 0 to 10. API field offline[].{field}.score. {CACHED}"

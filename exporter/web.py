@@ -128,9 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(401, "Unauthorized\n", WWW_Authenticate='Basic realm="meta-dataset-quality-exporter"')
         return False
 
-    def _reply(
-        self, status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8", **headers: str
-    ) -> None:
+    def _reply(self, status: int, body: bytes | str, content_type: str = PLAIN, **headers: str) -> None:
         data = body.encode() if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", content_type)

@@ -21,8 +21,9 @@ def config_for(sim, **sections):
     return validate(raw, "test.yaml")
 
 
-def prepared(sim, config, secrets=None):
+def prepared(sim, config, secrets=None, rejected=None):
     scheduler = Scheduler(config, secrets or Secrets({"default": TOKEN}))
+    scheduler._rejected_credentials.update(rejected or {})  # as after a 190 answer
 
     async def go():
         try:
@@ -188,14 +189,6 @@ def test_a_rejected_credential_is_still_token_checked(start_simulator):
         graph_api={"base_url": sim.url, "app_id": sim.settings.app_id, "app_secret_env": "SECRET"},
         collection={"token_check_interval": "1s"},
     )
-    scheduler = Scheduler(config, Secrets({"default": "old-token"}, "app-secret-value"))
-    scheduler._rejected_credentials["default"] = "expired"  # as after a 190 answer
-
-    async def go():
-        try:
-            await scheduler.prepare()
-        finally:
-            await scheduler.close()
-
-    asyncio.run(go())
+    secrets = Secrets({"default": "old-token"}, "app-secret-value")
+    scheduler = prepared(sim, config, secrets, rejected={"default": "expired"})
     assert scheduler.snapshot.tokens["default"][0] is False

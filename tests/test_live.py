@@ -155,7 +155,7 @@ def stack(start_simulator, tmp_path):
         hook.server.shutdown()
 
 
-def variable_values(prom: str, board: dict) -> dict[str, str]:
+def variable_values(board: dict) -> dict[str, str]:
     values = {}
     for var in board["templating"]["list"]:
         if var["type"] == "query":
@@ -175,7 +175,7 @@ def test_dashboards_rules_and_alerts_against_real_prometheus_and_alertmanager(st
     time.sleep(25)  # history for the shortened 20-second windows, and several exporter cycles
 
     for name, board in BOARDS.items():
-        values = variable_values(prom, board)
+        values = variable_values(board)
         for var in board["templating"]["list"]:
             if var["type"] == "query":
                 inner = re.fullmatch(r"(?:label_values|query_result)\((.*?)(?:, \w+)?\)", var["query"]).group(1)

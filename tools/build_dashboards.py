@@ -21,7 +21,6 @@ M = "meta_dataset_quality_"
 SEL = 'job=~"$job"'
 DSEL = 'job=~"$job", dataset_id=~"$dataset_id", agent_name=~"$agent_name"'
 ESEL = DSEL + ', event_name=~"$event_name"'
-NAMES = f"on (job, instance, dataset_id) group_left (dataset_name, customer) {M}dataset_info{{{SEL}}}"
 EMQ_STEPS = [{"color": "red", "value": None}, {"color": "orange", "value": 4}, {"color": "green", "value": 6}]
 RATIO_STEPS = [{"color": "red", "value": None}, {"color": "orange", "value": 0.5}, {"color": "green", "value": 0.75}]
 DATASET_LINK = {
@@ -129,6 +128,18 @@ def panel(kind: str, title: str, description: str, targets: list[dict], unit: st
     return result
 
 
+def count_stat(title: str, description: str, condition: str, alarm: str) -> dict[str, Any]:
+    """A stat counting the series that meet `condition`: 0 is green, anything else `alarm`."""
+    return panel(
+        "stat",
+        title,
+        description,
+        [target(f"count({condition}) or vector(0)", instant=True)],
+        "none",
+        steps=[{"color": "green", "value": None}, {"color": alarm, "value": 1}],
+    )
+
+
 def overview() -> Board:
     b = Board("meta-dq-overview", "Meta Dataset Quality / Fleet overview", "Every watched dataset at a glance.")
     b.variables.append(
@@ -195,50 +206,34 @@ def overview() -> Board:
         4,
     )
     b.add(
-        panel(
-            "stat",
+        count_stat(
             "Events below their coverage goal",
             "Events whose 7-day event coverage is below Meta's goal.",
-            [
-                target(
-                    f"count({M}event_coverage_ratio{{{SEL}}} < on (job, instance, dataset_id, agent_name, event_name) "
-                    f"{M}event_coverage_goal_ratio{{{SEL}}}) or vector(0)",
-                    instant=True,
-                )
-            ],
-            "none",
-            steps=[{"color": "green", "value": None}, {"color": "orange", "value": 1}],
+            f"{M}event_coverage_ratio{{{SEL}}} < on (job, instance, dataset_id, agent_name, event_name) "
+            f"{M}event_coverage_goal_ratio{{{SEL}}}",
+            "orange",
         ),
         8,
         4,
     )
     b.add(
-        panel(
-            "stat",
+        count_stat(
             "Broken deduplication",
             "Events whose server events lost event_id while browser events keep it.",
-            [
-                target(
-                    f'count({M}dedupe_key_server_events_ratio{{{SEL}, dedupe_key="event_id"}} == 0 '
-                    f"and on (job, instance, dataset_id, agent_name, event_name, dedupe_key) "
-                    f"{M}dedupe_key_browser_events_ratio{{{SEL}}} > 0) or vector(0)",
-                    instant=True,
-                )
-            ],
-            "none",
-            steps=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
+            f'{M}dedupe_key_server_events_ratio{{{SEL}, dedupe_key="event_id"}} == 0 '
+            f"and on (job, instance, dataset_id, agent_name, event_name, dedupe_key) "
+            f"{M}dedupe_key_browser_events_ratio{{{SEL}}} > 0",
+            "red",
         ),
         8,
         4,
     )
     b.add(
-        panel(
-            "stat",
+        count_stat(
             "Uploads less often than hourly",
             "Events sent through the Conversions API daily or weekly.",
-            [target(f"count({M}upload_interval_seconds{{{SEL}}} > 3600) or vector(0)", instant=True)],
-            "none",
-            steps=[{"color": "green", "value": None}, {"color": "orange", "value": 1}],
+            f"{M}upload_interval_seconds{{{SEL}}} > 3600",
+            "orange",
         ),
         8,
         4,

@@ -90,9 +90,6 @@ ERRORS: dict[str, ErrorSpec] = {
     ),
 }
 
-# Faults that are not Graph error objects: what a proxy, a timeout or a broken connection produces.
-RAW_FAULTS = ("http_500", "http_503", "not_json", "slow", "reset", "null")
-
 
 def fbtrace_id(rng: random.Random) -> str:
     return "A" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(22))

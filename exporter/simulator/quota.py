@@ -50,10 +50,6 @@ class RollingQuota:
         if self._throttled_until.get(key, 0.0) <= now:
             self._throttled_until[key] = now + self.block_seconds
 
-    def peek(self, key: str, now: float) -> Usage:
-        calls = self._count(key, now)
-        return Usage(self._percent(calls), max(0.0, self._throttled_until.get(key, 0.0) - now))
-
     def _percent(self, calls: deque[float]) -> int:
         return math.floor(len(calls) * 100 / self.limit)
 
