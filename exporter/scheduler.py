@@ -131,11 +131,9 @@ class Scheduler:
                     break
                 paced = True
                 while not stop.is_set():
-                    remaining = started + self.config.collection.interval - time.monotonic()
-                    if remaining <= 0:
-                        break
+                    # Clear before looking at _pending: a reload that arrived during the cycle already set
+                    # the event, and clearing it after the check would sleep through that reload.
                     self._wake.clear()
-                    await _wait_any((stop, self._wake), remaining)
                     if self._pending is not None:
                         self._apply_pending()
                         added = await self.prepare()
@@ -143,6 +141,11 @@ class Scheduler:
                             self.run_cycle(added, paced=False, count=False), stop
                         ):
                             return
+                        continue
+                    remaining = started + self.config.collection.interval - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    await _wait_any((stop, self._wake), remaining)
         finally:
             await self.close()
 

@@ -165,6 +165,38 @@ def test_run_loop_repeats_applies_reloads_and_stops(simulator):
     assert scheduler.snapshot.cycles == 1
 
 
+def test_a_reload_that_lands_during_a_cycle_is_applied_when_it_ends(simulator):
+    """The race CI once lost: the reload arrives after the cycle's last publish, before the loop waits."""
+    ids = simulator.world.dataset_ids
+    scheduler = Scheduler(make(simulator, [{"id": ids[0]}], interval="1h"), secrets())
+    run_cycle_once = scheduler.run_cycle
+
+    async def cycle_then_reload(targets, **kwargs):
+        await run_cycle_once(targets, **kwargs)
+        if kwargs.get("count", True):
+            scheduler.replace_config(make(simulator, [{"id": ids[0]}, {"id": ids[1]}], interval="1h"), secrets())
+
+    scheduler.run_cycle = cycle_then_reload
+
+    async def go():
+        stop = asyncio.Event()
+        loop_task = asyncio.create_task(scheduler.run(stop))
+        try:
+            while by_id(scheduler.snapshot).get((ids[1], ""), None) is None or (
+                by_id(scheduler.snapshot)[ids[1], ""].fetch_success is None
+            ):
+                assert not loop_task.done()
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await asyncio.wait_for(loop_task, 10)
+
+    # Lost, the reload would wait out the hour-long interval; 60 s is a hang guard, not a timing claim.
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert by_id(scheduler.snapshot)[ids[1], ""].fetch_success
+    assert scheduler.snapshot.cycles == 1
+
+
 def test_stop_during_a_slow_cycle_returns_promptly(start_simulator):
     sim = start_simulator(datasets=3, scenario="slow", fault_rate=1.0, slow_seconds=30)
     scheduler = Scheduler(make(sim, [{"id": EXAMPLE_DATASET_ID}]), secrets())
