@@ -166,5 +166,7 @@ def select(value: Any, tree: FieldTree | None, schema: Schema | None) -> Any:
     out: dict[str, Any] = {}
     for name, children in tree.items():
         if name in value:
-            out[name] = select(value[name], children, schema.get(name))
+            sub = schema.get(name)
+            # Leaves are most of a response: copying them without a call keeps a 10,000-item fleet cheap.
+            out[name] = value[name] if sub is None else select(value[name], children, sub)
     return out

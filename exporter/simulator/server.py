@@ -120,6 +120,10 @@ class Simulator:
         class Handler(_Handler):
             sim = simulator
 
+        # Meta serves stored aggregates; build ours before answering, so that a benchmark's first cycle
+        # measures the exporter rather than the simulator generating its fleet.
+        for dataset_id in self.world.pixels:
+            self.world.shared_quality(dataset_id, None)
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, args=(0.05,), name="simulator", daemon=True).start()
