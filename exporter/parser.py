@@ -117,27 +117,12 @@ def _event(obj: dict[str, Any], path: str, warnings: list[str]) -> EventQuality:
     score = None
     if emq is not None:
         score = _num(emq, "composite_score", emq_path)
-        match_keys = _unique(
-            (_match_key(_obj(m, p), p) for m, p in _items(emq, "match_key_feedback", emq_path)),
-            lambda m: m.identifier,
-            f"{emq_path}.match_key_feedback",
-            warnings,
-        )
-        diagnostics = _unique(
-            (_diagnostic(_obj(d, p), p) for d, p in _items(emq, "diagnostics", emq_path)),
-            lambda d: d.slug,
-            f"{emq_path}.diagnostics",
-            warnings,
-        )
+        match_keys = _unique(emq, "match_key_feedback", emq_path, _match_key, warnings)
+        diagnostics = _unique(emq, "diagnostics", emq_path, _diagnostic, warnings)
     coverage = _opt_obj(obj, "event_coverage", path)
     cov_path = f"{path}.event_coverage"
     dedupe_field = "dedupe_key_feedback" if "dedupe_key_feedback" in obj else "dedup_key_feedback"
-    dedupe = _unique(
-        (_dedupe_key(_obj(d, p), p) for d, p in _items(obj, dedupe_field, path)),
-        lambda d: d.dedupe_key,
-        f"{path}.{dedupe_field}",
-        warnings,
-    )
+    dedupe = _unique(obj, dedupe_field, path, _dedupe_key, warnings)
     freshness = _opt_obj(obj, "data_freshness", path)
     return EventQuality(
         event_name=name,
@@ -219,19 +204,29 @@ def _merge_events(first: EventQuality, second: EventQuality) -> EventQuality:
 
 
 def _key(item: MatchKey | Diagnostic | DedupeKey) -> str:
-    if isinstance(item, MatchKey):
-        return item.identifier
-    return item.slug if isinstance(item, Diagnostic) else item.dedupe_key
+    kind = type(item)
+    if kind is MatchKey:
+        return item.identifier  # type: ignore[union-attr]
+    return item.slug if kind is Diagnostic else item.dedupe_key  # type: ignore[union-attr]
 
 
-def _unique(items: Any, key: Any, path: str, warnings: list[str]) -> tuple[Any, ...]:
+def _unique(parent: dict[str, Any], key: str, path: str, parse: Any, warnings: list[str]) -> tuple[Any, ...]:
+    """Parse the list `parent[key]` with `parse`, keeping the first item for each key (`_key`)."""
+    items = _list(parent, key, path)
+    if not items:
+        return ()
+    list_path = f"{path}.{key}"
     out: dict[str, Any] = {}
-    for item in items:
-        k = key(item)
+    for i, item in enumerate(items):
+        try:  # items parse with paths relative to themselves: the full path is only built for an error
+            record = parse(_obj(item, ""), "")
+        except ResponseFormatError as exc:
+            raise ResponseFormatError(f"{list_path}[{i}]{exc.path}", exc.problem) from None
+        k = _key(record)
         if k in out:
-            warnings.append(f"{path}: {k!r} appears twice; kept the first")
+            warnings.append(f"{list_path}: {k!r} appears twice; kept the first")
             continue
-        out[k] = item
+        out[k] = record
     return tuple(out.values())
 
 
@@ -262,13 +257,11 @@ def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
     return value
 
 
-def _items(parent: dict[str, Any], key: str, path: str) -> list[tuple[Any, str]]:
-    return [(item, f"{path}.{key}[{i}]") for i, item in enumerate(_list(parent, key, path))]
-
-
 def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = False) -> str | None:
     """A string field; interned, because label values and Meta's texts repeat across a fleet."""
     value = None if parent is None else parent.get(key)
+    if type(value) is str and value:
+        return sys.intern(value)
     if value is None:
         if required:
             raise ResponseFormatError(f"{path}.{key}", "missing")
@@ -303,6 +296,9 @@ def _percentage(parent: dict[str, Any] | None, key: str, path: str) -> float | N
         return None
     if type(block) is not dict:
         raise ResponseFormatError(f"{path}.{key}", f"expected an object, got {_describe(block)}")
+    value = block.get("percentage")
+    if type(value) is float and math.isfinite(value):
+        return value  # the common case, without building the path that only an error needs
     return _num(block, "percentage", f"{path}.{key}")
 
 

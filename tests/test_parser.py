@@ -148,7 +148,22 @@ def test_duplicate_match_keys_and_diagnostic_slugs_are_kept_once():
         (lambda b: b["web"][0]["event_match_quality"].update(composite_score=10**400), "composite_score"),
         (lambda b: b["web"][0]["event_coverage"].update(percentage=[80]), "event_coverage.percentage"),
         (lambda b: b["web"][0].update(acr=7), "web[0].acr"),
-        (lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"][1].pop("identifier"), "identifier"),
+        (
+            lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"][1].pop("identifier"),
+            "web[0].event_match_quality.match_key_feedback[1].identifier: missing",
+        ),
+        (
+            lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"][0]["coverage"].update(percentage="9"),
+            "web[0].event_match_quality.match_key_feedback[0].coverage.percentage: expected a number, got str",
+        ),
+        (
+            lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"].append(7),
+            "web[0].event_match_quality.match_key_feedback[3]: expected an object, got int",
+        ),
+        (
+            lambda b: b["web"][0]["event_match_quality"]["diagnostics"][0].update(affected_event_count=None, name=""),
+            "web[0].event_match_quality.diagnostics[0].name: empty",
+        ),
         (lambda b: b["web"][0]["data_freshness"].update(upload_frequency=1), "upload_frequency"),
         (lambda b: b["offline"][0]["match_key"]["coverage"].update(email="x"), "coverage.email"),
     ],
