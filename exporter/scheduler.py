@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from exporter.config import Config, Secrets
 from exporter.discovery import Housekeeping
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
 PUBLISH_EVERY = 5.0  # seconds between snapshots published during a cycle (each costs a pass over all targets)
 PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
+FREEZE_EVERY = 50  # targets between moves of what the cycle has built out of the garbage collector's sight
 
 Progress = Callable[[int, int, int], None]  # (done, total, failed)
 
@@ -196,6 +198,8 @@ class Scheduler:
                 )
             if now - self._last_publish >= PUBLISH_EVERY:
                 self.snapshot = self._publish()
+            if done % FREEZE_EVERY == 0:
+                gc.freeze()
 
         fetcher = Fetcher(
             self._graph_client(),
@@ -210,7 +214,8 @@ class Scheduler:
             rejected=self._rejected_credentials,
             on_done=target_done,
         )
-        await fetcher.run(targets, spacing=spacing, deadline=started + config.interval)
+        with _records_frozen_until_done():
+            await fetcher.run(targets, spacing=spacing, deadline=started + config.interval)
         duration = time.monotonic() - started
         if count:
             rec = self.recorder
@@ -247,6 +252,21 @@ class Scheduler:
             interval=self.config.collection.interval,
             extras=extras,
         )
+
+
+@contextlib.contextmanager
+def _records_frozen_until_done() -> Iterator[None]:
+    """Keep a cycle's parsed records (millions of objects at 10,000 datasets) out of repeated full collections.
+
+    Without it the collector rescans everything parsed so far each time the heap grows by a quarter: about a
+    third of a burst cycle's CPU. Records hold no reference cycles, so refcounting frees them while frozen;
+    whatever cyclic garbage got frozen along the way is collected once, when the cycle ends.
+    """
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.collect()
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
