@@ -11,6 +11,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 
@@ -81,6 +82,7 @@ class DatasetQuality:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
+@lru_cache(maxsize=4096)  # a fleet's diagnostics share a handful of titles
 def diagnostic_slug(name: str) -> str:
     """A stable label value for a diagnostic title: lowercase, runs of non-alphanumerics become `_`."""
     return sys.intern(re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unnamed")
