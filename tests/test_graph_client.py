@@ -12,8 +12,6 @@ from collections import Counter
 
 import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from exporter.graph import (
     BLOCKS,
@@ -26,7 +24,6 @@ from exporter.graph import (
     web_fields,
 )
 from exporter.graph import ratelimit as ratelimit_module
-from exporter.graph.client import form_encode
 from exporter.parser import parse_dataset_quality
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN, http
@@ -429,15 +426,3 @@ def test_ad_account_usage_is_labelled_with_the_account_called():
         "acc_id_util",
         0.125,
     )
-
-
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(st.dictionaries(st.text(max_size=20), st.text(max_size=60), max_size=4))
-def test_form_encode_is_urlencode(form):
-    assert form_encode(form) == urllib.parse.urlencode(form).encode("ascii")
-
-
-def test_form_encode_of_a_batch_round_trips():
-    batch = json.dumps([{"method": "GET", "relative_url": "v25.0/dataset_quality?fields=web%7Bevent_name%7D&x=a+b"}])
-    form = {"access_token": "EAAB+/=", "batch": batch, "appsecret_proof": "ab12"}
-    assert dict(urllib.parse.parse_qsl(form_encode(form).decode())) == form

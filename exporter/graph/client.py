@@ -34,20 +34,6 @@ def _quote(value: str, safe: str = "", encoding: str | None = None, errors: str 
     return quote_plus(value, safe, encoding, errors)
 
 
-_FORM_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
-_FORM_ESCAPES = {c: "+" if c == 0x20 else f"%{c:02X}" for c in range(128) if c not in _FORM_SAFE}
-
-
-def form_encode(form: Mapping[str, str]) -> bytes:
-    """`urlencode(form)` as bytes. A batch's JSON is ~50 KB: urllib quotes it a character at a time in Python,
-    `str.translate` does it in C (non-ASCII values, which JSON's ASCII output never has, take urllib's path)."""
-    return "&".join(f"{_form_quote(key)}={_form_quote(value)}" for key, value in form.items()).encode("ascii")
-
-
-def _form_quote(value: str) -> str:
-    return value.translate(_FORM_ESCAPES) if value.isascii() else quote_plus(value)
-
-
 class RequestObserver(Protocol):
     """Receives what the client saw, for the exporter's own metrics."""
 
@@ -204,13 +190,7 @@ class GraphClient:
             return exc
 
     async def _post_once(self, form: dict[str, str], count: int) -> list[Any]:
-        result = await self._send(
-            "POST",
-            f"{self.base_url}/{self.version}/",
-            "batch",
-            content=form_encode(form),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
+        result = await self._send("POST", f"{self.base_url}/{self.version}/", "batch", data=form)
         if not isinstance(result.body, list) or len(result.body) != count:
             raise GraphError("invalid_response", f"batch answer is not a list of {count} elements")
         return result.body
