@@ -8,9 +8,11 @@ fetched at once, the rest keep their schedule.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
 PUBLISH_EVERY = 5.0  # seconds between snapshots published during a cycle (each costs a pass over all targets)
 PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
+PUBLISH_WAIT = 5.0  # seconds a reload waits for the loop to publish its outcome (a long parse may hold it)
 FREEZE_EVERY = 50  # targets between moves of what the cycle has built out of the garbage collector's sight
 
 Progress = Callable[[int, int, int], None]  # (done, total, failed)
@@ -46,6 +49,7 @@ class Scheduler:
         self.governor = self._make_governor()
         self._pending: tuple[Config, Secrets] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None
         self._last_publish = 0.0
         self.snapshot: Snapshot = self._publish()
@@ -58,11 +62,37 @@ class Scheduler:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def note_reload(self, success: bool) -> None:
-        """Record a reload's outcome for /metrics; thread-safe enough (two attribute writes)."""
+        """Record a reload's outcome for /metrics; thread-safe, and visible in the snapshot when it returns."""
         self.recorder.reload_success = success
         if success:
             self.recorder.reload_timestamp = time.time()
-        self.snapshot = self._publish()
+        self._publish_from_any_thread()
+
+    def _publish_from_any_thread(self) -> None:
+        """Publish on the loop's thread, the only one that touches the recorder and housekeeping state.
+
+        A publish from a web thread would iterate dicts that a running cycle is changing.
+        """
+        loop = self._loop
+        if loop is None or not loop.is_running() or threading.get_ident() == self._loop_thread:
+            self.snapshot = self._publish()
+            return
+        published: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def publish() -> None:
+            try:
+                self.snapshot = self._publish()
+                published.set_result(None)
+            except BaseException as exc:  # handed to the waiting thread
+                published.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(publish)
+        except RuntimeError:  # the loop closed in between: nothing else publishes any more
+            self.snapshot = self._publish()
+            return
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            published.result(timeout=PUBLISH_WAIT)
 
     def _apply_pending(self) -> None:
         """Swap in a pending config; `prepare` then recomputes the targets."""
@@ -121,6 +151,7 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         """Run cycles until `stop` is set; cancels an unfinished cycle within moments of it."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         paced = False
         try:

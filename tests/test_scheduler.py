@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 import weakref
 
@@ -237,3 +238,44 @@ def test_a_cycle_leaves_nothing_frozen_and_its_cyclic_garbage_collected(simulato
     assert len(garbage) == 6 and max(frozen_during) > 0  # the freeze did happen during the cycle
     assert gc.get_freeze_count() == 0
     assert all(ref() is None for ref in garbage)
+
+
+def test_a_reload_outcome_is_published_on_the_loop_thread_and_visible_on_return(simulator):
+    """note_reload comes from a web or signal thread; publishing there would race a running cycle."""
+    scheduler = Scheduler(make(simulator, [{"id": simulator.world.dataset_ids[0]}]), secrets())
+    publish = scheduler._publish
+    threads: list[int] = []
+
+    def recording_publish():
+        threads.append(threading.get_ident())
+        return publish()
+
+    scheduler._publish = recording_publish
+    loop_thread: list[int] = []
+    stop_holder: list[asyncio.Event] = []
+
+    async def loop_main():
+        loop_thread.append(threading.get_ident())
+        stop = asyncio.Event()
+        stop_holder.append(stop)
+        await scheduler.run(stop)
+
+    runner = threading.Thread(target=asyncio.run, args=(loop_main(),))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60  # a hang guard
+        while not scheduler.snapshot.ready:
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.01)
+        threads.clear()
+        scheduler.note_reload(False)
+        assert scheduler.snapshot.reload_success is False  # visible as soon as note_reload returns
+        scheduler.note_reload(True)
+        assert scheduler.snapshot.reload_success is True and scheduler.snapshot.reload_timestamp is not None
+        assert threads and set(threads) == {loop_thread[0]} != {threading.get_ident()}
+    finally:
+        scheduler._loop.call_soon_threadsafe(stop_holder[0].set)
+        runner.join(30)
+    assert not runner.is_alive()
+    scheduler.note_reload(False)  # the loop has gone: published directly
+    assert scheduler.snapshot.reload_success is False
