@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -212,7 +213,13 @@ def _key(item: MatchKey | Diagnostic | DedupeKey) -> str:
     return item.slug if kind is Diagnostic else item.dedupe_key  # type: ignore[union-attr]
 
 
-def _unique(parent: dict[str, Any], key: str, path: str, parse: Any, warnings: list[str]) -> tuple[Any, ...]:
+def _unique(
+    parent: dict[str, Any],
+    key: str,
+    path: str,
+    parse: Callable[[dict[str, Any], str], MatchKey | Diagnostic | DedupeKey],
+    warnings: list[str],
+) -> tuple[Any, ...]:
     """Parse the list `parent[key]` with `parse`, keeping the first item for each key (`_key`)."""
     items = _list(parent, key, path)
     if not items:
