@@ -219,8 +219,9 @@ def test_batch_answers_in_order_with_per_item_failures(start_simulator):
     sim.set_fault(ids[2], "permission")
     items = [item(ids[1]), item(ids[2]), item("404"), item(ids[3], token="client-b"), item(ids[4], token="bad")]
     for path in ("/", "/v25.0/"):
-        status, _, body = batch(sim, items, path=path)
+        status, headers, body = batch(sim, items, path=path)
         assert status == 200
+        assert {"X-App-Usage", "X-Business-Use-Case-Usage"} <= set(headers)  # on the batch's own response
         answers = json.loads(body)
         assert [a["code"] for a in answers] == [200, 403, 400, 200, 400]
         first = json.loads(answers[0]["body"])  # the body is a JSON string, parsed a second time
@@ -228,7 +229,20 @@ def test_batch_answers_in_order_with_per_item_failures(start_simulator):
         assert json.loads(answers[1]["body"])["error"]["code"] == 10
         assert json.loads(answers[4]["body"])["error"]["code"] == 190
         names = {h["name"] for h in answers[0]["headers"]}
-        assert {"X-App-Usage", "X-Business-Use-Case-Usage"} <= names
+        assert not {"X-App-Usage", "X-Business-Use-Case-Usage"} & names  # items repeat them only when told to
+
+
+def test_batch_items_carry_usage_headers_only_when_told(start_simulator):
+    sim = start_simulator(datasets=3, item_usage_headers=True)
+    _, _, body = batch(sim, [item(EXAMPLE_DATASET_ID)])
+    names = {h["name"] for h in json.loads(body)[0]["headers"]}
+    assert {"X-App-Usage", "X-Business-Use-Case-Usage"} <= names
+
+
+@pytest.mark.parametrize(("token", "code"), [("bad", 190), ("", 104), ("1000000000001|wrong", 190)])
+def test_batch_top_level_token_is_required_and_checked_even_when_items_carry_their_own(simulator, token, code):
+    status, _, body = batch(simulator, [item(EXAMPLE_DATASET_ID, token=TOKEN)], token=token)
+    assert status == 400 and json.loads(body)["error"]["code"] == code
 
 
 def test_batch_limits(simulator):
@@ -296,10 +310,93 @@ def test_next_echoes_a_query_token(simulator):
 
 def test_node_read(simulator):
     pixel_id = simulator.world.dataset_ids[2]
-    status, _, body = graph_get(simulator, f"v25.0/{pixel_id}", fields="id,name,last_fired_time,server_last_fired_time")
+    status, _, body = graph_get(simulator, f"v25.0/{pixel_id}", fields="id,name,last_fired_time,owner_business{id}")
     assert status == 200 and body["id"] == pixel_id
-    assert set(body) <= {"id", "name", "last_fired_time", "server_last_fired_time"}
+    assert set(body) <= {"id", "name", "last_fired_time", "owner_business"}
     assert time.strptime(body["last_fired_time"], "%Y-%m-%dT%H:%M:%S+0000")
+
+
+@pytest.mark.parametrize(
+    "path", ["{pixel}", "{business}/owned_pixels", "act_{account}/adspixels", "{agency}/client_pixels"]
+)
+def test_pixels_have_no_server_last_fired_time(simulator, path):
+    """AdsPixel's fields (facebook-python-business-sdk adspixel.py) lack it: Meta fails the whole call."""
+    world = simulator.world
+    business = next(iter(world.businesses.values()))
+    url = "v26.0/" + path.format(
+        pixel=world.dataset_ids[1], business=business.id, account=business.ad_account_id, agency=world.agency_id
+    )
+    status, _, body = graph_get(simulator, url, fields="id,name,server_last_fired_time")
+    assert status == 400
+    assert body["error"]["code"] == 100 and body["error"]["type"] == "OAuthException"
+    assert body["error"]["message"] == (
+        "(#100) Tried accessing nonexisting field (server_last_fired_time) on node type (AdsPixel)"
+    )
+
+
+def test_ads_dataset_edge_has_server_last_fired_time(simulator):
+    business = next(iter(simulator.world.businesses.values()))
+    status, _, body = graph_get(
+        simulator, f"v26.0/{business.id}/ads_dataset", fields="id,server_last_fired_time", limit="100"
+    )
+    items = body["data"]
+    while "next" in body.get("paging", {}):
+        body = json.loads(http("GET", body["paging"]["next"], headers={"Authorization": f"OAuth {TOKEN}"})[2])
+        items += body["data"]
+    assert status == 200 and [d["id"] for d in items] == list(business.pixel_ids)
+    fired = {d["id"] for d in items if "server_last_fired_time" in d}
+    assert fired == {i for i in business.pixel_ids if simulator.world.pixels[i].server_last_fired_ago is not None}
+    assert fired
+
+
+def test_client_pixels_of_a_business_that_is_no_agency_is_refused(simulator):
+    business = next(iter(simulator.world.businesses.values()))
+    status, _, body = graph_get(simulator, f"v26.0/{business.id}/client_pixels", fields="id")
+    assert status == 403 and body["error"]["code"] == 10
+
+
+@pytest.mark.parametrize(
+    ("version", "status", "code"),
+    [("v27.0", 200, None), ("v25.0", 200, None), ("v24.0", 400, 2635), ("v23.0", 400, 2635), ("v99.0", 400, 2500)],
+)
+def test_versions_meta_serves_and_the_expired_ones(simulator, version, status, code):
+    got, _headers, body = graph_get(simulator, f"{version}/dataset_quality", dataset_id=EXAMPLE_DATASET_ID)
+    assert got == status and (code is None or body["error"]["code"] == code)
+    if code == 2635:
+        assert "v27.0" in body["error"]["message"]
+
+
+def test_a_withdrawn_field_is_refused_like_meta_refuses_an_unknown_one(simulator):
+    http(
+        "POST",
+        simulator.url + "/_sim/withdraw_field",
+        data=json.dumps({"node_type": "AdsPixelCAPIIntegrationQuality", "field": "acr"}).encode(),
+    )
+    status, _, body = quality(simulator, EXAMPLE_DATASET_ID, "web{event_name,acr{percentage}}")
+    assert status == 400 and body["error"]["message"] == (
+        "(#100) Tried accessing nonexisting field (acr) on node type (AdsPixelCAPIIntegrationQuality)"
+    )
+    assert quality(simulator, EXAMPLE_DATASET_ID, "web{event_name}")[0] == 200
+    simulator.withdraw_field("AdsPixelCAPIIntegrationQuality", "acr", withdrawn=False)
+    assert quality(simulator, EXAMPLE_DATASET_ID, "web{event_name,acr{percentage}}")[0] == 200
+
+
+def test_body_and_error_faults(simulator):
+    ids = simulator.world.dataset_ids
+    fields = "web{event_name,event_match_quality{composite_score},acr{percentage}}"
+    simulator.set_fault(ids[1], "wrapped_body")
+    assert set(quality(simulator, ids[1], fields)[2]) == {"data"}
+    simulator.set_fault(ids[2], "transient_once")
+    assert quality(simulator, ids[2], fields)[2]["error"]["is_transient"] is True
+    assert quality(simulator, ids[2], fields)[0] == 200
+    simulator.set_fault(ids[3], "policy_block")
+    assert quality(simulator, ids[3], fields)[2]["error"]["code"] == 368
+    simulator.set_fault(ids[4], "throttle_business_error_data_string")
+    _status, headers, body = quality(simulator, ids[4], fields)
+    assert body["error"]["code"] == 80004 and json.loads(body["error"]["error_data"]) == {
+        "estimated_time_to_regain_access": 7
+    }
+    assert "X-Business-Use-Case-Usage" not in headers
 
 
 def test_debug_token(start_simulator):

@@ -67,6 +67,13 @@ ERRORS: dict[str, ErrorSpec] = {
         "OAuthException",
         "(#80004) There have been too many calls to this ad-account. Wait a bit and try again.",
     ),
+    "policy_block": ErrorSpec(
+        400,
+        368,
+        1390008,
+        "OAuthException",
+        "(#368) The action attempted has been deemed abusive or is otherwise disallowed",
+    ),
     "transient_1": ErrorSpec(500, 1, None, "OAuthException", "An unknown error occurred", transient=True),
     "transient_2": ErrorSpec(503, 2, None, "OAuthException", "Service temporarily unavailable", transient=True),
     "version": ErrorSpec(
@@ -95,7 +102,9 @@ def fbtrace_id(rng: random.Random) -> str:
     return "A" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(22))
 
 
-def error_body(name: str, rng: random.Random, **fmt: Any) -> tuple[int, dict[str, Any]]:
+def error_body(
+    name: str, rng: random.Random, error_data: dict[str, Any] | str | None = None, **fmt: Any
+) -> tuple[int, dict[str, Any]]:
     spec = ERRORS[name]
     error: dict[str, Any] = {
         "message": spec.message.format(**fmt) if fmt else spec.message,
@@ -107,6 +116,8 @@ def error_body(name: str, rng: random.Random, **fmt: Any) -> tuple[int, dict[str
         error["error_subcode"] = spec.subcode
     if spec.transient:
         error["is_transient"] = True
+    if error_data is not None:
+        error["error_data"] = error_data
     if spec.code == 190:
         error["error_user_title"] = "Session expired" if spec.subcode == 463 else "Invalid session"
         error["error_user_msg"] = "Your session is no longer valid. Please log in again."

@@ -14,23 +14,32 @@ FieldTree = dict[str, "FieldTree | None"]
 # `_default` lists what Graph returns when the field is asked for without an expansion.
 Schema = dict[str, Any]
 
-_PERCENT_DESC: Schema = {"percentage": None, "description": None}
+_PERCENT_DESC: Schema = {"_type": "Object", "percentage": None, "description": None}
 
+# `dataset_quality`'s tree. The element type of `web` and its nine fields are Meta's own
+# (facebook-python-business-sdk 25.0.2 `adobjects/adspixelcapiintegrationquality.py`, and the same list in
+# facebook-nodejs-business-sdk 26.0.0 `src/objects/ads-pixel-capi-integration-quality.js`); the SDKs type the
+# blocks below them as plain `Object`, so their fields come from Meta's Dataset Quality page.
 DATASET_QUALITY_SCHEMA: Schema = {
+    "_type": "AdsDatasetQuality",
     "_default": ["web"],
     "web": {
+        "_type": "AdsPixelCAPIIntegrationQuality",
         "_default": ["event_name", "event_match_quality"],
         "event_name": None,
         "event_match_quality": {
+            "_type": "Object",
             "_default": ["composite_score", "match_key_feedback"],
             "composite_score": None,
             "match_key_feedback": {
+                "_type": "Object",
                 "_default": ["identifier", "coverage"],
                 "identifier": None,
-                "coverage": {"percentage": None},
+                "coverage": {"_type": "Object", "percentage": None},
                 "potential_aly_acr_increase": _PERCENT_DESC,
             },
             "diagnostics": {
+                "_type": "Object",
                 "name": None,
                 "description": None,
                 "solution": None,
@@ -42,6 +51,7 @@ DATASET_QUALITY_SCHEMA: Schema = {
         "event_potential_aly_acr_increase": _PERCENT_DESC,
         "acr": _PERCENT_DESC,
         "event_coverage": {
+            "_type": "Object",
             "_default": ["percentage", "goal_percentage", "description"],
             "percentage": None,
             "goal_percentage": None,
@@ -49,38 +59,74 @@ DATASET_QUALITY_SCHEMA: Schema = {
             "potential_aly_acr_increase": _PERCENT_DESC,
         },
         "dedupe_key_feedback": {
+            "_type": "Object",
             "dedupe_key": None,
             "browser_events_with_dedupe_key": _PERCENT_DESC,
             "server_events_with_dedupe_key": _PERCENT_DESC,
             "overall_browser_coverage_from_dedupe_key": _PERCENT_DESC,
         },
-        "data_freshness": {"upload_frequency": None, "description": None},
+        "data_freshness": {"_type": "Object", "upload_frequency": None, "description": None},
         "event_ad_sets": None,
         "event_spend": None,
     },
     "offline": {
+        "_type": "Object",
         "event_name": None,
-        "composite": {"score": None, "recommendation": None},
+        "composite": {"_type": "Object", "score": None, "recommendation": None},
         "match_key": {
+            "_type": "Object",
             "score": None,
             "recommendation": None,
-            "coverage": {"email": None, "phone": None},
+            "coverage": {"_type": "Object", "email": None, "phone": None},
         },
-        "frequency": {"score": None, "recommendation": None},
-        "freshness": {"score": None, "recommendation": None},
+        "frequency": {"_type": "Object", "score": None, "recommendation": None},
+        "freshness": {"_type": "Object", "score": None, "recommendation": None},
     },
 }
 
-PIXEL_SCHEMA: Schema = {
-    "_default": ["id"],
-    "id": None,
-    "name": None,
-    "last_fired_time": None,
-    "server_last_fired_time": None,
-    "is_unavailable": None,
-    "creation_time": None,
-    "owner_business": {"_default": ["id"], "id": None, "name": None},
-}
+# Business, as a nested object: only `id` and `name`, a subset of Meta's Business fields, so stricter than Meta.
+_BUSINESS: Schema = {"_type": "Business", "_default": ["id", "name"], "id": None, "name": None}
+
+
+def _node(node_type: str, fields: str, **objects: Schema) -> Schema:
+    schema: Schema = {"_type": node_type, "_default": ["id"]}
+    schema.update({name: objects.get(name) for name in fields.split()})
+    return schema
+
+
+# AdsPixel, as `GET /{pixel_id}`, `/{business_id}/owned_pixels`, `client_pixels`, `adspixels` and
+# `act_{id}/adspixels` return it: the field list of `AdsPixel.Field` in facebook-python-business-sdk 25.0.2
+# (`facebook_business/adobjects/adspixel.py`), identical in facebook-nodejs-business-sdk 26.0.0
+# (`src/objects/ads-pixel.js`). It has no `server_last_fired_time`: asking for it fails the whole call.
+PIXEL_SCHEMA: Schema = _node(
+    "AdsPixel",
+    """automatic_matching_fields can_proxy code config creation_time creator data_use_setting description
+    duplicate_entries enable_auto_assign_to_accounts enable_automatic_matching event_stats event_time_max
+    event_time_min first_party_cookie_status has_1p_pixel_event id is_consolidated_container
+    is_created_by_business is_crm is_mta_use is_restricted_use is_unavailable last_fired_time last_upload_app
+    last_upload_app_changed_time match_rate_approx matched_entries name owner_ad_account owner_business usage
+    user_access_expire_time valid_entries""",
+    owner_business=_BUSINESS,
+)
+
+# AdsDataset, as `/{business_id}/ads_dataset` lists it (the only way the SDKs read it: `AdsDataset` has no
+# `api_get`): `AdsDataset.Field` in facebook-python-business-sdk 25.0.2 (`adobjects/adsdataset.py`), the same
+# in facebook-nodejs-business-sdk 26.0.0 (`src/objects/ads-dataset.js`). `server_last_fired_time` lives here.
+ADS_DATASET_SCHEMA: Schema = _node(
+    "AdsDataset",
+    """can_proxy collection_rate config creation_time creator dataset_id description duplicate_entries
+    enable_auto_assign_to_accounts enable_automatic_events enable_automatic_matching enable_real_time_event_log
+    event_stats event_time_max event_time_min first_party_cookie_status has_bapi_domains
+    has_catalog_microdata_activity has_ofa_redacted_keys has_sent_pii id is_consolidated_container
+    is_created_by_business is_crm is_eligible_for_sharing_to_ad_account is_eligible_for_sharing_to_business
+    is_eligible_for_value_optimization is_mta_use is_restricted_use is_unavailable last_fired_time
+    last_upload_app last_upload_app_changed_time last_upload_time late_upload_reminder_eligibility
+    match_rate_approx matched_entries name no_ads_tracked_for_weekly_uploaded_events_reminder_eligibility
+    num_active_ad_set_tracked num_recent_offline_conversions_uploaded num_uploads owner_ad_account
+    owner_business percentage_of_late_uploads_in_external_suboptimal_window permissions server_last_fired_time
+    show_automatic_events upload_rate upload_reminder_eligibility usage valid_entries""",
+    owner_business=_BUSINESS,
+)
 
 
 class FieldSyntaxError(ValueError):
@@ -140,16 +186,18 @@ def _merge(left: FieldTree | None, right: FieldTree | None) -> FieldTree | None:
     return merged
 
 
-def check_fields(tree: FieldTree, schema: Schema, node_type: str) -> None:
-    """Raise UnknownFieldError for the first requested field the schema does not have."""
+def check_fields(tree: FieldTree, schema: Schema, withdrawn: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """Raise UnknownFieldError for the first requested field the schema does not have (or that was withdrawn:
+    `(node type, field)` pairs a test removed to play a field Meta renamed or has not rolled out)."""
+    node_type = schema["_type"]
     for name, children in tree.items():
-        if name.startswith("_") or name not in schema:
+        if name.startswith("_") or name not in schema or (node_type, name) in withdrawn:
             raise UnknownFieldError(name, node_type)
         sub = schema[name]
         if children is not None:
             if sub is None:
                 raise UnknownFieldError(next(iter(children)), name)
-            check_fields(children, sub, name)
+            check_fields(children, sub, withdrawn)
 
 
 def select(value: Any, tree: FieldTree | None, schema: Schema | None) -> Any:

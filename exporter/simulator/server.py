@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from exporter.simulator.data import World, apply_scenario
 from exporter.simulator.errors import ERRORS, dumps, error_body, raw_fault_reply
 from exporter.simulator.fieldspec import (
+    ADS_DATASET_SCHEMA,
     DATASET_QUALITY_SCHEMA,
     PIXEL_SCHEMA,
     FieldSyntaxError,
@@ -45,8 +46,14 @@ SCENARIOS = (
     "flaky",
     "slow",
 )
-LATEST_VERSION = "v25.0"
-EXPIRED_VERSIONS = frozenset({"v21.0", "v22.0", "v23.0", "v24.0"})
+# The versions Meta serves on 2026-11-29 (Marketing API version history: v27.0 released 2026-11-04; v24.0 expired
+# 2026-11-10). An older one gets error 2635; one that does not exist yet, an unknown path.
+SERVED_VERSIONS = ("v25.0", "v26.0", "v27.0")
+LATEST_VERSION = SERVED_VERSIONS[-1]  # the exporter's own default is exporter.graph.versions; no code is shared
+USAGE_HEADERS = ("X-App-Usage", "X-Business-Use-Case-Usage", "X-Ad-Account-Usage")
+# Per-dataset faults besides the error bodies of ERRORS: each plays one way the real API can surprise a client.
+BODY_FAULTS = ("string_percentage", "wrong_leaf", "wrapped_body")
+OTHER_FAULTS = ("http_500", "http_503", "not_json", "slow", "transient_once", "throttle_business_error_data_string")
 MAX_BATCH = 50
 MAX_PAGE = 100
 _VERSION_RE = re.compile(r"^v\d+\.\d+$")
@@ -73,6 +80,9 @@ class SimulatorSettings:
     fault_rate: float = 0.2
     slow_seconds: float = 40.0
     faults: dict[str, str] = field(default_factory=dict)
+    # Meta's batch answer certainly carries the usage headers on its own HTTP response; whether items repeat them
+    # is not documented, so by default they do not (a client must read the batch response's headers).
+    item_usage_headers: bool = False
 
 
 @dataclass
@@ -100,6 +110,7 @@ class Simulator:
         self.world = World(settings.datasets, settings.seed, settings.per_business)
         self.scenario = settings.scenario
         self.faults = dict(settings.faults)
+        self.withdrawn_fields: set[tuple[str, str]] = set()
         self.valid_tokens = set(settings.tokens)
         self.expired_tokens = set(settings.expired_tokens)
         self.lock = threading.Lock()
@@ -151,7 +162,7 @@ class Simulator:
                 self.business_quota.reset()
 
     def set_fault(self, dataset_id: str, fault: str | None) -> None:
-        if fault is not None and fault not in ERRORS and fault not in ("http_500", "http_503", "not_json", "slow"):
+        if fault is not None and fault not in ERRORS and fault not in BODY_FAULTS + OTHER_FAULTS:
             raise ValueError(f"unknown fault {fault!r}")
         with self.lock:
             if fault is None:
@@ -188,8 +199,20 @@ class Simulator:
                 return self.rng.choice(("http_500", "http_503", "reset", "slow"))
         return None
 
-    def _error(self, name: str, headers: dict[str, str] | None = None, **fmt: Any) -> Reply:
-        status, body = error_body(name, self.rng, **fmt)
+    def withdraw_field(self, node_type: str, name: str, withdrawn: bool = True) -> None:
+        """Make a field unknown on a node type, as when Meta renames, removes or has not rolled out a field."""
+        with self.lock:
+            (self.withdrawn_fields.add if withdrawn else self.withdrawn_fields.discard)((node_type, name))
+
+    def _fields(self, params: dict[str, str], schema: dict[str, Any]) -> Any:
+        """The parsed `fields` expansion, checked against the node type (raises as Meta answers #100)."""
+        tree = parse_fields(params["fields"]) if params.get("fields") else None
+        if tree is not None:
+            check_fields(tree, schema, frozenset(self.withdrawn_fields))
+        return tree
+
+    def _error(self, name: str, headers: dict[str, str] | None = None, error_data: Any = None, **fmt: Any) -> Reply:
+        status, body = error_body(name, self.rng, error_data, **fmt)
         return Reply(status, body, dict(headers or {}))
 
     def _route(
@@ -204,8 +227,10 @@ class Simulator:
     ) -> Reply:
         if method != "GET":
             return self._error("bad_parameter", detail=f"(#100) Unsupported method {method} for this path")
-        if version in EXPIRED_VERSIONS:
-            return self._error("version", latest=LATEST_VERSION)
+        if version not in SERVED_VERSIONS:
+            if _version_number(version) < _version_number(SERVED_VERSIONS[0]):
+                return self._error("version", latest=LATEST_VERSION)
+            return self._error("unknown_path", detail=version)
         if len(parts) == 1 and parts[0] == "debug_token":
             return self._debug_token(params, token)
         auth = self._authorise(token, params)
@@ -219,7 +244,7 @@ class Simulator:
             return Reply(status, raw=(ctype, body))
         if len(parts) == 1 and parts[0] == "dataset_quality":
             reply = self._dataset_quality(params, token)
-        elif len(parts) == 2 and parts[1] in ("owned_pixels", "client_pixels", "adspixels"):
+        elif len(parts) == 2 and parts[1] in ("owned_pixels", "client_pixels", "adspixels", "ads_dataset"):
             reply = self._edge(version, parts, params, token, base)
         elif len(parts) == 1:
             reply = self._node(parts[0], params, token)
@@ -297,9 +322,7 @@ class Simulator:
         if not dataset_id:
             return self._error("bad_parameter", detail="(#100) The parameter dataset_id is required")
         try:
-            tree = parse_fields(params["fields"]) if params.get("fields") else None
-            if tree is not None:
-                check_fields(tree, DATASET_QUALITY_SCHEMA, "AdsDatasetQuality")
+            tree = self._fields(params, DATASET_QUALITY_SCHEMA)
         except (FieldSyntaxError, UnknownFieldError) as exc:
             return self._error("bad_parameter", detail=f"(#100) {exc}")
         pixel = self.world.pixels.get(dataset_id)
@@ -309,6 +332,13 @@ class Simulator:
         if fault == "throttle_business":  # a real throttle: the header announces the wait, and it lasts
             with self.lock:
                 self.business_quota.force_throttle(pixel.business_id, time.monotonic())
+        if fault == "transient_once":
+            self.set_fault(dataset_id, None)
+            return self._error("transient_1")
+        if fault == "throttle_business_error_data_string":
+            # Code 80004 with no usage header, its wait only in `error_data`, sent as a JSON string (the Python
+            # SDK's `FacebookRequestError` parses `error_data` when it is not an object).
+            return self._error("throttle_business", error_data=json.dumps({"estimated_time_to_regain_access": 7}))
         headers, throttled = self._charge(token, pixel.business_id)
         if throttled:
             return throttled
@@ -322,12 +352,13 @@ class Simulator:
             data = apply_scenario(self.world.quality(dataset_id, agent), self.scenario)
         else:
             data = self.world.shared_quality(dataset_id, agent)  # `select` builds new objects; nothing is changed
-        reply = Reply(200, select(data, tree, DATASET_QUALITY_SCHEMA), headers)
+        reply = Reply(200, _body_fault(select(data, tree, DATASET_QUALITY_SCHEMA), fault), headers)
         if fault == "slow":
             reply.fault = "slow"
         return reply
 
-    def _pixel_json(self, pixel_id: str, tree: dict[str, Any] | None) -> dict[str, Any]:
+    def _pixel_json(self, pixel_id: str, tree: dict[str, Any] | None, schema: dict[str, Any]) -> dict[str, Any]:
+        """The pixel as an AdsPixel, or as an AdsDataset (which alone has `server_last_fired_time`)."""
         pixel = self.world.pixels[pixel_id]
         now = time.time()
         full: dict[str, Any] = {
@@ -338,41 +369,40 @@ class Simulator:
             "creation_time": _graph_time(pixel.creation_time),
             "owner_business": {"id": pixel.business_id, "name": pixel.business_name},
         }
-        if pixel.server_last_fired_ago is not None:
+        if pixel.server_last_fired_ago is not None and schema is ADS_DATASET_SCHEMA:
             full["server_last_fired_time"] = _graph_time(now - pixel.server_last_fired_ago)
-        return select(full, tree, PIXEL_SCHEMA)
+        return select(full, tree, schema)
 
     def _node(self, node_id: str, params: dict[str, str], token: str) -> Reply:
         if node_id not in self.world.pixels:
             return self._error("not_found", object_id=node_id)
         try:
-            tree = parse_fields(params["fields"]) if params.get("fields") else None
-            if tree is not None:
-                check_fields(tree, PIXEL_SCHEMA, "AdsPixel")
+            tree = self._fields(params, PIXEL_SCHEMA)
         except (FieldSyntaxError, UnknownFieldError) as exc:
             return self._error("bad_parameter", detail=f"(#100) {exc}")
         headers, throttled = self._charge(token, self.world.pixels[node_id].business_id)
-        return throttled or Reply(200, self._pixel_json(node_id, tree), headers)
+        return throttled or Reply(200, self._pixel_json(node_id, tree, PIXEL_SCHEMA), headers)
 
     def _edge(self, version: str, parts: list[str], params: dict[str, str], token: str, base: str) -> Reply:
         owner, edge = parts
+        schema = ADS_DATASET_SCHEMA if edge == "ads_dataset" else PIXEL_SCHEMA
         if edge == "adspixels":
             account = self.world.ad_accounts.get(owner.removeprefix("act_")) if owner.startswith("act_") else None
             if account is None:
                 return self._error("not_found", object_id=owner)
             business_id, ids = account.id, account.pixel_ids
         elif owner in self.world.businesses:
+            if edge == "client_pixels":  # a business that is no agency has no client pixels to list
+                return self._error("permission")
             business_id = owner
-            ids = self.world.businesses[owner].pixel_ids if edge == "owned_pixels" else ()
+            ids = self.world.businesses[owner].pixel_ids
         elif owner == self.world.agency_id:
             business_id = owner
             ids = self.world.client_pixels(owner) if edge == "client_pixels" else ()
         else:
             return self._error("not_found", object_id=owner)
         try:
-            tree = parse_fields(params["fields"]) if params.get("fields") else None
-            if tree is not None:
-                check_fields(tree, PIXEL_SCHEMA, "AdsPixel")
+            tree = self._fields(params, schema)
             limit = min(int(params.get("limit", "25")), MAX_PAGE)
             start = _decode_cursor(params["after"]) + 1 if params.get("after") else 0
         except (FieldSyntaxError, UnknownFieldError, ValueError) as exc:
@@ -386,7 +416,7 @@ class Simulator:
         empty_first = start == 0 and "after" not in params and int(owner.removeprefix("act_")) % 2 == 0
         page = [] if empty_first else list(ids[start : start + limit])
         end = start - 1 if empty_first else start + len(page) - 1
-        body: dict[str, Any] = {"data": [self._pixel_json(i, tree) for i in page]}
+        body: dict[str, Any] = {"data": [self._pixel_json(i, tree, schema) for i in page]}
         paging: dict[str, Any] = {"cursors": {"before": _encode_cursor(start), "after": _encode_cursor(end)}}
         if end + 1 < len(ids):
             query = {k: v for k, v in params.items() if k in ("fields", "limit", "access_token")}
@@ -429,8 +459,14 @@ class Simulator:
     # ----- batch ------------------------------------------------------------------------------------------
     def batch(self, form: dict[str, str], base: str) -> Reply:
         token = form.get("access_token")
-        if not token:
-            return self._error("token_missing")
+        top_proof = {k: form[k] for k in ("appsecret_proof", "appsecret_time") if k in form}
+        # Meta requires the top-level token even when every item carries its own, and a rejected one fails the
+        # whole request (graph-api.md section 4). An app token (`app_id|secret`) authorises debug_token batches.
+        if token is not None and token.startswith(f"{self.settings.app_id}|"):
+            if not self.settings.app_secret or token != f"{self.settings.app_id}|{self.settings.app_secret}":
+                return self._error("token_invalid")
+        elif (refused := self._authorise(token, dict(top_proof))) is not None:
+            return refused
         try:
             items = json.loads(form.get("batch", ""))
             if not isinstance(items, list):
@@ -445,7 +481,8 @@ class Simulator:
         if self.settings.item_latency:
             time.sleep(self.settings.item_latency * len(items))
         out: list[Any] = []
-        top_proof = {k: form[k] for k in ("appsecret_proof", "appsecret_time") if k in form}
+        usage: dict[str, str] = {}
+        business_usage: dict[str, Any] = {}
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("relative_url"), str):
                 out.append(
@@ -460,12 +497,22 @@ class Simulator:
                 item_token = token
                 params.update(top_proof)
             reply = self.dispatch(str(item.get("method", "GET")).upper(), url.path, params, item_token, base)
+            for name in USAGE_HEADERS:
+                if name in reply.headers:
+                    usage[name] = reply.headers[name]
+            if "X-Business-Use-Case-Usage" in reply.headers:
+                business_usage.update(json.loads(reply.headers["X-Business-Use-Case-Usage"]))
             out.append(None if reply.fault == "null" else self._item(reply))
-        return Reply(200, out)
+        if business_usage:
+            usage["X-Business-Use-Case-Usage"] = json.dumps(business_usage)
+        return Reply(200, out, usage)
 
-    @staticmethod
-    def _item(reply: Reply) -> dict[str, Any]:
-        headers = [{"name": k, "value": v} for k, v in reply.headers.items()]
+    def _item(self, reply: Reply) -> dict[str, Any]:
+        headers = [
+            {"name": k, "value": v}
+            for k, v in reply.headers.items()
+            if self.settings.item_usage_headers or k not in USAGE_HEADERS
+        ]
         headers.append({"name": "Content-Type", "value": reply.content_type()})
         return {
             "code": reply.status,
@@ -563,6 +610,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.sim.set_scenario(request["scenario"])
             elif path == "/_sim/fault" and method == "POST":
                 self.sim.set_fault(str(request["dataset_id"]), request.get("fault"))
+            elif path == "/_sim/withdraw_field" and method == "POST":
+                withdrawn = request.get("withdrawn", True)
+                self.sim.withdraw_field(str(request["node_type"]), str(request["field"]), withdrawn)
             elif path == "/_sim/tokens" and method == "POST":
                 with self.sim.lock:
                     self.sim.valid_tokens.update(request.get("valid", []))
@@ -574,6 +624,25 @@ class _Handler(BaseHTTPRequestHandler):
         except (KeyError, ValueError, TypeError) as exc:
             return self._send(Reply(400, {"error": str(exc)}))
         self._send(Reply(200, {"scenario": self.sim.scenario, "calls": self.sim.calls, "faults": self.sim.faults}))
+
+
+def _version_number(version: str) -> float:
+    return float(version[1:]) if _VERSION_RE.match(version) else 0.0
+
+
+def _body_fault(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
+    """A well-formed answer bent one way the real API might bend it (the body is already a fresh copy)."""
+    events = body.get("web") or []
+    if fault == "wrapped_body":
+        return {"data": [body]}
+    for event in events:
+        if fault == "string_percentage" and isinstance(event.get("acr"), dict):
+            event["acr"] = {**event["acr"], "percentage": str(event["acr"].get("percentage"))}
+            break
+        if fault == "wrong_leaf" and isinstance(event.get("event_match_quality"), dict):
+            event["event_match_quality"] = {**event["event_match_quality"], "composite_score": True}
+            break
+    return body
 
 
 def _graph_time(epoch: float) -> str:
