@@ -104,12 +104,13 @@ class Governor:
             state.reserved = max(0, state.reserved - 1)
 
     # ----- what the answers said -------------------------------------------------------------------------
-    def observe(self, key: Key, usage: float) -> None:
+    def observe(self, key: Key, usage: float, calls: int = 1) -> None:
+        """The usage Meta reported after `calls` calls (a batch request's headers count all of its items)."""
         state = self._state(key)
         if state.usage is not None and usage > state.usage:
-            state.step = max(state.step, usage - state.usage)
+            state.step = max(state.step, (usage - state.usage) / max(calls, 1))
         state.usage = usage
-        state.observed += 1
+        state.observed += calls
         if usage >= self.threshold and self._now() >= state.cool_until:
             state.cool_until = self._now() + self.cooldown
             log.info(
@@ -121,13 +122,17 @@ class Governor:
                 self.threshold * 100,
             )
 
-    def throttled(self, key: Key, retry_after: float | None) -> None:
+    def throttled(self, key: Key, retry_after: float | None, *, quiet: bool = False) -> None:
         state = self._state(key)
         wait = retry_after if retry_after and retry_after > 0 else self.default_wait
         state.blocked_until = self._now() + wait
         state.blocked_wall = self._wall() + wait
         state.usage = max(state.usage or 0.0, 1.0)
-        log.warning("%s %s is throttled: no calls for it for %.0fs, as Meta announced", key[0], key[1], wait)
+        if not quiet:
+            log.warning("%s %s is throttled: no calls for it for %.0fs, as Meta announced", key[0], key[1], wait)
+
+    def is_blocked(self, key: Key) -> bool:
+        return self._now() < self._state(key).blocked_until
 
     # ----- for the loop and /metrics -----------------------------------------------------------------------
     def next_release(self, keys: Iterable[Key]) -> float:

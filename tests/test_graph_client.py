@@ -308,7 +308,7 @@ def test_malformed_header_never_fails_the_call():
         (32, None, False, "throttled"),
         (341, None, False, "throttled"),
         (80014, None, False, "throttled"),
-        (368, None, False, "transient"),
+        (368, None, False, "blocked"),
         (99, None, True, "transient"),
         (2635, None, False, "version"),
         (12345, None, False, "other"),
@@ -369,27 +369,40 @@ def quality_call(dataset_id, token=TOKEN, fields="web{event_name}"):
     return BatchCall("dataset_quality", {"dataset_id": dataset_id, "fields": fields}, token)
 
 
-def test_batch_with_mixed_credentials_and_per_item_failures(start_simulator):
-    sim = start_simulator(datasets=10, tokens=(TOKEN, "client-b-token"), app_secret="s3cret", require_proof=True)
+def test_batch_per_item_failures_and_the_batch_responses_own_usage(start_simulator):
+    sim = start_simulator(datasets=10, app_secret="s3cret", require_proof=True)
     ids = sim.world.dataset_ids
     sim.set_fault(ids[2], "permission")
     recorder = Recorder()
-    calls = [quality_call(ids[1]), quality_call(ids[2]), quality_call(ids[3], "client-b-token"), quality_call("404")]
-    outcomes = run_batch(sim, calls, app_secret="s3cret", observer=recorder)
+    calls = [quality_call(ids[1]), quality_call(ids[2]), quality_call(ids[3]), quality_call("404")]
+    answer = run_batch(sim, calls, app_secret="s3cret", observer=recorder)
+    outcomes = answer.outcomes
     assert [type(o).__name__ for o in outcomes] == ["GraphResponse", "GraphError", "GraphResponse", "GraphError"]
     assert outcomes[0].body["web"] == [{"event_name": e["event_name"]} for e in sim.world.quality(ids[1], None)["web"]]
     assert (outcomes[1].reason, outcomes[3].reason) == ("permission", "not_found")
     assert recorder.requests == Counter({("batch", "200"): 1})
-    assert any(s.scope == "business_use_case" for u in recorder.usage for s in u.samples)  # item headers read
+    # Items carry no usage headers (the simulator's default); the batch response does, and the client reads it.
+    assert not any(o.usage.samples for o in outcomes)
+    assert {s.scope for s in answer.usage.samples} == {"app", "business_use_case"}
+    assert any(s.scope == "business_use_case" for u in recorder.usage for s in u.samples)
     _, _, body = http("GET", sim.url + "/_sim/requests")
-    lines = json.loads(body)
-    assert not any(TOKEN in line for line in lines)  # the batch's own token travels in the form body
-    assert sum("client-b-token" in line for line in lines) == 1  # the other credential's item carries its token
+    assert not any(TOKEN in line for line in json.loads(body))  # the batch's token travels in the form body
+
+
+def test_a_batch_never_mixes_credentials():
+    transport = httpx.MockTransport(lambda r: pytest.fail("nothing may be sent"))
+
+    async def go():
+        async with GraphClient("http://graph.test", transport=transport) as c:
+            await c.batch([quality_call("1"), quality_call("2", "client-b-token")])
+
+    with pytest.raises(ValueError, match="one credential"):
+        asyncio.run(go())
 
 
 def test_batch_null_items_and_whole_batch_errors(start_simulator):
     sim = start_simulator(datasets=3, scenario="flaky", fault_rate=1.0, slow_seconds=0.01, seed=3)
-    outcomes = run_batch(sim, [quality_call(EXAMPLE_DATASET_ID)] * 40)
+    outcomes = run_batch(sim, [quality_call(EXAMPLE_DATASET_ID)] * 40).outcomes
     assert None in outcomes
     assert {o.reason for o in outcomes if isinstance(o, GraphError)} <= {"transient", "invalid_response"}
     with pytest.raises(GraphError) as err:
@@ -426,3 +439,20 @@ def test_ad_account_usage_is_labelled_with_the_account_called():
         "acc_id_util",
         0.125,
     )
+
+
+def test_error_data_sent_as_a_json_string_is_read(simulator):
+    """facebook-python-business-sdk's exceptions.py json.loads error_data when it is not an object: so do we."""
+    dataset = simulator.world.dataset_ids[2]
+    simulator.set_fault(dataset, "throttle_business_error_data_string")
+    err = failure(simulator, dataset)
+    assert (err.reason, err.code, err.retry_after) == ("throttled", 80004, 420.0)  # 7 minutes, from error_data
+
+
+def test_policy_block_is_its_own_reason_and_never_retried(simulator):
+    dataset = simulator.world.dataset_ids[3]
+    simulator.set_fault(dataset, "policy_block")
+    before = simulator.calls
+    err = failure(simulator, dataset, max_retries=3)
+    assert (err.reason, err.code, err.retryable) == ("blocked", 368, False)
+    assert simulator.calls == before + 1

@@ -1,6 +1,6 @@
 """The Graph API client: requests, auth, errors and rate-limit headers."""
 
-from exporter.graph.client import BatchCall, GraphClient, GraphResponse, RequestObserver, appsecret_proof
+from exporter.graph.client import BatchAnswer, BatchCall, GraphClient, GraphResponse, RequestObserver, appsecret_proof
 from exporter.graph.errors import REASONS, GraphError, classify
 from exporter.graph.fields import BLOCKS, OFFLINE_FIELDS, web_fields
 from exporter.graph.ratelimit import RateLimitUsage, UsageSample, parse_rate_limit_headers
@@ -9,6 +9,7 @@ __all__ = [
     "BLOCKS",
     "OFFLINE_FIELDS",
     "REASONS",
+    "BatchAnswer",
     "BatchCall",
     "GraphClient",
     "GraphError",

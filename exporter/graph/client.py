@@ -20,6 +20,7 @@ import httpx
 from exporter import __version__
 from exporter.graph.errors import BUSINESS_THROTTLE_CODES, GraphError, classify
 from exporter.graph.ratelimit import RateLimitUsage, parse_rate_limit_headers
+from exporter.graph.versions import LATEST_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ class GraphResponse:
     api_version: str | None
 
 
+@dataclass(frozen=True)
+class BatchAnswer:
+    """One outcome per call, in order (None where Meta ran out of time), and the batch response's own usage."""
+
+    outcomes: list[GraphResponse | GraphError | None]
+    usage: RateLimitUsage
+
+
 def appsecret_proof(token: str, app_secret: str, unix_time: int) -> str:
     """Current form: hex HMAC-SHA256 of `token|unix_time` keyed with the app secret."""
     return hmac.new(app_secret.encode(), f"{token}|{unix_time}".encode(), hashlib.sha256).hexdigest()
@@ -69,7 +78,7 @@ class GraphClient:
     def __init__(
         self,
         base_url: str = "https://graph.facebook.com",
-        version: str = "v25.0",
+        version: str = LATEST_VERSION,
         *,
         timeout: float = 30.0,
         app_secret: str | None = None,
@@ -142,31 +151,30 @@ class GraphClient:
             except GraphError as exc:
                 if not exc.retryable or attempt >= self.max_retries:
                     raise
-                delay = self._backoff_delay(attempt)
+                delay = self.backoff_delay(attempt)
                 attempt += 1
                 log.debug("retrying %s after %s in %.2fs (attempt %d)", endpoint, exc.reason, delay, attempt + 1)
                 await asyncio.sleep(delay)
 
-    async def batch(self, calls: list[BatchCall]) -> list[GraphResponse | GraphError | None]:
-        """Run up to 50 GETs in one batch request; one outcome per call, in order.
+    async def batch(self, calls: list[BatchCall]) -> BatchAnswer:
+        """Run up to 50 GETs of one credential in one batch request.
 
-        Items under the batch's token (the first call's) use the form-level token and proof; items under
-        other tokens carry their own token and proof in their relative URL, as Meta's batch API asks.
+        The batch carries one token, at the top level, as Meta requires: a token Meta rejects fails the whole
+        request, so mixing credentials would let one client's expired token fail every other client's calls.
         A failure of the whole request raises GraphError; per-item failures come back as GraphError values.
         """
         if not calls:
-            return []
-        top = calls[0].token
-        items = []
-        for call in calls:
-            query = dict(call.params)
-            if call.token != top:
-                query.update(access_token=call.token, **self._auth_params(call.token))
-            relative = f"{self.version}/{call.path}?{urlencode(query, quote_via=_quote)}"
-            items.append({"method": "GET", "relative_url": relative})
-        form = {"access_token": top, "batch": json.dumps(items, separators=(",", ":")), **self._auth_params(top)}
+            return BatchAnswer([], RateLimitUsage())
+        token = calls[0].token
+        if any(call.token != token for call in calls):
+            raise ValueError("a batch request carries the calls of one credential only")
+        items = [
+            {"method": "GET", "relative_url": f"{self.version}/{c.path}?{urlencode(c.params, quote_via=_quote)}"}
+            for c in calls
+        ]
+        form = {"access_token": token, "batch": json.dumps(items, separators=(",", ":")), **self._auth_params(token)}
         answer = await self._retrying("batch", lambda: self._post_once(form, len(calls)))
-        return [self._batch_item(element) for element in answer]
+        return BatchAnswer([self._batch_item(element) for element in answer.body], answer.usage)
 
     def _batch_item(self, element: Any) -> GraphResponse | GraphError | None:
         if element is None:
@@ -189,13 +197,13 @@ class GraphClient:
         except GraphError as exc:
             return exc
 
-    async def _post_once(self, form: dict[str, str], count: int) -> list[Any]:
+    async def _post_once(self, form: dict[str, str], count: int) -> GraphResponse:
         result = await self._send("POST", f"{self.base_url}/{self.version}/", "batch", data=form)
         if not isinstance(result.body, list) or len(result.body) != count:
             raise GraphError("invalid_response", f"batch answer is not a list of {count} elements")
-        return result.body
+        return result
 
-    def _backoff_delay(self, attempt: int) -> float:
+    def backoff_delay(self, attempt: int) -> float:
         delay = min(self.backoff_max, self.backoff * 2**attempt)
         return delay / 2 + random.uniform(0, delay / 2)  # equal jitter
 
@@ -296,9 +304,10 @@ class GraphClient:
             waits = [seconds for _, seconds in usage.regain_seconds]
             retry_after = max(waits) if waits else None
             if code in BUSINESS_THROTTLE_CODES and retry_after is None:
-                data = error.get("error_data")
-                minutes = data.get("estimated_time_to_regain_access") if isinstance(data, dict) else None
-                retry_after = float(minutes) * 60 if isinstance(minutes, int | float) else None
+                data = _error_data(error.get("error_data"))
+                minutes = data.get("estimated_time_to_regain_access")
+                if type(minutes) in (int, float) and minutes > 0:
+                    retry_after = float(min(minutes, 10**7)) * 60  # a 400-digit number must not overflow
         if self.observer and code is not None:
             self.observer.on_graph_error(code, reason)
         message = str(error.get("message") or "Graph API error")[:500]
@@ -312,3 +321,14 @@ class GraphClient:
             retry_after=retry_after,
             usage=usage,
         )
+
+
+def _error_data(value: Any) -> dict[str, Any]:
+    """`error_data` is an object, or sometimes that object as a JSON string (facebook-python-business-sdk's
+    `exceptions.py` parses it with `json.loads` when it is not a dict); anything else is no data."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}

@@ -9,6 +9,7 @@ REASONS = (
     "permission",
     "not_found",
     "throttled",
+    "blocked",
     "transient",
     "timeout",
     "network",
@@ -34,7 +35,9 @@ def classify(code: int | None, subcode: int | None, is_transient: bool = False) 
         return "not_found"
     if code in _THROTTLE_CODES:
         return "throttled"
-    if code in (1, 2, 368) or is_transient:
+    if code == 368:  # temporarily blocked for policy reasons: minutes to days, never worth an early retry
+        return "blocked"
+    if code in (1, 2) or is_transient:
         return "transient"
     return "other"
 
