@@ -1,9 +1,11 @@
 """One pass over a set of targets: batch requests, the rate-limit governor, retries, results to the recorder.
 
-Calls (one per target and source) wait in a queue. A batch takes the next calls the governor allows, so
-datasets of a throttled or hot business wait while the others go ahead. `null` batch items and throttled
-calls go back to the queue (a throttled one only once its business or app may be called again); a call
-that cannot be made before the deadline fails with reason `throttled` without being sent.
+Calls (one per target and source) wait in a queue. A batch takes the next calls of one credential that the
+governor allows, so datasets of a throttled or hot business wait while the others go ahead. `null` batch
+items, transient item errors (after a back-off) and throttled calls go back to the queue (a throttled one
+only once its business or app may be called again); a call that cannot be made before the deadline fails
+with reason `throttled` without being sent. A field Meta calls nonexisting is left out of the expansion and
+the call sent again at once.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from exporter.governor import Governor, Key
-from exporter.graph import OFFLINE_FIELDS, BatchCall, GraphClient, GraphError, GraphResponse, web_fields
+from exporter.graph import OFFLINE_FIELDS, BatchAnswer, BatchCall, GraphClient, GraphError, GraphResponse, web_fields
 from exporter.graph.errors import BUSINESS_THROTTLE_CODES
+from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.graph.ratelimit import RateLimitUsage
 from exporter.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
 from exporter.snapshot import Recorder
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 
 NULL_RETRIES = 2
 THROTTLE_RETRIES = 3
+FIELD_RETRIES = 5  # fields left out for one call: more would mean Meta refuses what we no longer ask for
+BLOCKED_WAIT = 900.0  # a policy block (code 368) lasts minutes to days: the credential rests at least this long
 Done = Callable[[Target, bool], None]
 
 
@@ -35,6 +41,8 @@ class _Call:
     target: Target
     source: str
     attempts: int = 0
+    transient_attempts: int = 0
+    field_attempts: int = 0
     keys: tuple[Key, ...] = ()
 
 
@@ -60,6 +68,9 @@ class Fetcher:
         business_of: dict[str, str],
         rejected: dict[str, str],
         on_done: Done,
+        unsupported: UnsupportedFields | None = None,
+        item_retries: int = 2,
+        retry_backoff: float = 0.5,
     ) -> None:
         self.client = client
         self.governor = governor
@@ -72,8 +83,12 @@ class Fetcher:
         self.business_of = business_of
         self.rejected = rejected
         self.on_done = on_done
+        self.unsupported = unsupported or UnsupportedFields()
+        self.item_retries = item_retries
+        self.retry_backoff = retry_backoff
         self._queue: deque[_Call] = deque()
         self._assembly: dict[tuple[str, str], _Assembly] = {}
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     # ----- the pass ----------------------------------------------------------------------------------------
     async def run(self, targets: Iterable[Target], *, spacing: float, deadline: float) -> None:
@@ -82,7 +97,7 @@ class Fetcher:
             self._queue.extend(_Call(target, source) for source in self.sources)
         self.governor.reset_reservations()
         semaphore = asyncio.Semaphore(self.concurrency)
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight = self._in_flight
         started, sent = time.monotonic(), 0
         last_wait_log = 0.0
         try:
@@ -95,9 +110,7 @@ class Fetcher:
                 batch = self._take()
                 if batch:
                     sent += 1
-                    task = asyncio.create_task(self._send(batch, semaphore))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    self._track(self._send(batch, semaphore))
                     continue
                 semaphore.release()
                 if in_flight:
@@ -122,11 +135,17 @@ class Fetcher:
             for task in in_flight:
                 task.cancel()
 
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
     def _keys(self, target: Target) -> tuple[Key, ...]:
         business = target.business_id or self.business_of.get(target.dataset_id)
         return (("app", target.credential), ("business", business)) if business else (("app", target.credential),)
 
     def _take(self) -> list[_Call]:
+        """The next calls the governor allows, all of one credential (a batch carries one token)."""
         batch: list[_Call] = []
         skipped: list[_Call] = []
         while self._queue and len(batch) < self.batch_size:
@@ -137,6 +156,9 @@ class Fetcher:
             rejected = self.rejected.get(call.target.credential)
             if rejected:
                 self._fail(call, "auth", f"credential {call.target.credential!r} was rejected: {rejected}")
+                continue
+            if batch and call.target.credential != batch[0].target.credential:
+                skipped.append(call)
                 continue
             call.keys = self._keys(call.target)
             if self.governor.try_reserve(call.keys):
@@ -165,11 +187,11 @@ class Fetcher:
                     outcomes = [exc]
             else:
                 try:
-                    outcomes = list(
-                        await self.client.batch(
-                            [BatchCall("dataset_quality", self._params(c), self._token(c)) for c in batch]
-                        )
+                    answer: BatchAnswer = await self.client.batch(
+                        [BatchCall("dataset_quality", self._params(c), self._token(c)) for c in batch]
                     )
+                    outcomes = answer.outcomes
+                    self._observe(batch[0], answer.usage, calls=len(batch), learn=False)
                 except GraphError as exc:
                     log.warning("a batch of %d requests failed as a whole: %s", len(batch), exc)
                     outcomes = [exc] * len(batch)
@@ -178,18 +200,21 @@ class Fetcher:
         whole = len(batch) > 1 and outcomes.count(outcomes[0]) == len(batch) and isinstance(outcomes[0], GraphError)
         for call, outcome in zip(batch, outcomes, strict=True):
             self.governor.release(call.keys)
-            self._settle(call, outcome, quiet=whole)
+            self._settle(call, outcome, quiet=whole, retried=whole or len(batch) == 1)
 
     def _token(self, call: _Call) -> str:
         return self.tokens[call.target.credential]
 
     def _params(self, call: _Call) -> dict[str, str]:
-        params = {"dataset_id": call.target.dataset_id, "fields": self.fields[call.source]}
+        params = {"dataset_id": call.target.dataset_id, "fields": self.unsupported.apply(self.fields[call.source])}
         if call.target.agent_name:
             params["agent_name"] = call.target.agent_name
         return params
 
-    def _settle(self, call: _Call, outcome: GraphResponse | GraphError | None, *, quiet: bool = False) -> None:
+    def _settle(
+        self, call: _Call, outcome: GraphResponse | GraphError | None, *, quiet: bool = False, retried: bool = False
+    ) -> None:
+        """Record one call's outcome or send it again. `retried`: the client already retried transient errors."""
         if outcome is None:
             call.attempts += 1
             if call.attempts > NULL_RETRIES:
@@ -201,6 +226,16 @@ class Fetcher:
         if isinstance(outcome, GraphError):
             if outcome.reason == "throttled":
                 self._throttled(call, outcome)
+                return
+            if outcome.retryable and not retried and call.transient_attempts < self.item_retries:
+                self._retry_later(call, outcome)
+                return
+            if outcome.reason == "blocked":
+                self._blocked(call, outcome)
+                return
+            refused = nonexisting_field(str(outcome)) if outcome.code == 100 else None
+            if refused and call.field_attempts < FIELD_RETRIES:
+                self._without_field(call, *refused, outcome)
                 return
             if outcome.reason == "auth" and call.target.credential not in self.rejected:
                 self.rejected[call.target.credential] = str(outcome)
@@ -218,6 +253,14 @@ class Fetcher:
         except ResponseFormatError as exc:
             self._fail(call, "invalid_response", str(exc))
             return
+        if quality.dropped:
+            self.recorder.values_dropped += len(quality.dropped)
+            log.warning(
+                "%s: %d values of the wrong type left out: %s",
+                call.target.describe(),
+                len(quality.dropped),
+                "; ".join(quality.dropped[:5]),
+            )
         assembly = self._assembly[call.target.key]
         if assembly.failed:
             return
@@ -234,7 +277,40 @@ class Fetcher:
             self.recorder.success(call.target, merged)
             self.on_done(call.target, True)
 
-    def _observe(self, call: _Call, usage: RateLimitUsage) -> None:
+    def _retry_later(self, call: _Call, error: GraphError) -> None:
+        """A transient error in one batch item: back off as a single GET would, then join a later batch."""
+        delay = self.client.backoff_delay(call.transient_attempts)
+        call.transient_attempts += 1
+        log.debug("%s: %s; retrying in %.1fs", call.target.describe(), error.reason, delay)
+
+        async def requeue() -> None:
+            await asyncio.sleep(delay)
+            self._queue.append(call)
+
+        self._track(requeue())
+
+    def _blocked(self, call: _Call, error: GraphError) -> None:
+        """Code 368, a policy block of the app or user: rest the credential like a throttle, fail the dataset."""
+        key: Key = ("app", call.target.credential)
+        wait = max(BLOCKED_WAIT, self.governor.default_wait)
+        if not self.governor.is_blocked(key):
+            log.error(
+                "credential %r is temporarily blocked by Meta for policy reasons; no calls with it for %.0fs: %s",
+                call.target.credential,
+                wait,
+                error,
+            )
+        self.governor.throttled(key, wait, quiet=True)
+        self._fail(call, "blocked", str(error), quiet=True)
+
+    def _without_field(self, call: _Call, name: str, node_type: str, error: GraphError) -> None:
+        """Meta says a field we ask for does not exist: ask without it, at once, for this and every later call."""
+        self.unsupported.refuse(name, node_type, error)
+        call.field_attempts += 1
+        self._queue.appendleft(call)
+
+    def _observe(self, call: _Call, usage: RateLimitUsage, calls: int = 1, learn: bool = True) -> None:
+        """Feed the governor; `learn` a dataset's business from headers that answer for that dataset alone."""
         per_key: dict[Key, float] = {}
         businesses = set()
         for sample in usage.samples:
@@ -246,10 +322,10 @@ class Fetcher:
             else:
                 continue
             per_key[key] = max(per_key.get(key, 0.0), sample.ratio)
-        if len(businesses) == 1 and not call.target.business_id:
+        if learn and len(businesses) == 1 and not call.target.business_id:
             self.business_of[call.target.dataset_id] = next(iter(businesses))
         for key, ratio in per_key.items():
-            self.governor.observe(key, ratio)
+            self.governor.observe(key, ratio, calls=calls)
 
     def _throttled(self, call: _Call, error: GraphError) -> None:
         if error.code in BUSINESS_THROTTLE_CODES:

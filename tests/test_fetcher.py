@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 
 from exporter.config import Secrets, validate
 from exporter.fetcher import Fetcher
 from exporter.governor import Governor
-from exporter.graph import GraphError, GraphResponse
+from exporter.graph import BatchAnswer, GraphError, GraphResponse
 from exporter.graph.ratelimit import RateLimitUsage
 from exporter.scheduler import Scheduler
 from exporter.snapshot import Recorder
@@ -112,12 +113,14 @@ class ScriptedClient:
         self.script = list(script)
         self.batches = []
 
+    backoff_delay = staticmethod(lambda attempt: 0.01)
+
     async def batch(self, calls):
         self.batches.append([c.params["dataset_id"] for c in calls])
-        return [self.script.pop(0) for _ in calls]
+        return BatchAnswer([self.script.pop(0) for _ in calls], RateLimitUsage())
 
     async def get(self, path, params, token, *, endpoint):
-        outcome = (await self.batch([type("C", (), {"params": params})()]))[0]
+        outcome = (await self.batch([type("C", (), {"params": params})()])).outcomes[0]
         if isinstance(outcome, GraphError):
             raise outcome
         return outcome
@@ -162,3 +165,134 @@ def test_a_whole_batch_failure_is_logged_once(caplog):
     assert sorted(ok for _, ok in done) == [False] * 20
     lines = [r for r in caplog.records if "service unavailable" in r.getMessage()]
     assert len(lines) == len(client.batches) == 2  # one line per failed request, not one per dataset
+
+
+# ----- what Meta's real API does, played by the strict simulator -----------------------------------------------
+def two_credentials(sim, ids, good, bad, **collection):
+    datasets = [{"id": i, "credential": "default" if n % 2 else "client_b"} for n, i in enumerate(ids)]
+    raw = {
+        "graph_api": {"base_url": sim.url, "timeout": "5s", "max_retries": 0},
+        "collection": {"interval": "1h", **collection},
+        "credentials": {"default": {"token_env": "A"}, "client_b": {"token_env": "B"}},
+        "datasets": datasets,
+    }
+    return Scheduler(validate(raw, "test.yaml"), Secrets({"default": good, "client_b": bad}))
+
+
+def test_a_rejected_token_never_fails_another_credentials_datasets(start_simulator):
+    sim = start_simulator(datasets=30, expired_tokens=("expired-client-token",))
+    ids = sim.world.dataset_ids[:20]
+    scheduler = two_credentials(sim, ids, TOKEN, "expired-client-token", concurrency=1)
+    snap = cycle(scheduler)
+    states = {s.target.dataset_id: s for s in snap.datasets}
+    assert all(states[i].fetch_success for n, i in enumerate(ids) if n % 2)
+    assert {states[i].last_reason for n, i in enumerate(ids) if not n % 2} == {"auth"}
+    assert set(scheduler._rejected_credentials) == {"client_b"}
+    items = [line for line in sim.requests if line.startswith("BATCH-ITEM")]
+    assert items and not any("access_token" in line for line in items)  # one credential per batch, at the top
+
+
+def test_a_transient_item_error_is_retried_in_the_same_cycle(start_simulator):
+    sim = start_simulator(datasets=10)
+    ids = sim.world.dataset_ids[:8]
+    sim.set_fault(ids[3], "transient_once")
+    raw = {
+        "graph_api": {"base_url": sim.url, "timeout": "5s", "max_retries": 2},
+        "collection": {"interval": "1h", "concurrency": 1},
+        "datasets": [{"id": i} for i in ids],
+    }
+    snap = cycle(Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN})))
+    assert all(s.fetch_success for s in snap.datasets)
+    assert sum(f"dataset_id={ids[3]}" in line for line in sim.requests) == 2
+    assert snap.requests[("batch", "200")] == 1 and snap.requests[("dataset_quality", "200")] == 1  # a later request
+
+
+def test_the_governor_reads_the_batch_responses_usage_headers(start_simulator):
+    sim = start_simulator(datasets=20, per_business=10)  # items carry no usage headers: the simulator's default
+    scheduler = Scheduler(
+        config_for(sim, {"concurrency": 1}, datasets=[{"id": i} for i in sim.world.dataset_ids]),
+        Secrets({"default": TOKEN}),
+    )
+    snap = cycle(scheduler)
+    assert all(s.fetch_success for s in snap.datasets)
+    assert scheduler.governor._state(("app", "default")).usage is not None
+    assert all(scheduler.governor._state(("business", b)).usage is not None for b in sim.world.businesses)
+    assert {k[1] for k in snap.usage if k[0] == "business_use_case"} == set(sim.world.businesses)
+
+
+def test_a_field_meta_refuses_is_left_out_and_the_data_arrives_in_the_same_cycle(start_simulator, caplog):
+    sim = start_simulator(datasets=12)
+    sim.withdraw_field("AdsPixelCAPIIntegrationQuality", "acr")
+    sim.withdraw_field("AdsPixelCAPIIntegrationQuality", "dedupe_key_feedback")  # and the page's `dedup_` too
+    scheduler = Scheduler(
+        config_for(sim, {"concurrency": 2}, datasets=[{"id": i} for i in sim.world.dataset_ids]),
+        Secrets({"default": TOKEN}),
+    )
+    with caplog.at_level(logging.WARNING):
+        snap = cycle(scheduler)
+    assert all(s.fetch_success for s in snap.datasets)
+    assert any(e.events and e.events[0].composite_score is not None for e in (s.quality for s in snap.datasets))
+    assert all(e.acr is None and not e.dedupe_keys for s in snap.datasets for e in s.quality.events)
+    assert dict(snap.unsupported_fields) == {
+        "acr": "AdsPixelCAPIIntegrationQuality",
+        "dedupe_key_feedback": "AdsPixelCAPIIntegrationQuality",
+        "dedup_key_feedback": "AdsPixelCAPIIntegrationQuality",
+    }
+    refused = [r for r in caplog.records if "Meta refuses the field" in r.getMessage()]
+    assert len(refused) == 3 and any("nonexisting field (acr) on node type" in r.getMessage() for r in refused)
+    sim.withdraw_field("AdsPixelCAPIIntegrationQuality", "acr", withdrawn=False)
+    scheduler.replace_config(scheduler.config, scheduler.secrets)  # a reload asks for every field again
+    scheduler._apply_pending()
+    snap = cycle(scheduler)
+    assert any(e.acr is not None for s in snap.datasets for e in s.quality.events)
+    assert dict(snap.unsupported_fields) == {
+        "dedupe_key_feedback": "AdsPixelCAPIIntegrationQuality",
+        "dedup_key_feedback": "AdsPixelCAPIIntegrationQuality",
+    }
+
+
+def test_a_wrongly_typed_value_costs_the_value_and_a_wrapped_body_is_invalid(start_simulator, caplog):
+    sim = start_simulator(datasets=10)
+    ids = sim.world.dataset_ids
+    with_acr = [i for i in ids[1:] if any("acr" in e for e in sim.world.quality(i, None)["web"])][:1]
+    with_emq = [i for i in ids[1:] if any("event_match_quality" in e for e in sim.world.quality(i, None)["web"])]
+    string_pct, wrong_leaf, wrapped = with_acr[0], next(i for i in with_emq if i != with_acr[0]), ids[-1]
+    sim.set_fault(string_pct, "string_percentage")
+    sim.set_fault(wrong_leaf, "wrong_leaf")
+    sim.set_fault(wrapped, "wrapped_body")
+    config = config_for(sim, datasets=[{"id": i} for i in (string_pct, wrong_leaf, wrapped)])
+    with caplog.at_level(logging.WARNING):
+        snap = cycle(Scheduler(config, Secrets({"default": TOKEN})))
+    states = {s.target.dataset_id: s for s in snap.datasets}
+    assert states[string_pct].fetch_success and states[wrong_leaf].fetch_success
+    assert states[wrapped].last_reason == "invalid_response" and "no web or offline" in states[wrapped].last_message
+    assert snap.values_dropped == 2
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert ".acr.percentage: expected a number, got '" in logged
+    assert ".event_match_quality.composite_score: expected a number, got True" in logged
+
+
+def test_a_policy_block_rests_the_credential_and_is_never_retried_at_once(start_simulator):
+    sim = start_simulator(datasets=10)
+    ids = sim.world.dataset_ids[:6]
+    sim.set_fault(ids[0], "policy_block")
+    config = config_for(sim, {"interval": "2s", "batch_size": 1, "concurrency": 1}, datasets=[{"id": i} for i in ids])
+    scheduler = Scheduler(config, Secrets({"default": TOKEN}))
+    snap = cycle(scheduler)
+    states = {s.target.dataset_id: s for s in snap.datasets}
+    assert states[ids[0]].last_reason == "blocked" and states[ids[0]].failures["blocked"] == 1
+    assert sum(f"dataset_id={ids[0]}" in line for line in sim.requests) == 1
+    assert scheduler.governor.is_blocked(("app", "default"))
+    assert {states[i].last_reason for i in ids[1:]} == {"throttled"}  # waiting out the block, not sent
+
+
+def test_a_throttle_announced_only_in_error_data_as_a_string_is_honoured(start_simulator):
+    sim = start_simulator(datasets=10, per_business=5)
+    a, b = list(sim.world.businesses.values())[:2]
+    sim.set_fault(a.pixel_ids[1], "throttle_business_error_data_string")
+    datasets = [{"id": i} for i in (*a.pixel_ids[1:4], *b.pixel_ids[:3])]
+    config = config_for(sim, {"interval": "3s", "batch_size": 1, "concurrency": 1}, datasets=datasets)
+    snap = cycle(Scheduler(config, Secrets({"default": TOKEN})), prepare=True)
+    until = snap.throttled_until[("business", a.id)]
+    assert 400 < until - time.time() <= 420  # the 7 minutes of error_data, not the default 5
+    assert all(s.fetch_success for s in snap.datasets if s.target.dataset_id in b.pixel_ids)
