@@ -1,7 +1,12 @@
 """Finding datasets and what is known about them: discovery edges, pixel metadata, token checks.
 
-Each runs when due (its own interval) before a collection cycle. A failed or empty discovery refresh keeps
-the last good list; a pixel gone upstream leaves after the next successful refresh.
+Each runs when due (its own interval) before a collection cycle. Each discovery edge succeeds or fails on its
+own: a failed edge, or one that suddenly answers empty, keeps its last good list; a pixel gone upstream
+leaves after the edge's next successful refresh.
+
+Pixel edges and `GET /{pixel_id}` return AdsPixel nodes, which have no `server_last_fired_time` (asking for it
+fails the whole call): that field is read from AdsDataset nodes, listed by `/{business_id}/ads_dataset`, one
+paged call per known business per metadata interval.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from typing import Any
 
 from exporter.config import Config, DiscoveryConfig
 from exporter.graph import BatchCall, GraphClient, GraphError, GraphResponse
+from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.targets import Target
 
 log = logging.getLogger(__name__)
 
-PIXEL_FIELDS = "id,name,is_unavailable,last_fired_time,server_last_fired_time,owner_business{id,name}"
+# AdsPixel fields (facebook-python-business-sdk `adobjects/adspixel.py`) and AdsDataset fields (`adsdataset.py`).
+PIXEL_FIELDS = "id,name,is_unavailable,last_fired_time,owner_business{id,name}"
+DATASET_FIELDS = "id,server_last_fired_time"
 PAGE_SIZE = "100"
+FIELD_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,6 @@ class PixelMeta:
     business_id: str = ""
     business_name: str = ""
     last_fired: float | None = None
-    server_last_fired: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,18 +71,19 @@ def pixel_meta(item: dict[str, Any]) -> PixelMeta:
         business_id=str(owner.get("id") or ""),
         business_name=str(owner.get("name") or ""),
         last_fired=graph_time(item.get("last_fired_time")),
-        server_last_fired=graph_time(item.get("server_last_fired_time")),
     )
 
 
 class Housekeeping:
     """State that outlives cycles: discovered targets, pixel metadata, token checks, and when each is due."""
 
-    def __init__(self) -> None:
-        self.discovered: dict[str, tuple[Target, ...]] = {}
-        self.sources: dict[str, SourceStatus] = {}
+    def __init__(self, unsupported: UnsupportedFields | None = None) -> None:
+        self.discovered: dict[str, tuple[Target, ...]] = {}  # per edge: "{business}/owned_pixels", "act_1/adspixels"
+        self.sources: dict[str, SourceStatus] = {}  # per edge, like `discovered`
         self.meta: dict[str, PixelMeta] = {}
+        self.server_last_fired: dict[str, float] = {}
         self.tokens: dict[str, TokenStatus] = {}
+        self.unsupported = unsupported or UnsupportedFields()
         self._due: dict[str, float] = {}
 
     def _is_due(self, key: str, every: float) -> bool:
@@ -90,74 +99,87 @@ class Housekeeping:
 
     # ----- discovery ---------------------------------------------------------------------------------------
     async def discover(self, client: GraphClient, config: Config, tokens: dict[str, str]) -> None:
-        wanted = {d.source for d in config.discovery}
+        wanted = {edge for d in config.discovery for edge in edges_of(d)}
         for stale in set(self.discovered) - wanted:
             self.discovered.pop(stale, None)
+        for stale in set(self.sources) - wanted:
             self.sources.pop(stale, None)
         for source in config.discovery:
             if source.credential in tokens and self._is_due(f"discovery:{source.source}", source.refresh):
-                await self._refresh(client, source, tokens[source.credential])
+                for edge in edges_of(source):
+                    await self._refresh(client, source, edge, tokens[source.credential])
 
-    async def _refresh(self, client: GraphClient, source: DiscoveryConfig, token: str) -> None:
-        last = self.sources.get(source.source)
+    async def _refresh(self, client: GraphClient, source: DiscoveryConfig, edge: str, token: str) -> None:
+        last = self.sources.get(edge)
         try:
-            found = await self._list(client, source, token)
+            items = await self._paged(client, edge, PIXEL_FIELDS, token, "discovery")
         except GraphError as exc:
-            log.warning("discovery from %s failed, keeping its last list: %s", source.source, exc)
-            self.sources[source.source] = SourceStatus(False, last.last_success if last else None)
+            log.warning("discovery from %s failed, keeping its last list: %s", edge, exc)
+            self.sources[edge] = SourceStatus(False, last.last_success if last else None)
             return
-        if not found:
-            log.warning("discovery from %s found no pixels; keeping its last list", source.source)
-            self.sources[source.source] = SourceStatus(False, last.last_success if last else None)
+        found = self._targets_from(items, source)
+        if not found and self.discovered.get(edge):
+            log.warning("discovery from %s suddenly found no pixels; keeping its last list", edge)
+            self.sources[edge] = SourceStatus(False, last.last_success if last else None)
             return
-        self.discovered[source.source] = tuple(found)
-        self.sources[source.source] = SourceStatus(True, time.time())
-        log.info("discovery from %s: %d datasets", source.source, len(found))
+        self.discovered[edge] = tuple(found)
+        self.sources[edge] = SourceStatus(True, time.time())
+        log.info("discovery from %s: %d datasets", edge, len(found))
 
-    async def _list(self, client: GraphClient, source: DiscoveryConfig, token: str) -> list[Target]:
+    def _targets_from(self, items: list[dict[str, Any]], source: DiscoveryConfig) -> list[Target]:
         include = re.compile(source.include) if source.include else None
         exclude = re.compile(source.exclude) if source.exclude else None
-        edges = (
-            [f"act_{source.ad_account_id}/adspixels"]
-            if source.ad_account_id
-            else [f"{source.business_id}/{edge}" for edge in source.edges]
-        )
         found: dict[str, Target] = {}
-        for edge in edges:
-            response: GraphResponse | None = await client.get(
-                edge, {"fields": PIXEL_FIELDS, "limit": PAGE_SIZE}, token, endpoint="discovery"
+        for item in items:
+            if not str(item.get("id", "")).isdigit() or item.get("is_unavailable") is True:
+                continue
+            meta = pixel_meta(item)
+            if (include and not include.search(meta.name)) or (exclude and exclude.search(meta.name)):
+                continue
+            dataset_id = str(item["id"])
+            self.meta[dataset_id] = meta
+            found.setdefault(
+                dataset_id,
+                Target(
+                    dataset_id,
+                    source.agent_name,
+                    source.credential,
+                    meta.name,
+                    source.labels,
+                    "discovery",
+                    meta.business_id,
+                    meta.business_name,
+                ),
             )
-            while response is not None:
-                body = response.body if isinstance(response.body, dict) else {}
-                for item in body.get("data") or []:
-                    if not isinstance(item, dict) or not str(item.get("id", "")).isdigit():
-                        continue
-                    meta = pixel_meta(item)
-                    if item.get("is_unavailable") is True:
-                        continue
-                    if (include and not include.search(meta.name)) or (exclude and exclude.search(meta.name)):
-                        continue
-                    dataset_id = str(item["id"])
-                    self.meta[dataset_id] = meta
-                    found.setdefault(
-                        dataset_id,
-                        Target(
-                            dataset_id,
-                            source.agent_name,
-                            source.credential,
-                            meta.name,
-                            source.labels,
-                            "discovery",
-                            meta.business_id,
-                            meta.business_name,
-                        ),
-                    )
-                paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
-                next_url = paging.get("next")
-                response = (
-                    await client.get_next(next_url, token, endpoint="discovery") if isinstance(next_url, str) else None
-                )
         return list(found.values())
+
+    async def _paged(
+        self, client: GraphClient, edge: str, fields: str, token: str, endpoint: str
+    ) -> list[dict[str, Any]]:
+        """Every item of a paged edge. A field Meta calls nonexisting is left out and the listing starts again."""
+        for attempt in range(FIELD_RETRIES + 1):
+            try:
+                return await self._pages(client, edge, self.unsupported.apply(fields), token, endpoint)
+            except GraphError as exc:
+                refused = nonexisting_field(str(exc)) if exc.code == 100 else None
+                if not refused or attempt == FIELD_RETRIES:
+                    raise
+                self.unsupported.refuse(*refused, exc)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _pages(client: GraphClient, edge: str, fields: str, token: str, endpoint: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        response: GraphResponse | None = await client.get(
+            edge, {"fields": fields, "limit": PAGE_SIZE}, token, endpoint=endpoint
+        )
+        while response is not None:
+            body = response.body if isinstance(response.body, dict) else {}
+            items.extend(item for item in body.get("data") or [] if isinstance(item, dict))
+            paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
+            next_url = paging.get("next")
+            response = await client.get_next(next_url, token, endpoint=endpoint) if isinstance(next_url, str) else None
+        return items
 
     def targets(self, configured: tuple[Target, ...], config: Config) -> tuple[Target, ...]:
         """Configured targets (filled in with what metadata knows) plus discovered ones, each watched once,
@@ -174,34 +196,76 @@ class Housekeeping:
                 )
             out[target.key] = target
         for source in config.discovery:
-            for target in self.discovered.get(source.source, ()):
-                out.setdefault(target.key, target)
+            for edge in edges_of(source):
+                for target in self.discovered.get(edge, ()):
+                    out.setdefault(target.key, target)
         return tuple(t for t in out.values() if in_shard(t.dataset_id, config.shard.index, config.shard.count))
 
     # ----- metadata for configured datasets -----------------------------------------------------------------
-    async def refresh_metadata(self, client: GraphClient, config: Config, tokens: dict[str, str]) -> None:
-        if not config.datasets or not self._is_due("metadata", config.collection.metadata_interval):
+    async def refresh_metadata(
+        self, client: GraphClient, config: Config, tokens: dict[str, str], targets: tuple[Target, ...] = ()
+    ) -> None:
+        """Configured datasets' pixel metadata, then every known business's datasets' server_last_fired_time."""
+        if not self._is_due("metadata", config.collection.metadata_interval):
             return
+        await self._pixel_metadata(client, config, tokens)
+        businesses: dict[str, str] = {}  # business -> a credential that watches one of its datasets
+        for target in targets:
+            business = target.business_id or self.meta.get(target.dataset_id, PixelMeta()).business_id
+            if business and target.credential in tokens:
+                businesses.setdefault(business, target.credential)
+        for business, credential in sorted(businesses.items()):
+            await self._server_last_fired(client, business, tokens[credential])
+
+    async def _pixel_metadata(self, client: GraphClient, config: Config, tokens: dict[str, str]) -> None:
         wanted = {d.id: d.credential for d in config.datasets if d.credential in tokens}
         ids = [i for i in wanted if in_shard(i, config.shard.index, config.shard.count)]
         size = config.collection.batch_size
         slots = asyncio.Semaphore(config.collection.concurrency)
 
-        async def one_batch(chunk: list[str]) -> None:
-            calls = [BatchCall(i, {"fields": PIXEL_FIELDS}, tokens[wanted[i]]) for i in chunk]
+        async def one_batch(credential: str, chunk: list[str], attempt: int = 0) -> None:
+            calls = [BatchCall(i, {"fields": self.unsupported.apply(PIXEL_FIELDS)}, tokens[credential]) for i in chunk]
             async with slots:
                 try:
-                    outcomes = await client.batch(calls)
+                    outcomes = (await client.batch(calls)).outcomes
                 except GraphError as exc:
                     log.warning("pixel metadata refresh failed for %d datasets: %s", len(chunk), exc)
                     return
+            again = []
             for dataset_id, outcome in zip(chunk, outcomes, strict=True):
                 if isinstance(outcome, GraphResponse) and isinstance(outcome.body, dict):
                     self.meta[dataset_id] = pixel_meta(outcome.body)
                 elif isinstance(outcome, GraphError):
-                    log.info("pixel metadata for dataset %s unavailable: %s", dataset_id, outcome)
+                    refused = nonexisting_field(str(outcome)) if outcome.code == 100 else None
+                    if refused and attempt < FIELD_RETRIES:
+                        self.unsupported.refuse(*refused, outcome)
+                        again.append(dataset_id)
+                    else:
+                        log.info("pixel metadata for dataset %s unavailable: %s", dataset_id, outcome)
+            if again:
+                await one_batch(credential, again, attempt + 1)
 
-        await asyncio.gather(*(one_batch(ids[i : i + size]) for i in range(0, len(ids), size)))
+        by_credential: dict[str, list[str]] = {}
+        for dataset_id in ids:
+            by_credential.setdefault(wanted[dataset_id], []).append(dataset_id)
+        await asyncio.gather(
+            *(
+                one_batch(credential, chunk[i : i + size])
+                for credential, chunk in by_credential.items()
+                for i in range(0, len(chunk), size)
+            )
+        )
+
+    async def _server_last_fired(self, client: GraphClient, business: str, token: str) -> None:
+        try:
+            items = await self._paged(client, f"{business}/ads_dataset", DATASET_FIELDS, token, "metadata")
+        except GraphError as exc:
+            log.info("server_last_fired_time of business %s's datasets unavailable: %s", business, exc)
+            return
+        for item in items:
+            fired = graph_time(item.get("server_last_fired_time"))
+            if fired is not None and str(item.get("id", "")).isdigit():
+                self.server_last_fired[str(item["id"])] = fired
 
     # ----- token checks ------------------------------------------------------------------------------------
     async def check_tokens(
@@ -214,7 +278,7 @@ class Housekeeping:
         # A batch keeps each token in the request body: debug_token takes it as a parameter, never in a URL.
         calls = [BatchCall("debug_token", {"input_token": tokens[n]}, f"{app_id}|{app_secret}") for n in names]
         try:
-            outcomes = await client.batch(calls)
+            outcomes = (await client.batch(calls)).outcomes
         except GraphError as exc:
             log.warning("token check failed: %s", exc)
             return
@@ -232,6 +296,13 @@ class Housekeeping:
             self.tokens[name] = TokenStatus(valid, float(expires) if isinstance(expires, int | float) else 0.0)
             if not valid:
                 log.error("credential %r: Meta says its token is not valid", name)
+
+
+def edges_of(source: DiscoveryConfig) -> list[str]:
+    """The edges a discovery source reads, each named as its status is: `123/owned_pixels`, `act_4/adspixels`."""
+    if source.ad_account_id:
+        return [f"act_{source.ad_account_id}/adspixels"]
+    return [f"{source.business_id}/{edge}" for edge in source.edges]
 
 
 def in_shard(dataset_id: str, index: int, count: int) -> bool:

@@ -20,7 +20,8 @@ from exporter.config import Config, Secrets
 from exporter.discovery import Housekeeping
 from exporter.fetcher import Fetcher
 from exporter.governor import Governor
-from exporter.graph import GraphClient
+from exporter.graph import GraphClient, versions
+from exporter.graph.fields import UnsupportedFields
 from exporter.snapshot import Extras, Recorder, Snapshot
 from exporter.targets import Target, configured_targets
 
@@ -39,7 +40,8 @@ class Scheduler:
     def __init__(self, config: Config, secrets: Secrets, *, progress: Progress | None = None) -> None:
         self.config = config
         self.secrets = secrets
-        self.housekeeping = Housekeeping()
+        self.unsupported_fields = UnsupportedFields()  # outlives cycles; a reload tries every field again
+        self.housekeeping = Housekeeping(self.unsupported_fields)
         self.targets: tuple[Target, ...] = self.housekeeping.targets(configured_targets(config), config)
         self.recorder = Recorder()
         self.progress = progress
@@ -52,6 +54,7 @@ class Scheduler:
         self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None
         self._last_publish = 0.0
+        versions.warn_if_expiring(config.graph_api.version, time.time())
         self.snapshot: Snapshot = self._publish()
 
     # ----- configuration ---------------------------------------------------------------------------------
@@ -101,7 +104,9 @@ class Scheduler:
             return
         old_graph, old_secret = self.config.graph_api, self.secrets.app_secret
         self.config, self.secrets = pending
+        versions.warn_if_expiring(self.config.graph_api.version, time.time())
         self.housekeeping.forget_schedule()
+        self.unsupported_fields.reset()
         self._rejected_credentials.clear()
         self.governor = self.governor.reconfigured(self._make_governor())
         if self._client and (self.config.graph_api != old_graph or self.secrets.app_secret != old_secret):
@@ -138,7 +143,8 @@ class Scheduler:
         for credential in self._rejected_credentials:
             tokens.pop(credential, None)
         await self.housekeeping.discover(client, self.config, tokens)
-        await self.housekeeping.refresh_metadata(client, self.config, tokens)
+        watched = self.housekeeping.targets(configured_targets(self.config), self.config)
+        await self.housekeeping.refresh_metadata(client, self.config, tokens, watched)
         # Rejected tokens are still checked: debug_token is how token_valid learns that they went bad.
         await self.housekeeping.check_tokens(client, self.config, dict(self.secrets.tokens), self.secrets.app_secret)
         old_keys = {t.key for t in self.targets}
@@ -244,6 +250,8 @@ class Scheduler:
             business_of=self.business_of,
             rejected=self._rejected_credentials,
             on_done=target_done,
+            unsupported=self.unsupported_fields,
+            item_retries=self.config.graph_api.max_retries,
         )
         with _records_frozen_until_done():
             await fetcher.run(targets, spacing=spacing, deadline=started + config.interval)
@@ -269,7 +277,9 @@ class Scheduler:
         self._last_publish = time.monotonic()
         hk = self.housekeeping
         extras = Extras(
-            last_fired={i: (m.last_fired, m.server_last_fired) for i, m in hk.meta.items()},
+            last_fired={i: (m.last_fired, hk.server_last_fired.get(i)) for i, m in hk.meta.items()}
+            | {i: (hk.meta[i].last_fired if i in hk.meta else None, t) for i, t in hk.server_last_fired.items()},
+            unsupported_fields=self.unsupported_fields.current(),
             throttled_until=self.governor.throttled_until(),
             discovery={source: (s.success, s.last_success) for source, s in hk.sources.items()},
             tokens={name: (t.valid, t.expires_at) for name, t in hk.tokens.items()},

@@ -55,7 +55,9 @@ def test_discovery_follows_every_edge_to_the_end(start_simulator):
     assert (first.origin, first.business_id, first.labels) == ("discovery", business.id, (("customer", "acme"),))
     assert first.name == world.pixels[first.dataset_id].name
     snap = scheduler.snapshot
-    assert snap.discovery[business.id][0] is True and snap.discovery[f"act_{business.ad_account_id}"][0] is True
+    assert snap.discovery[f"{business.id}/owned_pixels"][0] is True
+    assert snap.discovery[f"act_{business.ad_account_id}/adspixels"][0] is True
+    assert snap.discovery[f"{world.agency_id}/client_pixels"][0] is True
     state = next(s for s in snap.datasets if s.target.dataset_id == business.pixel_ids[1])
     assert abs(state.last_fired - (time.time() - world.pixels[business.pixel_ids[1]].last_fired_ago)) < 120
     _, _, body = http("GET", sim.url + "/_sim/requests")
@@ -93,7 +95,7 @@ def test_failed_or_empty_refresh_keeps_the_last_list_and_a_vanished_pixel_leaves
         sim.set_scenario("throttled")  # every call fails
         await refresh()
         assert {t.dataset_id for t in scheduler.targets} == found
-        assert scheduler.snapshot.discovery[business.id][0] is False
+        assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is False
         sim.set_scenario("healthy")
         gone = business.pixel_ids[3]
         sim.world.businesses[business.id] = type(business)(
@@ -101,11 +103,11 @@ def test_failed_or_empty_refresh_keeps_the_last_list_and_a_vanished_pixel_leaves
         )
         await refresh()
         assert {t.dataset_id for t in scheduler.targets} == found - {gone}
-        assert scheduler.snapshot.discovery[business.id][0] is True
+        assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is True
         sim.world.businesses[business.id] = type(business)(business.id, business.name, business.ad_account_id, ())
         await refresh()  # an empty answer is suspicious: the last list stays
         assert {t.dataset_id for t in scheduler.targets} == found - {gone}
-        assert scheduler.snapshot.discovery[business.id][0] is False
+        assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is False
         await scheduler.close()
 
     asyncio.run(go())
@@ -126,7 +128,27 @@ def test_metadata_names_configured_datasets_and_gives_last_fired(simulator):
         pixel = simulator.world.pixels[dataset_id]
         assert states[dataset_id].last_fired is not None
         assert (states[dataset_id].server_last_fired is None) == (pixel.server_last_fired_ago is None)
-    assert Counter(line.split()[0] for line in simulator.requests) == Counter({"POST": 1, "BATCH-ITEM": 3})
+        if pixel.server_last_fired_ago is not None:
+            assert abs(states[dataset_id].server_last_fired - (time.time() - pixel.server_last_fired_ago)) < 120
+    kinds = Counter(line.split()[0] for line in simulator.requests)
+    assert (kinds["POST"], kinds["BATCH-ITEM"]) == (1, 3)
+    # server_last_fired_time is a field of AdsDataset, read from the owning business's ads_dataset edge (paged)
+    gets = [line for line in simulator.requests if line.startswith("GET")]
+    business = simulator.world.pixels[ids[0]].business_id
+    assert gets and all(f"/{business}/ads_dataset?" in line for line in gets)
+    assert all("server_last_fired_time" not in line for line in simulator.requests if "ads_dataset" not in line)
+
+
+def test_one_failing_edge_keeps_the_other_edges_pixels(start_simulator):
+    """A business that is no agency refuses client_pixels; its owned_pixels must still be watched."""
+    sim = start_simulator(datasets=30, per_business=50)
+    business = next(iter(sim.world.businesses.values()))
+    scheduler = prepared(sim, config_for(sim, discovery=[{"business_id": business.id}]))
+    available = {i for i in business.pixel_ids if not sim.world.pixels[i].is_unavailable}
+    assert {t.dataset_id for t in scheduler.targets} == available
+    discovery = scheduler.snapshot.discovery
+    assert discovery[f"{business.id}/owned_pixels"][0] is True
+    assert discovery[f"{business.id}/client_pixels"] == (False, None)
 
 
 def test_token_checks(start_simulator):
@@ -192,3 +214,21 @@ def test_a_rejected_credential_is_still_token_checked(start_simulator):
     secrets = Secrets({"default": "old-token"}, "app-secret-value")
     scheduler = prepared(sim, config, secrets, rejected={"default": "expired"})
     assert scheduler.snapshot.tokens["default"][0] is False
+
+
+def test_a_pixel_field_meta_refuses_costs_that_field_in_discovery_and_metadata(start_simulator):
+    sim = start_simulator(datasets=30, per_business=50)
+    sim.withdraw_field("AdsPixel", "last_fired_time")
+    business = next(iter(sim.world.businesses.values()))
+    config = config_for(
+        sim,
+        discovery=[{"business_id": business.id, "edges": ["owned_pixels"]}],
+        datasets=[{"id": EXAMPLE_DATASET_ID, "credential": "default"}],
+    )
+    scheduler = prepared(sim, config)
+    available = {i for i in business.pixel_ids if not sim.world.pixels[i].is_unavailable}
+    assert {t.dataset_id for t in scheduler.targets} == available | {EXAMPLE_DATASET_ID}
+    assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is True
+    assert dict(scheduler.snapshot.unsupported_fields) == {"last_fired_time": "AdsPixel"}
+    named = next(t for t in scheduler.targets if t.dataset_id == EXAMPLE_DATASET_ID)
+    assert named.name == sim.world.pixels[EXAMPLE_DATASET_ID].name  # metadata arrived without the field
