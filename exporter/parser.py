@@ -1,12 +1,15 @@
 """Dataset Quality API response JSON -> immutable typed records.
 
-Every block is optional and unknown fields are ignored; anything that is not the documented shape raises
-`ResponseFormatError`, which names the path of the offending value (e.g. `web[2].event_coverage.percentage`).
+Every block is optional and unknown fields are ignored. A value of the wrong type (a percentage sent as the
+string `"37.9"`, a score that is `true`) costs that value only: it is left out and named by its path in
+`DatasetQuality.dropped`. Anything else that is not the documented shape raises `ResponseFormatError`, which
+names the path of the offending value (e.g. `web[2]: expected an object, got str`).
 Percentages stay as the API sends them (0..100); converting to ratios is the exposition's job.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import sys
@@ -19,10 +22,15 @@ from typing import Any
 class ResponseFormatError(ValueError):
     """The API answered with something that is not the documented shape."""
 
-    def __init__(self, path: str, problem: str) -> None:
+    def __init__(self, path: str, problem: str, *, leaf: bool = False) -> None:
         super().__init__(f"{path or '<root>'}: {problem}")
         self.path = path
         self.problem = problem
+        self.leaf = leaf  # a single value of the wrong type: the rest of the answer can still be read
+
+
+MAX_DROPPED = 100  # wrongly typed values left out of one answer before it counts as not the documented shape
+_PATH_PART = re.compile(r"([A-Za-z0-9_]+)((?:\[\d+\])*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,7 @@ class DatasetQuality:
     events: tuple[EventQuality, ...] = ()
     offline: tuple[OfflineEvent, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    dropped: tuple[str, ...] = field(default=(), compare=False)  # "path: problem" of each value left out
 
 
 @lru_cache(maxsize=4096)  # a fleet's diagnostics share a handful of titles
@@ -90,8 +99,53 @@ def diagnostic_slug(name: str) -> str:
 
 
 def parse_dataset_quality(body: Any) -> DatasetQuality:
-    """Parse a decoded `dataset_quality` response (`web` and/or `offline`)."""
+    """Parse a decoded `dataset_quality` response (`web` and/or `offline`).
+
+    Wrongly typed values are rare, so the common case parses once; each one found is cut out of a copy of the
+    body and the copy parsed again.
+    """
+    dropped: list[str] = []
+    while True:
+        try:
+            quality = _parse(body)
+        except ResponseFormatError as exc:
+            if not exc.leaf or len(dropped) >= MAX_DROPPED:
+                raise
+            if not dropped:
+                body = copy.deepcopy(body)
+            if not _remove(body, exc.path):
+                raise
+            dropped.append(str(exc))
+            continue
+        if dropped:
+            quality = DatasetQuality(quality.events, quality.offline, quality.warnings, tuple(dropped))
+        return quality
+
+
+def _remove(body: Any, path: str) -> bool:
+    """Delete the value at `path` (`web[2].acr.percentage`) from `body`; False if the path does not lead there."""
+    parent: Any = None
+    key: str | int = ""
+    node = body
+    for part in path.split("."):
+        match = _PATH_PART.fullmatch(part)
+        if match is None or not isinstance(node, dict) or match.group(1) not in node:
+            return False
+        parent, key, node = node, match.group(1), node[match.group(1)]
+        for index in re.findall(r"\d+", match.group(2)):
+            if not isinstance(node, list) or int(index) >= len(node):
+                return False
+            parent, key, node = node, int(index), node[int(index)]
+    if not isinstance(parent, dict):
+        return False
+    del parent[key]
+    return True
+
+
+def _parse(body: Any) -> DatasetQuality:
     root = _obj(body, "")
+    if "web" not in root and "offline" not in root and set(root) - {"id"}:
+        raise ResponseFormatError("", f"not a dataset_quality answer: no web or offline, but {', '.join(sorted(root))}")
     warnings: list[str] = []
     events: dict[str, EventQuality] = {}
     for i, item in enumerate(_list(root, "web", "")):
@@ -230,7 +284,7 @@ def _unique(
         try:  # items parse with paths relative to themselves: the full path is only built for an error
             record = parse(_obj(item, ""), "")
         except ResponseFormatError as exc:
-            raise ResponseFormatError(f"{list_path}[{i}]{exc.path}", exc.problem) from None
+            raise ResponseFormatError(f"{list_path}[{i}]{exc.path}", exc.problem, leaf=exc.leaf) from None
         k = _key(record)
         if k in out:
             warnings.append(f"{list_path}: {k!r} appears twice; kept the first")
@@ -254,15 +308,18 @@ def _opt_obj(parent: dict[str, Any] | None, key: str, path: str) -> dict[str, An
     value = None if parent is None else parent.get(key)
     if value is None or type(value) is dict:
         return value
-    return _obj(value, f"{path}.{key}" if path else key)
+    raise ResponseFormatError(
+        f"{path}.{key}" if path else key, f"expected an object, got {_describe(value)}", leaf=True
+    )
 
 
 def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
     value = parent.get(key)
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise ResponseFormatError(f"{path}.{key}" if path else key, f"expected a list, got {_describe(value)}")
+    if not isinstance(value, list):  # a list inside an event is one value; `web` itself is the whole answer
+        problem = f"expected a list, got {_describe(value)}"
+        raise ResponseFormatError(f"{path}.{key}" if path else key, problem, leaf=bool(path))
     return value
 
 
@@ -276,7 +333,7 @@ def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = Fa
             raise ResponseFormatError(f"{path}.{key}", "missing")
         return None
     if not isinstance(value, str):
-        raise ResponseFormatError(f"{path}.{key}", f"expected a string, got {_describe(value)}")
+        raise ResponseFormatError(f"{path}.{key}", f"expected a string, got {_describe(value)}", leaf=not required)
     if required and not value:
         raise ResponseFormatError(f"{path}.{key}", "empty")
     return sys.intern(value)
@@ -290,13 +347,14 @@ def _num(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
     if kind is float:
         if math.isfinite(value):
             return value
-        raise ResponseFormatError(f"{path}.{key}", f"expected a finite number, got {value!r}")
+        raise ResponseFormatError(f"{path}.{key}", f"expected a finite number, got {value!r}", leaf=True)
     if kind is int:
         try:
             return float(value)
         except OverflowError:
-            raise ResponseFormatError(f"{path}.{key}", "number too large") from None
-    raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {_describe(value)}")
+            raise ResponseFormatError(f"{path}.{key}", "number too large", leaf=True) from None
+    shown = repr(value) if isinstance(value, str | bool) else _describe(value)
+    raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {shown[:40]}", leaf=True)
 
 
 def _percentage(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
@@ -304,7 +362,7 @@ def _percentage(parent: dict[str, Any] | None, key: str, path: str) -> float | N
     if block is None:
         return None
     if type(block) is not dict:
-        raise ResponseFormatError(f"{path}.{key}", f"expected an object, got {_describe(block)}")
+        raise ResponseFormatError(f"{path}.{key}", f"expected an object, got {_describe(block)}", leaf=True)
     value = block.get("percentage")
     if type(value) is float and math.isfinite(value):
         return value  # the common case, without building the path that only an error needs

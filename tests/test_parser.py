@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -142,19 +143,9 @@ def test_duplicate_match_keys_and_diagnostic_slugs_are_kept_once():
         (lambda b: b["web"].append("junk"), "web[1]"),
         (lambda b: b["web"][0].pop("event_name"), "web[0].event_name"),
         (lambda b: b["web"][0].update(event_name=42), "web[0].event_name"),
-        (lambda b: b["web"][0]["event_match_quality"].update(composite_score="8.3"), "composite_score"),
-        (lambda b: b["web"][0]["event_match_quality"].update(composite_score=True), "composite_score"),
-        (lambda b: b["web"][0]["event_match_quality"].update(composite_score=float("nan")), "composite_score"),
-        (lambda b: b["web"][0]["event_match_quality"].update(composite_score=10**400), "composite_score"),
-        (lambda b: b["web"][0]["event_coverage"].update(percentage=[80]), "event_coverage.percentage"),
-        (lambda b: b["web"][0].update(acr=7), "web[0].acr"),
         (
             lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"][1].pop("identifier"),
             "web[0].event_match_quality.match_key_feedback[1].identifier: missing",
-        ),
-        (
-            lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"][0]["coverage"].update(percentage="9"),
-            "web[0].event_match_quality.match_key_feedback[0].coverage.percentage: expected a number, got str",
         ),
         (
             lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"].append(7),
@@ -164,8 +155,7 @@ def test_duplicate_match_keys_and_diagnostic_slugs_are_kept_once():
             lambda b: b["web"][0]["event_match_quality"]["diagnostics"][0].update(affected_event_count=None, name=""),
             "web[0].event_match_quality.diagnostics[0].name: empty",
         ),
-        (lambda b: b["web"][0]["data_freshness"].update(upload_frequency=1), "upload_frequency"),
-        (lambda b: b["offline"][0]["match_key"]["coverage"].update(email="x"), "coverage.email"),
+        (lambda b: b.pop("web") and b.pop("offline") and b.update(data=[{"web": []}]), "no web or offline, but data"),
     ],
 )
 def test_wrong_shapes_raise_one_typed_error_naming_the_path(mutate, path):
@@ -174,6 +164,50 @@ def test_wrong_shapes_raise_one_typed_error_naming_the_path(mutate, path):
     with pytest.raises(ResponseFormatError) as err:
         parse_dataset_quality(body)
     assert path in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "dropped"),
+    [
+        (
+            lambda b: b["web"][0]["event_match_quality"].update(composite_score="8.3"),
+            "composite_score: expected a number, got '8.3'",
+        ),
+        (lambda b: b["web"][0]["event_match_quality"].update(composite_score=True), "composite_score"),
+        (lambda b: b["web"][0]["event_match_quality"].update(composite_score=float("nan")), "composite_score"),
+        (lambda b: b["web"][0]["event_match_quality"].update(composite_score=10**400), "composite_score"),
+        (lambda b: b["web"][0]["event_coverage"].update(percentage=[80]), "web[0].event_coverage.percentage"),
+        (lambda b: b["web"][0].update(acr=7), "web[0].acr: expected an object, got int"),
+        (
+            lambda b: b["web"][0].update(acr={"percentage": "37.9"}),
+            "web[0].acr.percentage: expected a number, got '37.9'",
+        ),
+        (
+            lambda b: b["web"][0]["event_match_quality"]["match_key_feedback"][0]["coverage"].update(percentage="9"),
+            "web[0].event_match_quality.match_key_feedback[0].coverage.percentage: expected a number, got '9'",
+        ),
+        (
+            lambda b: b["web"][0]["event_match_quality"].update(diagnostics="none"),
+            "web[0].event_match_quality.diagnostics: expected a list",
+        ),
+        (lambda b: b["web"][0]["data_freshness"].update(upload_frequency=1), "web[0].data_freshness.upload_frequency"),
+        (lambda b: b["offline"][0]["match_key"]["coverage"].update(email="x"), "offline[0].match_key.coverage.email"),
+    ],
+)
+def test_a_wrongly_typed_value_costs_that_value_only(mutate, dropped):
+    clean = parse_dataset_quality(load_fixture("graph_api_full.json"))
+    body = copy.deepcopy(load_fixture("graph_api_full.json"))
+    mutate(body)
+    before = json.dumps(body)
+    parsed = parse_dataset_quality(body)
+    assert json.dumps(body) == before  # the caller's body is never changed
+    assert len(parsed.dropped) == 1 and dropped in parsed.dropped[0]
+    assert [e.event_name for e in parsed.events] == [e.event_name for e in clean.events]
+    assert parsed.events[1:] == clean.events[1:]  # every other event is untouched
+    changed = [
+        f for f in clean.events[0].__dataclass_fields__ if getattr(parsed.events[0], f) != getattr(clean.events[0], f)
+    ]
+    assert len(changed) <= 1 or "offline" in dropped
 
 
 @pytest.mark.parametrize("junk", [None, [], "text", 42, [{"web": []}]])
