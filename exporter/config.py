@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 
 from exporter.graph.fields import BLOCKS, SOURCES
+from exporter.graph.versions import LATEST_VERSION
 
 DEFAULT_PORT = 10070
 DEFAULT_BASE_URL = "https://graph.facebook.com"
-DEFAULT_VERSION = "v25.0"
+DEFAULT_VERSION = LATEST_VERSION
 DEFAULT_TOKEN_ENV = "META_ACCESS_TOKEN"
 RESERVED_LABELS = frozenset({"dataset_id", "dataset_name", "business_id", "business_name", "origin"})
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
+from exporter.graph import versions
 from exporter.graph.errors import REASONS
 from exporter.parser import EventQuality
 from exporter.snapshot import DURATION_BUCKETS, Snapshot
@@ -384,7 +385,14 @@ class InfoCollector:
             ],
         )
         build.add([__version__, snap.graph_api_version], 1)
-        yield from (info, diagnostics, build)
+        expiry = _gauge(
+            "graph_api_version_expiry_timestamp_seconds",
+            "When Meta stops serving the configured Graph API version to the Marketing API (absent until Meta "
+            "names a date).",
+            ["version"],
+        )
+        _add(expiry, [snap.graph_api_version], versions.expiry(snap.graph_api_version))
+        yield from (info, diagnostics, build, expiry)
 
 
 class HealthCollector:
@@ -478,7 +486,14 @@ class HealthCollector:
         for name, (ok, expires) in sorted(snap.tokens.items()):
             valid.add([name], 1.0 if ok else 0.0)
             expiry.add([name], expires)
-        yield from (throttled, success, last, valid, expiry)
+        unsupported = _gauge(
+            "api_field_unsupported",
+            "1 while a field Meta answered as nonexisting is left out of requests (until a reload or a day).",
+            ["field", "node_type"],
+        )
+        for name, node_type in sorted(snap.unsupported_fields.items()):
+            unsupported.add([name, node_type], 1.0)
+        yield from (throttled, success, last, valid, expiry, unsupported)
 
     def _cycle(self, snap: Snapshot) -> Iterable[_Family]:
         yield from _single(
@@ -494,6 +509,12 @@ class HealthCollector:
             snap.cycle_done / snap.cycle_total if snap.cycle_total else 1.0,
         )
         yield from _single("cycles", "Collection cycles completed.", snap.cycles, "counter")
+        yield from _single(
+            "response_values_dropped",
+            "Values of the wrong type in dataset_quality answers, left out (each logged with its JSON path).",
+            snap.values_dropped,
+            "counter",
+        )
         yield from _single("cycle_overruns", "Cycles that took longer than the interval.", snap.overruns, "counter")
         yield from _single(
             "config_last_reload_successful",

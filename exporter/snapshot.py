@@ -66,6 +66,8 @@ class Snapshot:
     discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
     tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
     max_series: int = 0
+    unsupported_fields: Mapping[str, str] = field(default_factory=dict)  # field -> node type
+    values_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Extras:
     discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
     tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
     max_series: int = 0
+    unsupported_fields: Mapping[str, str] = field(default_factory=dict)
 
 
 class _TargetRecord:
@@ -111,6 +114,7 @@ class Recorder:
         self.cycle_total = 0
         self.reload_success = True
         self.reload_timestamp: float | None = None
+        self.values_dropped = 0
 
     # ----- RequestObserver -------------------------------------------------------------------------------
     def on_request(self, endpoint: str, status: str, seconds: float) -> None:
@@ -203,6 +207,8 @@ class Recorder:
             discovery=MappingProxyType(dict(extras.discovery)),
             tokens=MappingProxyType(dict(extras.tokens)),
             max_series=extras.max_series,
+            unsupported_fields=MappingProxyType(dict(extras.unsupported_fields)),
+            values_dropped=self.values_dropped,
         )
 
 

@@ -57,7 +57,7 @@ def test_full_config_values():
 
 def test_defaults():
     config = load_config(CONFIGS / "minimal.ok.yaml")
-    assert config.graph_api.base_url == "https://graph.facebook.com" and config.graph_api.version == "v25.0"
+    assert config.graph_api.base_url == "https://graph.facebook.com" and config.graph_api.version == "v27.0"
     assert config.collection.interval == 3600 and config.collection.concurrency == 4
     assert config.server.listen_address == "0.0.0.0:10070"
     assert config.credentials["default"].token_env == "META_ACCESS_TOKEN"
