@@ -207,8 +207,11 @@ def cmd_once(args: argparse.Namespace) -> int:
             await scheduler.close()
 
     asyncio.run(one_cycle())
-    report.write(scheduler.snapshot, args.format)
-    return 0 if all(s.fetch_success for s in scheduler.snapshot.datasets) else 1
+    snapshot = scheduler.snapshot
+    report.write(snapshot, args.format)
+    fetched = all(s.fetch_success for s in snapshot.datasets)
+    discovered = all(ok for ok, _ in snapshot.discovery.values())
+    return 0 if fetched and discovered else 1
 
 
 def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:

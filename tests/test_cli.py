@@ -66,6 +66,20 @@ def test_once_json_and_failure_exit_code(tmp_path, simulator, capsys, token):
     assert events["B2B Purchase"]["coverage"] == 34.1
 
 
+def test_once_exits_non_zero_when_a_discovery_edge_fails(tmp_path, simulator, capsys, token):
+    business = next(iter(simulator.world.businesses.values()))
+    path = tmp_path / "config.yaml"
+    lines = [f"graph_api: {{base_url: '{simulator.url}', timeout: 5s}}", "discovery:"]
+    path.write_text("\n".join([*lines, f"  - {{business_id: '{business.id}', edges: [owned_pixels]}}"]) + "\n")
+    assert main(["once", "--config", str(path), "--format", "json"]) == 0
+    capsys.readouterr()
+    # a business that is no agency refuses client_pixels: its owned pixels are still fetched, and once says 1
+    path.write_text("\n".join([*lines, f"  - {{business_id: '{business.id}'}}"]) + "\n")
+    assert main(["once", "--config", str(path), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["datasets"] and all(d["success"] for d in data["datasets"])
+
+
 def test_once_prometheus_and_zero_config(simulator, capsys, token):
     args = ["once", "--dataset-id", EXAMPLE_DATASET_ID, "--graph-api.base-url", simulator.url, "--format", "prometheus"]
     assert main(args) == 0
