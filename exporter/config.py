@@ -58,7 +58,7 @@ class CredentialConfig:
 class CollectionConfig:
     interval: float = 3600.0
     concurrency: int = 4
-    stale_after: float = 2700.0
+    stale_after: float = 3 * 3600.0  # three intervals unless set; never under two (one missed cycle)
     sources: tuple[str, ...] = ("web",)
     blocks: tuple[str, ...] = BLOCKS
     batch_size: int = 50
@@ -201,6 +201,17 @@ def _get(raw: dict[str, Any], key: str, path: str, kind: type | tuple[type, ...]
     return value
 
 
+STALE_INTERVALS = 3  # collection.stale_after when it is not set, in intervals
+
+
+def show_duration(seconds: float) -> str:
+    """`2h`, `45m`, `90s`: the way the config writes durations."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def _duration(raw: dict[str, Any], key: str, path: str, default: float, p: _Problems) -> float:
     if key not in raw:
         return default
@@ -315,10 +326,18 @@ def _collection(value: Any, p: _Problems) -> CollectionConfig:
     budget = _get(raw, "max_calls_per_hour", "collection", int, None, p)
     if budget is not None and budget < 1:
         p.add("collection.max_calls_per_hour", "must be positive")
+    interval = _duration(raw, "interval", "collection", d.interval, p)
+    stale_after = _duration(raw, "stale_after", "collection", STALE_INTERVALS * interval, p)
+    if "stale_after" in raw and stale_after < 2 * interval:
+        p.add(
+            "collection.stale_after",
+            f"{show_duration(stale_after)} is shorter than two intervals ({show_duration(2 * interval)}): one missed "
+            "cycle would empty a dataset's series; leave it out (three intervals) or set at least two intervals",
+        )
     return CollectionConfig(
-        interval=_duration(raw, "interval", "collection", d.interval, p),
+        interval=interval,
         concurrency=concurrency,
-        stale_after=_duration(raw, "stale_after", "collection", d.stale_after, p),
+        stale_after=stale_after,
         sources=_choices(raw, "sources", SOURCES, d.sources, p),
         blocks=_choices(raw, "blocks", BLOCKS, d.blocks, p),
         batch_size=batch_size,
@@ -466,7 +485,8 @@ def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) ->
     env = os.environ if environ is None else environ
     problems: list[str] = []
     tokens: dict[str, str] = {}
-    used = {d.credential for d in config.datasets} or set(config.credentials)
+    used = {d.credential for d in config.datasets} | {d.credential for d in config.discovery}
+    used = used or set(config.credentials)
     for name, cred in config.credentials.items():
         value = _read_secret(cred.token_env, cred.token_file, env, f"credentials.{name}", config.source, problems)
         if value:
@@ -488,16 +508,28 @@ def _read_secret(
     env_name: str | None, file_name: str | None, env: Mapping[str, str], key: str, source: str, problems: list[str]
 ) -> str | None:
     if env_name:
-        value = env.get(env_name, "").strip()
+        value = _clean_secret(env.get(env_name, ""))
+        where = f"environment variable {env_name}"
         if not value:
-            problems.append(f"{source}: {key}: environment variable {env_name} is not set or empty")
-        return value or None
-    assert file_name
-    try:
-        value = Path(file_name).read_text("utf-8").strip()
-    except OSError as exc:
-        problems.append(f"{source}: {key}: cannot read {file_name}: {exc.strerror or exc}")
+            problems.append(f"{source}: {key}: {where} is not set or empty")
+            return None
+    else:
+        assert file_name
+        where = file_name
+        try:
+            value = _clean_secret(Path(file_name).read_text("utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{source}: {key}: cannot read {file_name}: {getattr(exc, 'strerror', None) or exc}")
+            return None
+        if not value:
+            problems.append(f"{source}: {key}: {file_name} is empty")
+            return None
+    if not value.isascii() or not value.isprintable():
+        problems.append(f"{source}: {key}: {where} holds characters a token or secret never has (not printable ASCII)")
         return None
-    if not value:
-        problems.append(f"{source}: {key}: {file_name} is empty")
-    return value or None
+    return value
+
+
+def _clean_secret(text: str) -> str:
+    """Editors save byte-order marks and trailing newlines; neither is part of a token."""
+    return text.replace("\ufeff", "").strip()

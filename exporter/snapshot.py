@@ -83,13 +83,12 @@ class Extras:
 
 
 class _TargetRecord:
-    __slots__ = ("failing_since", "failures", "last_message", "last_reason", "last_success", "quality", "success")
+    __slots__ = ("failures", "last_message", "last_reason", "last_success", "quality", "success")
 
     def __init__(self) -> None:
         self.quality: DatasetQuality | None = None
         self.success: bool | None = None
         self.last_success: float | None = None
-        self.failing_since: float | None = None
         self.last_reason: str | None = None
         self.last_message: str | None = None
         self.failures: Counter[str] = Counter({reason: 0 for reason in REASONS})
@@ -137,14 +136,12 @@ class Recorder:
     def success(self, target: Target, quality: DatasetQuality) -> None:
         record = self._record(target)
         record.quality, record.success, record.last_success = quality, True, self._now()
-        record.last_reason = record.last_message = record.failing_since = None
+        record.last_reason = record.last_message = None
 
     def failure(self, target: Target, reason: str, message: str) -> None:
         record = self._record(target)
         record.success, record.last_reason, record.last_message = False, reason, message
         record.failures[reason] += 1
-        if record.failing_since is None:
-            record.failing_since = self._now()
 
     def forget_except(self, keys: set[tuple[str, str]]) -> None:
         """Drop the state of targets no longer watched (after a reload)."""
@@ -168,8 +165,8 @@ class Recorder:
         for target in targets:
             record = self._records.get(target.key) or _TargetRecord()
             quality = record.quality
-            if record.failing_since is not None and now - record.failing_since > stale_after:
-                quality = None  # failing for longer than stale_after: its quality series disappear
+            if record.success is False and record.last_success is not None and now - record.last_success > stale_after:
+                quality = None  # no success for longer than stale_after: its quality series disappear
             states.append(
                 DatasetState(
                     target,

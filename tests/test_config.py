@@ -44,7 +44,7 @@ def test_bad_fixtures_report_every_expected_problem(path):
 def test_full_config_values():
     config = load_config(CONFIGS / "full.ok.yaml")
     assert config.graph_api.timeout == 30 and config.graph_api.app_id == "1234"
-    assert config.collection.interval == 3600 and config.collection.stale_after == 2700
+    assert config.collection.interval == 3600 and config.collection.stale_after == 3 * 3600
     assert config.collection.sources == ("web", "offline") and config.collection.blocks == BLOCKS
     assert [(d.id, d.agent_name, d.credential) for d in config.datasets] == [
         ("123456789012345", "acmeplatform", "default"),
@@ -108,3 +108,36 @@ def test_missing_secrets_are_all_reported(tmp_path):
     text = str(err.value)
     assert "credentials.default: environment variable TOK is not set or empty" in text
     assert "credentials.b: cannot read" in text and "graph_api: environment variable SECRET" in text
+
+
+def test_secret_files_lose_byte_order_marks_and_whitespace_and_must_be_ascii(tmp_path):
+    bom = tmp_path / "bom"
+    bom.write_bytes("\ufefffile-token \r\n".encode())  # as Windows editors save it
+    odd = tmp_path / "odd"
+    odd.write_text("tökén\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"credentials: {{default: {{token_file: {bom}}}, b: {{token_file: {odd}}}, c: {{token_env: C}}}}\n"
+        "datasets: [{id: '1'}, {id: '2', credential: b}, {id: '3', credential: c}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_secrets(load_config(path), {"C": "ok\u200btoken"})
+    text = str(err.value)
+    assert f"credentials.b: {odd} holds characters a token or secret never has" in text
+    assert "credentials.c: environment variable C holds characters" in text
+    assert "credentials.default" not in text and "tökén" not in text
+    path.write_text(f"credentials: {{default: {{token_file: {bom}}}}}\ndatasets: [{{id: '1'}}]\n")
+    assert resolve_secrets(load_config(path), {}).tokens == {"default": "file-token"}
+
+
+def test_a_credential_used_only_by_discovery_is_resolved_at_start(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "credentials: {default: {token_env: TOK}, agency: {token_env: AGENCY}}\n"
+        "datasets: [{id: '1'}]\n"
+        "discovery: [{business_id: '42', credential: agency}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_secrets(load_config(path), {"TOK": "t"})
+    assert "credentials.agency: environment variable AGENCY is not set or empty" in str(err.value)
+    assert resolve_secrets(load_config(path), {"TOK": "t", "AGENCY": "a"}).tokens == {"default": "t", "agency": "a"}

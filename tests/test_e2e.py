@@ -116,7 +116,7 @@ def exporter_factory(tmp_path):
         exporter.stop()
 
 
-def config_for(sim, datasets: list[str], *, interval="1h", stale_after="45m", extra="") -> str:
+def config_for(sim, datasets: list[str], *, interval="1h", stale_after="3h", extra="") -> str:
     lines = [
         f"graph_api: {{base_url: '{sim.url}', timeout: 5s, max_retries: 0}}",
         "credentials:",

@@ -19,7 +19,7 @@ from tests.conftest import TOKEN
 
 
 def make(
-    sim, datasets, *, interval="1h", stale_after="45m", concurrency=4, sources=("web",), extra_credentials=(), **more
+    sim, datasets, *, interval="1h", stale_after="3h", concurrency=4, sources=("web",), extra_credentials=(), **more
 ):
     collection = {
         "interval": interval,

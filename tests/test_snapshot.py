@@ -21,23 +21,25 @@ def publish(recorder, targets, stale_after=60):
     return recorder.publish(targets, stale_after=stale_after, label_names=(), graph_api_version="v25.0", interval=30)
 
 
-def test_failed_fetch_keeps_last_good_data_for_stale_after_from_the_first_failure():
+def test_failed_fetch_keeps_last_good_data_for_stale_after_from_the_last_success():
     clock = Clock()
     recorder = Recorder(clock)
     a, b = Target("1"), Target("2")
     recorder.success(a, QUALITY)
     recorder.success(b, QUALITY)
-    clock.now += 3600  # an interval longer than stale_after: old data alone is not stale
-    recorder.failure(a, "transient", "boom")
-    snap = publish(recorder, (a, b))
+    clock.now += 3600  # the old code counted from the first failure; its 15 minutes would end at 3600 + 2700
+    snap = publish(recorder, (a, b), stale_after=7200)
+    assert snap.datasets[0].quality == QUALITY  # old data of a dataset that does not fail is never stale
+    recorder.failure(a, "transient", "boom")  # one missed cycle, an interval (1h) after the success
+    snap = publish(recorder, (a, b), stale_after=7200)
     assert snap.datasets[0].quality == QUALITY and snap.datasets[0].fetch_success is False
     assert snap.datasets[0].last_reason == "transient" and snap.datasets[0].failures["transient"] == 1
     assert snap.datasets[1].quality == QUALITY
-    clock.now += 50
-    recorder.failure(a, "timeout", "again")  # a second failure does not restart the clock
-    assert publish(recorder, (a, b)).datasets[0].quality == QUALITY
-    clock.now += 11  # failing for 61 s > stale_after 60 s
-    snap = publish(recorder, (a, b))
+    clock.now += 3599
+    recorder.failure(a, "timeout", "again")  # a second missed cycle: still within two intervals
+    assert publish(recorder, (a, b), stale_after=7200).datasets[0].quality == QUALITY
+    clock.now += 2  # 7201 s since the last success > stale_after 7200 s
+    snap = publish(recorder, (a, b), stale_after=7200)
     assert snap.datasets[0].quality is None
     assert snap.datasets[0].last_success == 1000.0
     assert snap.datasets[1].quality == QUALITY  # b never failed
