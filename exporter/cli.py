@@ -18,12 +18,23 @@ from typing import Any
 from exporter import __version__
 from exporter.app import ConfigSource, file_source, load_all
 from exporter.app import run as run_exporter
-from exporter.config import DEFAULT_PORT, Config, ConfigError, DatasetConfig, ServerConfig, load_config, resolve_secrets
+from exporter.config import (
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+    DatasetConfig,
+    ServerConfig,
+    load_config,
+    parse_duration,
+    resolve_secrets,
+    show_duration,
+)
 from exporter.logsetup import configure_logging
 from exporter.simulator import SCENARIOS, Simulator, SimulatorSettings
 
 log = logging.getLogger("exporter")
 COMMANDS = ("run", "check-config", "once", "simulate", "demo")
+ONCE_TIMEOUT = 300.0
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -31,6 +42,17 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _duration_arg(value: str) -> float:
+    """A duration as the config writes it (`30s`, `5m`, `1h`), or plain seconds."""
+    try:
+        seconds = float(value) if value.replace(".", "", 1).isdigit() else parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
+    return seconds
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
@@ -65,6 +87,13 @@ def _add_once(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("once", help="fetch every target once and print the result")
     _add_source_options(p)
     p.add_argument("--format", choices=["table", "json", "prometheus"], default="table")
+    p.add_argument(
+        "--timeout",
+        type=_duration_arg,
+        default=ONCE_TIMEOUT,
+        metavar="DURATION",
+        help="stop after this long and print what was fetched so far (default 5m)",
+    )
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +121,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the exporter against the built-in simulator; no token needed")
     p.add_argument("--datasets", type=int, default=300)
     p.add_argument("--listen", type=_host_port, default=("127.0.0.1", DEFAULT_PORT), metavar="HOST:PORT")
-    p.add_argument("--interval", type=float, default=300.0, help="seconds between cycles (default 300)")
+    p.add_argument(
+        "--interval", type=_duration_arg, default=300.0, metavar="DURATION", help="time between cycles (default 5m)"
+    )
     p.add_argument("--latency", type=float, default=0.05, help="simulated API latency in seconds")
 
 
@@ -197,7 +228,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    scheduler = Scheduler(config, secrets, progress=report.ProgressBar(sys.stderr))
+    scheduler = Scheduler(config, secrets, progress=report.ProgressBar(sys.stderr), one_shot=True)
 
     async def one_cycle() -> None:
         try:
@@ -206,10 +237,28 @@ def cmd_once(args: argparse.Namespace) -> int:
         finally:
             await scheduler.close()
 
-    asyncio.run(one_cycle())
-    snapshot = scheduler.snapshot
+    async def within_timeout() -> bool:
+        try:
+            await asyncio.wait_for(one_cycle(), args.timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    try:
+        finished = asyncio.run(within_timeout())
+    except KeyboardInterrupt:
+        log.warning("interrupted: what was fetched so far follows")
+        finished = False
+        interrupted = True
+    else:
+        interrupted = False
+        if not finished:
+            log.warning("--timeout (%s) reached: what was fetched so far follows", show_duration(args.timeout))
+    snapshot = scheduler.snapshot if finished else scheduler.partial_snapshot()
     report.write(snapshot, args.format)
-    fetched = all(s.fetch_success for s in snapshot.datasets)
+    if interrupted:
+        return 130
+    fetched = finished and all(s.fetch_success for s in snapshot.datasets)
     discovered = all(ok for ok, _ in snapshot.discovery.values())
     return 0 if fetched and discovered else 1
 

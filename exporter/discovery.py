@@ -113,8 +113,11 @@ class Housekeeping:
         last = self.sources.get(edge)
         try:
             items = await self._paged(client, edge, PIXEL_FIELDS, token, "discovery")
-        except GraphError as exc:
-            log.warning("discovery from %s failed, keeping its last list: %s", edge, exc)
+        except Exception as exc:
+            if isinstance(exc, GraphError):
+                log.warning("discovery from %s failed, keeping its last list: %s", edge, exc)
+            else:
+                log.exception("discovery from %s failed unexpectedly, keeping its last list", edge)
             self.sources[edge] = SourceStatus(False, last.last_success if last else None)
             return
         found = self._targets_from(items, source)

@@ -70,7 +70,7 @@ class Fetcher:
         on_done: Done,
         unsupported: UnsupportedFields | None = None,
         item_retries: int = 2,
-        retry_backoff: float = 0.5,
+        until_reload: str = "until the config is reloaded",
     ) -> None:
         self.client = client
         self.governor = governor
@@ -85,7 +85,7 @@ class Fetcher:
         self.on_done = on_done
         self.unsupported = unsupported or UnsupportedFields()
         self.item_retries = item_retries
-        self.retry_backoff = retry_backoff
+        self.until_reload = until_reload
         self._queue: deque[_Call] = deque()
         self._assembly: dict[tuple[str, str], _Assembly] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -118,7 +118,9 @@ class Fetcher:
                     continue
                 if not self._queue:
                     break
-                wake = self.governor.next_release(k for c in self._queue for k in self._keys(c.target))
+                # The earliest moment any waiting call may go: each call needs every one of its keys.
+                needs = {self._keys(c.target) for c in self._queue}
+                wake = min(self.governor.next_release(keys) for keys in needs)
                 now = time.monotonic()
                 if wake >= deadline:
                     self._give_up("the rate limit allows no call for it before this cycle ends")
@@ -176,6 +178,19 @@ class Fetcher:
 
     # ----- one request -----------------------------------------------------------------------------------
     async def _send(self, batch: list[_Call], semaphore: asyncio.Semaphore) -> None:
+        """One request for a batch; every call in it ends with an outcome, whatever is raised on the way."""
+        try:
+            await self._send_and_settle(batch, semaphore)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, or an error no layer below turned into a GraphError
+            log.exception("a request for %d datasets failed unexpectedly", len(batch))
+            for call in batch:
+                self.governor.release(call.keys)
+                call.keys = ()  # released: a second release must not free another call's reservation
+                self._fail(call, "other", _unexpected(exc), quiet=True)
+
+    async def _send_and_settle(self, batch: list[_Call], semaphore: asyncio.Semaphore) -> None:
         outcomes: list[GraphResponse | GraphError | None]
         try:
             if len(batch) == 1:
@@ -198,9 +213,15 @@ class Fetcher:
         finally:
             semaphore.release()
         whole = len(batch) > 1 and outcomes.count(outcomes[0]) == len(batch) and isinstance(outcomes[0], GraphError)
-        for call, outcome in zip(batch, outcomes, strict=True):
+        for call in batch:
             self.governor.release(call.keys)
-            self._settle(call, outcome, quiet=whole, retried=whole or len(batch) == 1)
+            call.keys = ()
+        for call, outcome in zip(batch, outcomes, strict=True):
+            try:
+                self._settle(call, outcome, quiet=whole, retried=whole or len(batch) == 1)
+            except Exception as exc:
+                log.exception("%s: its answer could not be handled", call.target.describe())
+                self._fail(call, "other", _unexpected(exc), quiet=True)
 
     def _token(self, call: _Call) -> str:
         return self.tokens[call.target.credential]
@@ -240,9 +261,10 @@ class Fetcher:
             if outcome.reason == "auth" and call.target.credential not in self.rejected:
                 self.rejected[call.target.credential] = str(outcome)
                 log.error(
-                    "credential %r was rejected (%s); no more calls with it until the config is reloaded",
+                    "credential %r was rejected (%s); no more calls with it %s",
                     call.target.credential,
                     outcome,
+                    self.until_reload,
                 )
             elif outcome.reason == "version":
                 log.error("the configured Graph API version is no longer served: %s", outcome)
@@ -343,10 +365,14 @@ class Fetcher:
 
     def _fail(self, call: _Call, reason: str, message: str, *, quiet: bool = False) -> None:
         assembly = self._assembly[call.target.key]
-        if assembly.failed:
+        if assembly.failed or assembly.waiting == 0:  # already failed, or already recorded as a success
             return
         assembly.failed = True
         self.recorder.failure(call.target, reason, message)
         if not quiet and reason not in ("auth", "throttled"):  # those are logged once per credential or key
             log.warning("%s: fetch failed: %s", call.target.describe(), message)
         self.on_done(call.target, False)
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected {type(exc).__name__}: {exc}"[:500]

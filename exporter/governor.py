@@ -136,12 +136,12 @@ class Governor:
 
     # ----- for the loop and /metrics -----------------------------------------------------------------------
     def next_release(self, keys: Iterable[Key]) -> float:
-        """The monotonic time at which any of these keys may be called again (now if one may)."""
+        """The monotonic time at which a call that needs all of these keys may go (now if it may)."""
         now = self._now()
-        times = [max(self._state(k).blocked_until, self._state(k).cool_until, now) for k in keys]
+        release = max((max(self._state(k).blocked_until, self._state(k).cool_until) for k in keys), default=now)
         if self.max_calls_per_hour is not None and self._calls and (self.budget_left() or 0) <= 0:
-            times = [max(t, self._calls[0] + 3600) for t in times] or [self._calls[0] + 3600]
-        return min(times, default=now)
+            release = max(release, self._calls[0] + 3600)
+        return max(release, now)
 
     def throttled_until(self) -> dict[Key, float]:
         now = self._now()

@@ -14,7 +14,8 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from exporter.config import Config, Secrets
 from exporter.discovery import Housekeeping
@@ -37,8 +38,11 @@ Progress = Callable[[int, int, int], None]  # (done, total, failed)
 
 
 class Scheduler:
-    def __init__(self, config: Config, secrets: Secrets, *, progress: Progress | None = None) -> None:
+    def __init__(
+        self, config: Config, secrets: Secrets, *, progress: Progress | None = None, one_shot: bool = False
+    ) -> None:
         self.config = config
+        self.one_shot = one_shot  # `once`: one cycle, no reloads to speak of
         self.secrets = secrets
         self.unsupported_fields = UnsupportedFields()  # outlives cycles; a reload tries every field again
         self.housekeeping = Housekeeping(self.unsupported_fields)
@@ -70,6 +74,11 @@ class Scheduler:
         if success:
             self.recorder.reload_timestamp = time.time()
         self._publish_from_any_thread()
+
+    def partial_snapshot(self) -> Snapshot:
+        """After a cycle was cut short (`once --timeout`, Ctrl-C): what was learnt so far. The loop has ended."""
+        self.snapshot = self._publish()
+        return self.snapshot
 
     def _publish_from_any_thread(self) -> None:
         """Publish on the loop's thread, the only one that touches the recorder and housekeeping state.
@@ -142,11 +151,13 @@ class Scheduler:
         client, tokens = self._graph_client(), dict(self.secrets.tokens)
         for credential in self._rejected_credentials:
             tokens.pop(credential, None)
-        await self.housekeeping.discover(client, self.config, tokens)
-        watched = self.housekeeping.targets(configured_targets(self.config), self.config)
-        await self.housekeeping.refresh_metadata(client, self.config, tokens, watched)
+        hk = self.housekeeping
+        await _survive("discovery", hk.discover(client, self.config, tokens))
+        watched = hk.targets(configured_targets(self.config), self.config)
+        await _survive("the metadata refresh", hk.refresh_metadata(client, self.config, tokens, watched))
         # Rejected tokens are still checked: debug_token is how token_valid learns that they went bad.
-        await self.housekeeping.check_tokens(client, self.config, dict(self.secrets.tokens), self.secrets.app_secret)
+        all_tokens = dict(self.secrets.tokens)
+        await _survive("the token check", hk.check_tokens(client, self.config, all_tokens, self.secrets.app_secret))
         old_keys = {t.key for t in self.targets}
         self.targets = self.housekeeping.targets(configured_targets(self.config), self.config)
         self.recorder.forget_except({t.key for t in self.targets})
@@ -251,6 +262,7 @@ class Scheduler:
             rejected=self._rejected_credentials,
             on_done=target_done,
             unsupported=self.unsupported_fields,
+            until_reload="in this run" if self.one_shot else "until the config is reloaded",
             item_retries=self.config.graph_api.max_retries,
         )
         with _records_frozen_until_done():
@@ -308,6 +320,17 @@ def _records_frozen_until_done() -> Iterator[None]:
     finally:
         gc.unfreeze()
         gc.collect()
+
+
+async def _survive(what: str, work: Coroutine[Any, Any, None]) -> None:
+    """Housekeeping must never stop the loop: an unexpected error is logged with its traceback, and the
+    cycle goes on with what is already known."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s failed unexpectedly; collection goes on with what is already known", what)
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:

@@ -124,3 +124,43 @@ def test_logging_flags_work_before_and_after_the_command():
     assert (after.log_format, after.log_level) == ("json", "debug")
     before = build_parser().parse_args(["--log-format", "json", "run", "--config", "c.yaml"])
     assert (before.log_format, before.log_level) == ("json", "info")
+
+
+def test_once_timeout_prints_partial_results_and_no_traceback(tmp_path, start_simulator, capsys, token):
+    sim = start_simulator(datasets=5, latency=3.0)
+    path = write_config(tmp_path, sim, [EXAMPLE_DATASET_ID, sim.world.dataset_ids[2]])
+    assert main(["once", "--config", str(path), "--format", "json", "--timeout", "1s"]) == 1
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert {d["dataset_id"] for d in data["datasets"]} == {EXAMPLE_DATASET_ID, sim.world.dataset_ids[2]}
+    assert not any(d["success"] for d in data["datasets"])
+    assert "--timeout (1s) reached" in captured.err and "Traceback" not in captured.err
+
+
+def test_once_on_ctrl_c_prints_partial_results_and_no_traceback(tmp_path, start_simulator):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = start_simulator(datasets=5, latency=5.0)
+    path = write_config(tmp_path, sim, [EXAMPLE_DATASET_ID])
+    env = {**os.environ, "META_ACCESS_TOKEN": TOKEN}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "once", "--config", str(path), "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("GET" in line or "POST" in line for line in sim.requests):
+            time.sleep(0.05)  # the request is under way
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err
+    assert json.loads(out)["datasets"][0]["dataset_id"] == EXAMPLE_DATASET_ID

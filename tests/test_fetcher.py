@@ -296,3 +296,91 @@ def test_a_throttle_announced_only_in_error_data_as_a_string_is_honoured(start_s
     until = snap.throttled_until[("business", a.id)]
     assert 400 < until - time.time() <= 420  # the 7 minutes of error_data, not the default 5
     assert all(s.fetch_success for s in snap.datasets if s.target.dataset_id in b.pixel_ids)
+
+
+# ----- errors nobody expected ------------------------------------------------------------------------------------
+def test_an_unexpected_error_in_a_request_ends_its_datasets_as_other_and_frees_the_governor(caplog):
+    """httpx.DecodingError is no GraphError: it used to be lost with its task, leaving datasets unsettled."""
+    import httpx
+
+    from exporter.graph import GraphClient
+
+    def answer(request):
+        if b"dataset_id%3D1%26" in request.content or b"dataset_id=1&" in request.content:
+            raise httpx.DecodingError("bad gzip")
+        return httpx.Response(200, json=[{"code": 200, "headers": [], "body": '{"web": []}'}] * 2)
+
+    async def go():
+        async with GraphClient("http://graph.test", transport=httpx.MockTransport(answer), max_retries=0) as client:
+            governor = Governor()
+            recorder, done = Recorder(), []
+            fetcher = Fetcher(
+                client, governor, recorder, tokens={"default": TOKEN}, sources=("web",), blocks=("acr",),
+                batch_size=2, concurrency=1, business_of={}, rejected={},
+                on_done=lambda t, ok: done.append((t.dataset_id, ok)),
+            )  # fmt: skip
+            started = time.monotonic()
+            await fetcher.run([Target(str(i)) for i in range(1, 5)], spacing=0, deadline=started + 60)
+            return governor, done, time.monotonic() - started
+
+    with caplog.at_level(logging.ERROR):
+        governor, done, took = asyncio.run(go())
+    assert sorted(done) == [("1", False), ("2", False), ("3", True), ("4", True)]
+    assert took < 30  # nothing waited for the deadline
+    assert governor._state(("app", "default")).reserved == 0
+    assert sum(bool("failed unexpectedly" in r.getMessage() and r.exc_info) for r in caplog.records) == 1
+
+
+def test_a_bug_in_handling_one_answer_fails_that_dataset_only(start_simulator, monkeypatch):
+    import exporter.fetcher as fetcher_module
+
+    sim = start_simulator(datasets=10)
+    ids = sim.world.dataset_ids[:6]
+    real = fetcher_module.parse_dataset_quality
+    calls = []
+
+    def parse(body):
+        calls.append(body)
+        if len(calls) == 3:
+            raise KeyError("a bug")
+        return real(body)
+
+    monkeypatch.setattr(fetcher_module, "parse_dataset_quality", parse)
+    snap = cycle(Scheduler(config_for(sim, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})))
+    failed = [s for s in snap.datasets if not s.fetch_success]
+    assert len(failed) == 1 and failed[0].last_reason == "other" and "KeyError" in failed[0].last_message
+    assert sum(s.fetch_success for s in snap.datasets) == 5
+
+
+def test_an_unexpected_error_in_housekeeping_never_stops_collection(simulator, monkeypatch, caplog):
+    from exporter.discovery import Housekeeping
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("metadata bug")
+
+    monkeypatch.setattr(Housekeeping, "refresh_metadata", broken)
+    ids = simulator.world.dataset_ids[:3]
+    with caplog.at_level(logging.ERROR):
+        snap = cycle(
+            Scheduler(config_for(simulator, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})),
+            prepare=True,
+        )
+    assert all(s.fetch_success for s in snap.datasets)
+    assert any("the metadata refresh failed unexpectedly" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_a_cycle_gives_up_at_once_on_calls_the_rate_limit_holds_past_its_deadline(start_simulator, monkeypatch):
+    """Every waiting call is throttled (its business for 5 minutes) while its app is free: the fetcher must
+    see that nothing can go before the deadline, not wait for it in a loop of short sleeps."""
+    sim = start_simulator(datasets=10, per_business=25)
+    ids = sim.world.dataset_ids[:6]
+    sim.set_fault(ids[0], "throttle_business")
+    config = config_for(sim, {"interval": "30s", "batch_size": 1, "concurrency": 1}, datasets=[{"id": i} for i in ids])
+    scheduler = Scheduler(config, Secrets({"default": TOKEN}))
+    asked = []
+    real = Governor.next_release
+    monkeypatch.setattr(Governor, "next_release", lambda self, keys: asked.append(keys) or real(self, keys))
+    snap = cycle(scheduler, prepare=True)
+    assert {s.last_reason for s in snap.datasets} == {"throttled"}
+    assert all("before this cycle ends" in s.last_message for s in snap.datasets[1:])
+    assert len(asked) <= 3  # one look, then the give-up; the old code looked every 50 ms until the deadline

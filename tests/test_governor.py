@@ -82,7 +82,15 @@ def test_one_blocked_key_does_not_hold_back_others(clock):
     gov.throttled(("business", "1"), 100)
     assert gov.try_reserve([APP, ("business", "2")])
     assert not gov.try_reserve([APP, ("business", "1")])
-    assert gov.next_release([("business", "1"), ("business", "2")]) == 100
+    assert gov.next_release([("business", "2")]) == 100  # now
+    assert gov.next_release([("business", "1"), ("business", "2")]) == 200  # a call needs all of its keys
+
+
+def test_next_release_of_a_throttled_business_is_not_now_because_its_app_is_free(clock):
+    """The give-up of a cycle compares this with its deadline: 'now' made `once` wait out a whole interval."""
+    gov = governor(clock)
+    gov.throttled(("business", "1"), 300)
+    assert gov.next_release([APP, ("business", "1")]) == 400
 
 
 def test_hourly_budget(clock):
