@@ -48,8 +48,12 @@ class _Call:
 
 @dataclass
 class _Assembly:
+    """A dataset's calls, one per source, until all have answered. The primary source (`web`) decides the
+    dataset's success; another source (`offline`, a beta) fails on its own and keeps its last good data."""
+
     waiting: int
-    parts: list[DatasetQuality] = field(default_factory=list)
+    parts: dict[str, DatasetQuality] = field(default_factory=dict)
+    other_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (reason, message)
     failed: bool = False
 
 
@@ -77,6 +81,7 @@ class Fetcher:
         self.recorder = recorder
         self.tokens = tokens
         self.sources = sources
+        self.primary = "web" if "web" in sources else sources[0]
         self.fields = {"web": web_fields(blocks), "offline": OFFLINE_FIELDS}
         self.batch_size = batch_size
         self.concurrency = concurrency
@@ -286,18 +291,30 @@ class Fetcher:
         assembly = self._assembly[call.target.key]
         if assembly.failed:
             return
-        assembly.parts.append(quality)
+        assembly.parts[call.source] = quality
+        self._part_done(call.target, assembly)
+
+    def _part_done(self, target: Target, assembly: _Assembly) -> None:
         assembly.waiting -= 1
-        if assembly.waiting == 0:
-            merged = DatasetQuality(
-                events=tuple(e for p in assembly.parts for e in p.events),
-                offline=tuple(e for p in assembly.parts for e in p.offline),
-                warnings=tuple(w for p in assembly.parts for w in p.warnings),
-            )
-            for warning in merged.warnings:
-                log.info("%s: %s", call.target.describe(), warning)
-            self.recorder.success(call.target, merged)
-            self.on_done(call.target, True)
+        if assembly.waiting:
+            return
+        parts = list(assembly.parts.values())
+        offline = tuple(e for p in parts for e in p.offline)
+        if "offline" in assembly.other_failures:
+            previous = self.recorder.quality_of(target)
+            offline = previous.offline if previous else ()  # the last good offline data stays
+        merged = DatasetQuality(
+            events=tuple(e for p in parts for e in p.events),
+            offline=offline,
+            warnings=tuple(w for p in parts for w in p.warnings),
+        )
+        for warning in merged.warnings:
+            log.info("%s: %s", target.describe(), warning)
+        self.recorder.success(target, merged)
+        for source in self.sources:
+            if source != self.primary:
+                self.recorder.source_outcome(target, source, *assembly.other_failures.get(source, (None, None)))
+        self.on_done(target, True)
 
     def _retry_later(self, call: _Call, error: GraphError) -> None:
         """A transient error in one batch item: back off as a single GET would, then join a later batch."""
@@ -366,6 +383,12 @@ class Fetcher:
     def _fail(self, call: _Call, reason: str, message: str, *, quiet: bool = False) -> None:
         assembly = self._assembly[call.target.key]
         if assembly.failed or assembly.waiting == 0:  # already failed, or already recorded as a success
+            return
+        if call.source != self.primary:
+            assembly.other_failures[call.source] = (reason, message)
+            if not quiet and reason not in ("auth", "throttled"):
+                log.warning("%s: %s fetch failed: %s", call.target.describe(), call.source, message)
+            self._part_done(call.target, assembly)
             return
         assembly.failed = True
         self.recorder.failure(call.target, reason, message)

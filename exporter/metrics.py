@@ -427,6 +427,7 @@ class HealthCollector:
         for origin, count in by_origin.items():
             targets.add([origin], count)
         yield from (success, last, failures, targets)
+        yield from self._other_sources(snap)
         yield from self._api(snap)
         yield from self._housekeeping(snap)
         yield from self._cycle(snap)
@@ -461,6 +462,21 @@ class HealthCollector:
         for labels, ratio in sorted(snap.usage.items()):
             usage.add(list(labels), ratio)
         yield usage
+
+    def _other_sources(self, snap: Snapshot) -> Iterable[_Family]:
+        """Sources besides web (the offline beta) succeed and fail on their own; web alone sets fetch_success."""
+        key = ["dataset_id", "agent_name", "source"]
+        success = _gauge("source_fetch_success", "1 if the latest fetch of this source (offline) succeeded.", key)
+        failures = _counter(
+            "source_fetch_failures", "Failed fetches of this source (offline), by reason.", [*key, "reason"]
+        )
+        for state in snap.datasets:
+            labels = [state.target.dataset_id, state.target.agent_name]
+            for source, ok in sorted(state.source_success.items()):
+                success.add([*labels, source], 1.0 if ok else 0.0)
+            for (source, reason), count in sorted(state.source_failures.items()):
+                failures.add([*labels, source, reason], count)
+        yield from (success, failures)
 
     def _housekeeping(self, snap: Snapshot) -> Iterable[_Family]:
         throttled = _gauge(

@@ -32,6 +32,9 @@ class DatasetState:
     failures: Mapping[str, int] = field(default_factory=dict)
     last_fired: float | None = None
     server_last_fired: float | None = None
+    # sources other than the primary one (`offline`): latest success, and failures by (source, reason)
+    source_success: Mapping[str, bool] = field(default_factory=dict)
+    source_failures: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,16 @@ class Extras:
 
 
 class _TargetRecord:
-    __slots__ = ("failures", "last_message", "last_reason", "last_success", "quality", "success")
+    __slots__ = (
+        "failures",
+        "last_message",
+        "last_reason",
+        "last_success",
+        "quality",
+        "source_failures",
+        "source_success",
+        "success",
+    )
 
     def __init__(self) -> None:
         self.quality: DatasetQuality | None = None
@@ -92,6 +104,8 @@ class _TargetRecord:
         self.last_reason: str | None = None
         self.last_message: str | None = None
         self.failures: Counter[str] = Counter({reason: 0 for reason in REASONS})
+        self.source_success: dict[str, bool] = {}
+        self.source_failures: Counter[tuple[str, str]] = Counter()
 
 
 class Recorder:
@@ -143,6 +157,19 @@ class Recorder:
         record.success, record.last_reason, record.last_message = False, reason, message
         record.failures[reason] += 1
 
+    def source_outcome(self, target: Target, source: str, reason: str | None, message: str | None) -> None:
+        """The outcome of a source other than the primary one; `reason` None for a success."""
+        record = self._record(target)
+        record.source_success[source] = reason is None
+        if not record.source_failures:
+            record.source_failures.update({(source, r): 0 for r in REASONS})
+        if reason is not None:
+            record.source_failures[source, reason] += 1
+
+    def quality_of(self, target: Target) -> DatasetQuality | None:
+        record = self._records.get(target.key)
+        return record.quality if record else None
+
     def forget_except(self, keys: set[tuple[str, str]]) -> None:
         """Drop the state of targets no longer watched (after a reload)."""
         for key in set(self._records) - keys:
@@ -177,6 +204,8 @@ class Recorder:
                     record.last_message,
                     MappingProxyType(dict(record.failures)),
                     *extras.last_fired.get(target.dataset_id, (None, None)),
+                    MappingProxyType(dict(record.source_success)),
+                    MappingProxyType(dict(record.source_failures)),
                 )
             )
         self._generation += 1

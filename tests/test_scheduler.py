@@ -279,3 +279,19 @@ def test_a_reload_outcome_is_published_on_the_loop_thread_and_visible_on_return(
     assert not runner.is_alive()
     scheduler.note_reload(False)  # the loop has gone: published directly
     assert scheduler.snapshot.reload_success is False
+
+
+def test_a_failing_offline_source_keeps_the_web_data_and_its_own_last_data(start_simulator):
+    sim = start_simulator(datasets=30)
+    with_offline = [i for i in sim.world.dataset_ids if sim.world.quality(i, None)["offline"]][:2]
+    scheduler = Scheduler(make(sim, [{"id": i} for i in with_offline], sources=("web", "offline")), secrets())
+    first = by_id(run_cycle(scheduler))[with_offline[0], ""]
+    assert first.quality.offline and first.source_success == {"offline": True}
+    sim.set_fault(with_offline[0], "offline_refused")
+    states = by_id(run_cycle(scheduler))
+    state = states[with_offline[0], ""]
+    assert state.fetch_success and state.quality.events  # web is the dataset's success
+    assert state.quality.offline == first.quality.offline  # the last good offline data stays
+    assert state.source_success == {"offline": False}
+    assert state.source_failures[("offline", "permission")] == 1 and state.failures["permission"] == 0
+    assert states[with_offline[1], ""].source_success == {"offline": True}

@@ -53,7 +53,15 @@ LATEST_VERSION = SERVED_VERSIONS[-1]  # the exporter's own default is exporter.g
 USAGE_HEADERS = ("X-App-Usage", "X-Business-Use-Case-Usage", "X-Ad-Account-Usage")
 # Per-dataset faults besides the error bodies of ERRORS: each plays one way the real API can surprise a client.
 BODY_FAULTS = ("string_percentage", "wrong_leaf", "wrapped_body")
-OTHER_FAULTS = ("http_500", "http_503", "not_json", "slow", "transient_once", "throttle_business_error_data_string")
+OTHER_FAULTS = (
+    "http_500",
+    "http_503",
+    "not_json",
+    "slow",
+    "transient_once",
+    "throttle_business_error_data_string",
+    "offline_refused",  # the beta offline call is refused (code 200); web answers as usual
+)
 MAX_BATCH = 50
 MAX_PAGE = 100
 _VERSION_RE = re.compile(r"^v\d+\.\d+$")
@@ -332,6 +340,8 @@ class Simulator:
         if fault == "throttle_business":  # a real throttle: the header announces the wait, and it lasts
             with self.lock:
                 self.business_quota.force_throttle(pixel.business_id, time.monotonic())
+        if fault == "offline_refused" and tree is not None and "offline" in tree:
+            return self._error("permission_200")
         if fault == "transient_once":
             self.set_fault(dataset_id, None)
             return self._error("transient_1")
