@@ -45,9 +45,11 @@ class Exporter:
         secrets: Secrets,
         progress: Progress | None = None,
         web_config: str | None = None,
+        lifecycle: bool = False,
     ) -> None:
         self.source = source
         self.web_config = web_config
+        self.lifecycle = lifecycle  # POST /-/reload answers only with --web.enable-lifecycle
         self.security = load_web_config(web_config)  # raises ConfigError: the exporter refuses to start
         self.scheduler = Scheduler(config, secrets, progress=progress)
         self._reload_lock = threading.Lock()
@@ -76,7 +78,7 @@ class Exporter:
                 self.web.secure(security)
             self.scheduler.note_reload(True)
             log.info("configuration reloaded from %s", config.source)
-            return True, f"configuration reloaded: {len(config.datasets)} datasets"
+            return True, f"configuration reloaded: {len(config.datasets)} datasets. {self.scheduler.takes_effect()}"
 
     async def serve(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -92,13 +94,16 @@ class Exporter:
             log.info("stopped")
 
 
-def run(source: ConfigSource, web_config: str | None = None) -> int:
+EXIT_CONFIG = 2  # a bad configuration, from every command (run, once, check-config)
+
+
+def run(source: ConfigSource, web_config: str | None = None, *, lifecycle: bool = False) -> int:
     try:
         config, secrets = load_all(source)
-        exporter = Exporter(source, config, secrets, web_config=web_config)
+        exporter = Exporter(source, config, secrets, web_config=web_config, lifecycle=lifecycle)
     except ConfigError as exc:
         log.error("%s", exc)
-        return 1
+        return EXIT_CONFIG
     log.info("watching %d targets every %.0fs", len(exporter.scheduler.targets), config.collection.interval)
 
     async def main() -> None:

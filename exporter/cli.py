@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from exporter import __version__
-from exporter.app import ConfigSource, file_source, load_all
+from exporter.app import EXIT_CONFIG, ConfigSource, file_source, load_all
 from exporter.app import run as run_exporter
 from exporter.config import (
     DEFAULT_PORT,
@@ -80,6 +80,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         dest="web_config",
         metavar="FILE",
         help="TLS and basic auth, in the format of Prometheus's exporter-toolkit",
+    )
+    p.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="answer POST /-/reload (as Prometheus does, off by default; SIGHUP always reloads)",
     )
 
 
@@ -200,8 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = _config_source(args)
     except ConfigError as exc:
         log.error("%s", exc)
-        return 2
-    return run_exporter(source, args.web_config)
+        return EXIT_CONFIG
+    return run_exporter(source, args.web_config, lifecycle=args.enable_lifecycle)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -211,7 +217,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             resolve_secrets(config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     print(f"{args.file}: OK ({len(config.datasets)} datasets, {len(config.credentials)} credentials)")
     return 0
 
@@ -227,7 +233,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         config, secrets = load_all(_config_source(args))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     scheduler = Scheduler(config, secrets, progress=report.ProgressBar(sys.stderr), one_shot=True)
 
     async def one_cycle() -> None:

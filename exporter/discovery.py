@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from exporter.config import Config, DiscoveryConfig
+from exporter.config import Config, DiscoveryConfig, Secrets
 from exporter.graph import BatchCall, GraphClient, GraphError, GraphResponse
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.targets import Target
@@ -85,6 +85,7 @@ class Housekeeping:
         self.tokens: dict[str, TokenStatus] = {}
         self.unsupported = unsupported or UnsupportedFields()
         self._due: dict[str, float] = {}
+        self._meta_asked: set[str] = set()  # configured datasets whose metadata was asked for since the last refresh
 
     def _is_due(self, key: str, every: float) -> bool:
         now = time.monotonic()
@@ -94,8 +95,27 @@ class Housekeeping:
         return True
 
     def forget_schedule(self) -> None:
-        """After a reload: everything is due again."""
+        """Everything is due again."""
         self._due.clear()
+
+    def forget_changed(self, old: Config, old_secrets: Secrets, new: Config, new_secrets: Secrets) -> None:
+        """After a reload: what the new config changed is due again; the rest keeps its schedule.
+
+        A discovery source is looked up again when it is new or changed or its token changed; token checks
+        run again when a token or the app changed; the metadata read picks up new datasets by itself.
+        """
+        if new.graph_api != old.graph_api or new_secrets.app_secret != old_secrets.app_secret:
+            self.forget_schedule()
+            return
+        changed = {n for n in new_secrets.tokens if new_secrets.tokens[n] != old_secrets.tokens.get(n)}
+        before = {d.source: d for d in old.discovery}
+        for source in new.discovery:
+            if before.get(source.source) != source or source.credential in changed:
+                self._due.pop(f"discovery:{source.source}", None)
+        if changed or set(new_secrets.tokens) != set(old_secrets.tokens):
+            self._due.pop("tokens", None)
+        if new.shard != old.shard:
+            self._due.pop("metadata", None)
 
     # ----- discovery ---------------------------------------------------------------------------------------
     async def discover(self, client: GraphClient, config: Config, tokens: dict[str, str]) -> None:
@@ -208,9 +228,16 @@ class Housekeeping:
     async def refresh_metadata(
         self, client: GraphClient, config: Config, tokens: dict[str, str], targets: tuple[Target, ...] = ()
     ) -> None:
-        """Configured datasets' pixel metadata, then every known business's datasets' server_last_fired_time."""
+        """Configured datasets' pixel metadata, then every known business's datasets' server_last_fired_time.
+
+        Between two refreshes only datasets never asked about (added by a reload) are read.
+        """
         if not self._is_due("metadata", config.collection.metadata_interval):
+            new = {d.id for d in config.datasets} - self._meta_asked
+            if new:
+                await self._pixel_metadata(client, config, tokens, new)
             return
+        self._meta_asked.clear()
         await self._pixel_metadata(client, config, tokens)
         businesses: dict[str, str] = {}  # business -> a credential that watches one of its datasets
         for target in targets:
@@ -220,9 +247,12 @@ class Housekeeping:
         for business, credential in sorted(businesses.items()):
             await self._server_last_fired(client, business, tokens[credential])
 
-    async def _pixel_metadata(self, client: GraphClient, config: Config, tokens: dict[str, str]) -> None:
+    async def _pixel_metadata(
+        self, client: GraphClient, config: Config, tokens: dict[str, str], only: set[str] | None = None
+    ) -> None:
         wanted = {d.id: d.credential for d in config.datasets if d.credential in tokens}
-        ids = [i for i in wanted if in_shard(i, config.shard.index, config.shard.count)]
+        ids = [i for i in wanted if in_shard(i, config.shard.index, config.shard.count) and (only is None or i in only)]
+        self._meta_asked.update(ids)
         size = config.collection.batch_size
         slots = asyncio.Semaphore(config.collection.concurrency)
 

@@ -106,15 +106,26 @@ class Scheduler:
         with contextlib.suppress(concurrent.futures.TimeoutError):
             published.result(timeout=PUBLISH_WAIT)
 
+    def takes_effect(self) -> str:
+        """When a config handed over now takes effect, for the reload's answer."""
+        if self.recorder.cycle_total:
+            return (
+                f"It takes effect when the running cycle ends ({self.recorder.cycle_done} of "
+                f"{self.recorder.cycle_total} targets fetched); datasets it adds are fetched at once then."
+            )
+        return "It takes effect now; datasets it adds are fetched at once."
+
     def _apply_pending(self) -> None:
         """Swap in a pending config; `prepare` then recomputes the targets."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
+        old_config, old_secrets = self.config, self.secrets
         old_graph, old_secret = self.config.graph_api, self.secrets.app_secret
         self.config, self.secrets = pending
         versions.warn_if_expiring(self.config.graph_api.version, time.time())
-        self.housekeeping.forget_schedule()
+        # Only what changed is looked up again: a reload must not spend quota on what is already known.
+        self.housekeeping.forget_changed(old_config, old_secrets, self.config, self.secrets)
         self.unsupported_fields.reset()
         self._rejected_credentials.clear()
         self.governor = self.governor.reconfigured(self._make_governor())
@@ -186,7 +197,10 @@ class Scheduler:
                     self._wake.clear()
                     if self._pending is not None:
                         self._apply_pending()
-                        added = await self.prepare()
+                        prepared = asyncio.ensure_future(self.prepare())
+                        if not await self._until_stopped(prepared, stop):
+                            return
+                        added = prepared.result()
                         if added and not await self._until_stopped(
                             self.run_cycle(added, paced=False, count=False), stop
                         ):

@@ -23,6 +23,8 @@ PLAIN = "text/plain; charset=utf-8"
 
 
 class WebApp(Protocol):
+    lifecycle: bool
+
     @property
     def snapshot(self) -> Snapshot: ...
 
@@ -175,6 +177,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path.split("?", 1)[0] != "/-/reload":
             return self._reply(405, "Only /-/reload accepts POST.\n", Allow="GET, HEAD")
+        if not self.app.lifecycle:  # as Prometheus answers without --web.enable-lifecycle
+            return self._reply(
+                403, "Lifecycle API is not enabled. Start with --web.enable-lifecycle, or send SIGHUP.\n"
+            )
         ok, message = self.app.reload()
         self._reply(200 if ok else 500, message.rstrip("\n") + "\n")
 

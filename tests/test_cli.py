@@ -20,14 +20,14 @@ def test_check_config_ok_and_bad(capsys, monkeypatch):
     monkeypatch.setenv("META_ACCESS_TOKEN", "x" * 10)
     assert main(["check-config", str(CONFIGS / "minimal.ok.yaml")]) == 0
     assert "OK (1 datasets" in capsys.readouterr().out
-    assert main(["check-config", str(CONFIGS / "datasets.bad.yaml")]) == 1
+    assert main(["check-config", str(CONFIGS / "datasets.bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert "datasets[1].credential: no credential named 'client_c'" in err and "datasets[0].id" in err
 
 
 def test_check_config_reports_missing_secrets_unless_skipped(capsys, monkeypatch):
     monkeypatch.delenv("META_ACCESS_TOKEN", raising=False)
-    assert main(["check-config", str(CONFIGS / "minimal.ok.yaml")]) == 1
+    assert main(["check-config", str(CONFIGS / "minimal.ok.yaml")]) == 2
     assert "environment variable META_ACCESS_TOKEN is not set" in capsys.readouterr().err
     assert main(["check-config", "--skip-secrets", str(CONFIGS / "minimal.ok.yaml")]) == 0
 
@@ -98,7 +98,7 @@ def test_bad_arguments(capsys):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.bad.yaml")), ids=lambda p: p.name)
 def test_every_bad_fixture_fails_check_config_with_its_messages(path, capsys):
-    assert main(["check-config", "--skip-secrets", str(path)]) == 1
+    assert main(["check-config", "--skip-secrets", str(path)]) == 2
     err = capsys.readouterr().err
     expected = re.findall(r"^# expect: (.+)$", path.read_text("utf-8"), re.MULTILINE)
     for line in expected:
@@ -108,8 +108,15 @@ def test_every_bad_fixture_fails_check_config_with_its_messages(path, capsys):
 def test_run_refuses_a_bad_config_with_a_non_zero_exit(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("collection: {interval: soon}\n")
-    assert main(["run", "--config", str(path)]) == 1
+    assert main(["run", "--config", str(path)]) == 2
     assert "collection.interval: expected a duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["run", "--config"], ["once", "--config"], ["check-config"]])
+def test_a_config_error_exits_2_from_every_command(tmp_path, command, capsys, token):
+    path = tmp_path / "bad.yaml"
+    path.write_text("collection: {interval: soon}\n")
+    assert main([*command, str(path)]) == 2
 
 
 @pytest.mark.parametrize("args", [["--shard-index", "3", "--shard-count", "3"], ["--dataset-id", "12x"]])

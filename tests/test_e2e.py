@@ -58,6 +58,7 @@ class Exporter:
                 str(self.config_path),
                 "--web.listen-address",
                 f"127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
             ],
             env={**os.environ, **env},
             stdout=self._log,
@@ -266,6 +267,7 @@ def test_readiness_reload_and_clean_shutdown(start_simulator, exporter_factory):
     exporter.config_path.write_text(good.replace("datasets:\n", f"datasets:\n  - {{id: '{ids[2]}'}}\n"))
     status, _, body = http("POST", exporter.url + "/-/reload", data=b"")
     assert status == 200, body
+    assert b"configuration reloaded: 2 datasets. It takes effect now" in body  # the first cycle has ended
     assert exporter.value("config_last_reload_successful") == 1
     wait_for(lambda: exporter.value("fetch_success", dataset_id=ids[2], agent_name="") == 1, what="the new dataset")
 
@@ -296,7 +298,7 @@ def test_refuses_to_start_with_a_bad_config(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "exporter", "--config", str(path)], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a config error, as from once and check-config
     assert f"{path}: datasets[0].id: expected a dataset (pixel) ID of digits, got 'nope'" in result.stderr
 
 

@@ -295,3 +295,84 @@ def test_a_failing_offline_source_keeps_the_web_data_and_its_own_last_data(start
     assert state.source_success == {"offline": False}
     assert state.source_failures[("offline", "permission")] == 1 and state.failures["permission"] == 0
     assert states[with_offline[1], ""].source_success == {"offline": True}
+
+
+def test_a_reload_looks_up_only_what_it_changed(start_simulator):
+    sim = start_simulator(datasets=60, per_business=20, app_secret="sim-app-secret")
+    a, b = list(sim.world.businesses.values())[:2]
+    ids = sim.world.dataset_ids
+
+    def config(datasets, sources):
+        raw = {
+            "graph_api": {"base_url": sim.url, "timeout": "5s", "max_retries": 0, "app_id": sim.settings.app_id,
+                          "app_secret_env": "APP_SECRET"},
+            "datasets": [{"id": i} for i in datasets],
+            "discovery": [{"business_id": s, "edges": ["owned_pixels"]} for s in sources],
+        }  # fmt: skip
+        return validate(raw, "test.yaml")
+
+    with_app = Secrets({"default": TOKEN}, "sim-app-secret")
+    scheduler = Scheduler(config([ids[45]], [a.id]), with_app)
+
+    async def reload_to(new_config, new_secrets):
+        scheduler.replace_config(new_config, new_secrets)
+        scheduler._apply_pending()
+        before = len(sim.requests)
+        await scheduler.prepare()
+        return list(sim.requests)[before:]
+
+    async def go():
+        try:
+            await scheduler.prepare()
+            same = await reload_to(config([ids[45]], [a.id]), with_app)
+            assert same == []  # nothing changed: not one call
+            added = await reload_to(config([ids[45], ids[46]], [a.id, b.id]), with_app)
+            assert any(f"/{b.id}/owned_pixels" in line for line in added)  # the new source
+            assert not any(f"/{a.id}/owned_pixels" in line for line in added)  # the known one
+            items = [line for line in added if line.startswith("BATCH-ITEM")]
+            assert len(items) == 1 and ids[46] in items[0]  # metadata of the new dataset only
+            assert not any("debug_token" in line for line in added)  # the tokens did not change
+            rotated = await reload_to(
+                config([ids[45], ids[46]], [a.id, b.id]), Secrets({"default": "new-token"}, "sim-app-secret")
+            )
+            assert any("debug_token" in line for line in rotated)  # a changed token is checked again
+        finally:
+            await scheduler.close()
+
+    sim.valid_tokens.add("new-token")
+    asyncio.run(go())
+
+
+def test_stop_during_a_reloads_discovery_returns_promptly(simulator, monkeypatch):
+    from exporter.discovery import Housekeeping
+
+    ids = simulator.world.dataset_ids
+    business = next(iter(simulator.world.businesses.values()))
+    scheduler = Scheduler(make(simulator, [{"id": ids[0]}]), secrets())
+    real = Housekeeping.discover
+    slow = asyncio.Event()
+
+    async def discover(self, client, config, tokens):
+        if config.discovery:
+            slow.set()
+            await asyncio.sleep(600)  # a discovery of a huge business, or a hung edge
+        await real(self, client, config, tokens)
+
+    monkeypatch.setattr(Housekeeping, "discover", discover)
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler.run(stop))
+        while not scheduler.snapshot.ready:
+            await asyncio.sleep(0.01)
+        with_discovery = validate(
+            {"graph_api": {"base_url": simulator.url}, "datasets": [{"id": ids[0]}],
+             "discovery": [{"business_id": business.id, "edges": ["owned_pixels"]}]},
+            "test.yaml",
+        )  # fmt: skip
+        scheduler.replace_config(with_discovery, secrets())
+        await asyncio.wait_for(slow.wait(), 10)
+        stop.set()
+        await asyncio.wait_for(task, 5)  # SIGTERM sets `stop`; the process must be gone within 5 s
+
+    asyncio.run(go())

@@ -48,7 +48,7 @@ def test_canaries_appear_nowhere(start_simulator, tmp_path):
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "--log-level", "debug", "run", "--config", str(config),
-             "--web.listen-address", f"127.0.0.1:{port}"],
+             "--web.listen-address", f"127.0.0.1:{port}", "--web.enable-lifecycle"],
             env={**os.environ, "TOKEN_A": CANARY_TOKEN, "TOKEN_B": CANARY_REJECTED, "APP_SECRET": CANARY_SECRET},
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -18,6 +18,7 @@ class FakeApp:
         self.snapshot = Snapshot(generation=1, created=0, graph_api_version="v25.0", cycle_total=4, cycle_done=1)
         self.reload_result = (True, "configuration reloaded: 1 datasets")
         self.reloads = 0
+        self.lifecycle = True
 
     def reload(self):
         self.reloads += 1
@@ -76,6 +77,14 @@ def test_reload(served):
     status, headers, body = http("GET", url + "/-/reload")
     assert status == 405 and headers["Allow"] == "POST" and b"POST" in body
     assert app.reloads == 2  # GET never reloads
+
+
+def test_reload_answers_only_with_the_lifecycle_flag(served):
+    app, url = served
+    app.lifecycle = False  # the default, as in Prometheus
+    status, _, body = http("POST", url + "/-/reload", data=b"")
+    assert status == 403 and b"--web.enable-lifecycle" in body and b"SIGHUP" in body
+    assert app.reloads == 0
 
 
 def test_landing_page_escapes_and_links(served):

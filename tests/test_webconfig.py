@@ -144,7 +144,7 @@ def test_web_config_is_reloaded_with_the_rest(simulator, tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "--dataset-id", "123456789012345", "--graph-api.base-url", simulator.url,
-         "--web.listen-address", f"127.0.0.1:{port}", "--web.config.file", str(path)],
+         "--web.listen-address", f"127.0.0.1:{port}", "--web.config.file", str(path), "--web.enable-lifecycle"],
         env={**os.environ, "META_ACCESS_TOKEN": TOKEN}, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -174,4 +174,4 @@ def test_the_exporter_refuses_to_start_with_a_bad_web_config(tmp_path):
         [sys.executable, "-m", "exporter", "--dataset-id", "1", "--web.config.file", path],
         env={**os.environ, "META_ACCESS_TOKEN": TOKEN}, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
-    assert result.returncode == 1 and "basic_auth_users.alice: expected a bcrypt hash" in result.stderr
+    assert result.returncode == 2 and "basic_auth_users.alice: expected a bcrypt hash" in result.stderr
