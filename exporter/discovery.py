@@ -260,7 +260,7 @@ class Housekeeping:
             calls = [BatchCall(i, {"fields": self.unsupported.apply(PIXEL_FIELDS)}, tokens[credential]) for i in chunk]
             async with slots:
                 try:
-                    outcomes = (await client.batch(calls)).outcomes
+                    outcomes = (await client.batch(calls, endpoint="metadata")).outcomes
                 except GraphError as exc:
                     log.warning("pixel metadata refresh failed for %d datasets: %s", len(chunk), exc)
                     return
@@ -311,7 +311,7 @@ class Housekeeping:
         # A batch keeps each token in the request body: debug_token takes it as a parameter, never in a URL.
         calls = [BatchCall("debug_token", {"input_token": tokens[n]}, f"{app_id}|{app_secret}") for n in names]
         try:
-            outcomes = (await client.batch(calls)).outcomes
+            outcomes = (await client.batch(calls, endpoint="debug_token")).outcomes
         except GraphError as exc:
             log.warning("token check failed: %s", exc)
             return

@@ -51,6 +51,8 @@ class Scheduler:
         self.progress = progress
         self._client: GraphClient | None = None
         self._rejected_credentials: dict[str, str] = {}
+        self._credential_names: dict[str, str] = {}  # token -> credential name, kept current across reloads
+        self._name_credentials(secrets)
         self.business_of: dict[str, str] = {}  # dataset -> owning business, learned from usage headers
         self.governor = self._make_governor()
         self._pending: tuple[Config, Secrets] | None = None
@@ -123,6 +125,7 @@ class Scheduler:
         old_config, old_secrets = self.config, self.secrets
         old_graph, old_secret = self.config.graph_api, self.secrets.app_secret
         self.config, self.secrets = pending
+        self._name_credentials(self.secrets)
         versions.warn_if_expiring(self.config.graph_api.version, time.time())
         # Only what changed is looked up again: a reload must not spend quota on what is already known.
         self.housekeeping.forget_changed(old_config, old_secrets, self.config, self.secrets)
@@ -133,6 +136,10 @@ class Scheduler:
             asyncio.get_running_loop().create_task(self._client.aclose())
             self._client = None
         log.info("configuration applied")
+
+    def _name_credentials(self, secrets: Secrets) -> None:
+        self._credential_names.clear()
+        self._credential_names.update({token: name for name, token in secrets.tokens.items()})
 
     def _make_governor(self) -> Governor:
         c = self.config.collection
@@ -154,6 +161,7 @@ class Scheduler:
                 max_retries=g.max_retries,
                 max_connections=max(10, self.config.collection.concurrency * 2),
                 observer=self.recorder,
+                credential_names=self._credential_names,
             )
         return self._client
 
@@ -308,7 +316,12 @@ class Scheduler:
             unsupported_fields=self.unsupported_fields.current(),
             throttled_until=self.governor.throttled_until(),
             discovery={source: (s.success, s.last_success) for source, s in hk.sources.items()},
-            tokens={name: (t.valid, t.expires_at) for name, t in hk.tokens.items()},
+            # only credentials that still exist, and only while token checks are configured
+            tokens={
+                name: (t.valid, t.expires_at)
+                for name, t in hk.tokens.items()
+                if name in self.secrets.tokens and self.config.graph_api.app_id and self.secrets.app_secret
+            },
             max_series=self.config.limits.max_series,
         )
         return self.recorder.publish(

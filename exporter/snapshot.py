@@ -18,6 +18,7 @@ from exporter.graph.ratelimit import RateLimitUsage
 from exporter.parser import DatasetQuality
 from exporter.targets import Target
 
+USAGE_KEPT_INTERVALS = 2  # rate-limit usage not seen again for this many intervals is dropped
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -117,7 +118,7 @@ class Recorder:
         self._requests: Counter[tuple[str, str]] = Counter()
         self._durations: dict[str, list[float]] = {}
         self._api_errors: Counter[tuple[str, str]] = Counter()
-        self._usage: dict[tuple[str, str, str, str], float] = {}
+        self._usage: dict[tuple[str, str, str, str], tuple[float, float]] = {}  # key -> (ratio, when seen)
         self._generation = 0
         self.cycles = 0
         self.overruns = 0
@@ -141,7 +142,7 @@ class Recorder:
 
     def on_usage(self, usage: RateLimitUsage) -> None:
         for s in usage.samples:
-            self._usage[s.scope, s.object_id, s.type, s.resource] = s.ratio
+            self._usage[s.scope, s.object_id, s.type, s.resource] = (s.ratio, self._now())
 
     # ----- results ---------------------------------------------------------------------------------------
     def _record(self, target: Target) -> _TargetRecord:
@@ -174,6 +175,13 @@ class Recorder:
         """Drop the state of targets no longer watched (after a reload)."""
         for key in set(self._records) - keys:
             del self._records[key]
+
+    def _recent_usage(self, since: float) -> dict[tuple[str, str, str, str], float]:
+        """Usage of apps and businesses still called: one no longer called (a removed credential or dataset)
+        leaves after two intervals, rather than holding MetaDatasetAPIUsageHigh on forever."""
+        for key in [k for k, (_, seen) in self._usage.items() if seen < since]:
+            del self._usage[key]
+        return {key: ratio for key, (ratio, _) in self._usage.items()}
 
     # ----- publishing ------------------------------------------------------------------------------------
     def publish(
@@ -226,7 +234,7 @@ class Recorder:
             requests=MappingProxyType(dict(self._requests)),
             durations=MappingProxyType({e: _histogram(c) for e, c in self._durations.items()}),
             api_errors=MappingProxyType(dict(self._api_errors)),
-            usage=MappingProxyType(dict(self._usage)),
+            usage=MappingProxyType(self._recent_usage(now - USAGE_KEPT_INTERVALS * interval)),
             reload_success=self.reload_success,
             reload_timestamp=self.reload_timestamp,
             throttled_until=MappingProxyType(dict(extras.throttled_until)),

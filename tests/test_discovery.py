@@ -132,6 +132,8 @@ def test_metadata_names_configured_datasets_and_gives_last_fired(simulator):
             assert abs(states[dataset_id].server_last_fired - (time.time() - pixel.server_last_fired_ago)) < 120
     kinds = Counter(line.split()[0] for line in simulator.requests)
     assert (kinds["POST"], kinds["BATCH-ITEM"]) == (1, 3)
+    assert scheduler.snapshot.requests[("metadata", "200")] >= 2  # the batch and the ads_dataset page(s)
+    assert ("batch", "200") not in scheduler.snapshot.requests
     # server_last_fired_time is a field of AdsDataset, read from the owning business's ads_dataset edge (paged)
     gets = [line for line in simulator.requests if line.startswith("GET")]
     business = simulator.world.pixels[ids[0]].business_id
@@ -163,6 +165,32 @@ def test_token_checks(start_simulator):
     assert tokens["default"] == (True, 0.0)
     assert tokens["client_b"][0] is False and tokens["client_b"][1] > 0
     assert not any("old-token" in line or TOKEN in line for line in sim.requests if not line.startswith("BATCH-ITEM"))
+    assert scheduler.snapshot.requests[("debug_token", "200")] == 1  # a batch, counted as what it carries
+
+
+def test_token_series_leave_with_their_credential_or_with_the_token_checks(start_simulator):
+    sim = start_simulator(datasets=3, app_secret="app-secret-value")
+    graph = {"base_url": sim.url, "app_id": sim.settings.app_id, "app_secret_env": "SECRET"}
+    both = {"default": {"token_env": "A"}, "client_b": {"token_env": "B"}}
+    scheduler = prepared(
+        sim,
+        config_for(sim, graph_api=graph, credentials=both),
+        Secrets({"default": TOKEN, "client_b": TOKEN}, "app-secret-value"),
+    )
+    assert set(scheduler.snapshot.tokens) == {"default", "client_b"}
+
+    async def reload(config, secrets):
+        scheduler.replace_config(config, secrets)
+        scheduler._apply_pending()
+        await scheduler.prepare()
+        await scheduler.close()
+        return scheduler.snapshot
+
+    one = {"default": {"token_env": "A"}}
+    snap = asyncio.run(reload(config_for(sim, graph_api=graph, credentials=one), Secrets({"default": TOKEN}, "x")))
+    assert set(snap.tokens) == {"default"}
+    snap = asyncio.run(reload(config_for(sim, credentials=one), Secrets({"default": TOKEN})))
+    assert snap.tokens == {}  # token checks turned off: no series left saying what they last said
 
 
 def test_no_token_checks_without_app_credentials(simulator):

@@ -456,3 +456,49 @@ def test_policy_block_is_its_own_reason_and_never_retried(simulator):
     err = failure(simulator, dataset, max_retries=3)
     assert (err.reason, err.code, err.retryable) == ("blocked", 368, False)
     assert simulator.calls == before + 1
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("http://127.0.0.1:{closed}", "cannot reach 127.0.0.1:{closed}: connection refused (nothing listens there)"),
+        ("http://graph.invalid", "cannot reach graph.invalid: DNS lookup failed"),
+        ("https://127.0.0.1:{sim}", "cannot reach 127.0.0.1:{sim}: TLS handshake failed"),
+    ],
+)
+def test_network_errors_name_the_host_and_the_cause(simulator, base, expected):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # bound, never listening: refused
+        sim_port = simulator.url.rsplit(":", 1)[1]
+        url = base.format(closed=closed, sim=sim_port)
+
+        async def go():
+            async with GraphClient(url, max_retries=0, timeout=5) as client:
+                await client.dataset_quality(TOKEN, "1", "web{event_name}")
+
+        with pytest.raises(GraphError) as err:
+            asyncio.run(go())
+    assert err.value.reason == "network"
+    assert expected.format(closed=closed, sim=sim_port) in str(err.value)
+    assert TOKEN not in str(err.value)
+
+
+def test_a_timeout_names_the_host_and_what_did_not_come(start_simulator):
+    sim = start_simulator(datasets=2, latency=2.0)
+    err = failure(sim, EXAMPLE_DATASET_ID, timeout=0.3, max_retries=0)
+    host = sim.url.removeprefix("http://")
+    assert err.reason == "timeout" and f"dataset_quality: {host} sent no answer within 0.3s" in str(err)
+
+
+def test_app_usage_is_labelled_with_the_credential_so_it_joins_the_throttle_series(simulator):
+    recorder = Recorder()
+
+    async def go():
+        async with GraphClient(simulator.url, observer=recorder, credential_names={TOKEN: "client_a"}) as c:
+            await c.dataset_quality(TOKEN, EXAMPLE_DATASET_ID, "web{event_name}")
+
+    asyncio.run(go())
+    assert {s.object_id for u in recorder.usage for s in u.samples if s.scope == "app"} == {"client_a"}

@@ -86,3 +86,17 @@ def test_removed_targets_are_forgotten():
     recorder.forget_except({a.key})
     snap = publish(recorder, (a, b))
     assert snap.datasets[1].fetch_success is None and snap.datasets[1].quality is None
+
+
+def test_usage_of_an_app_or_business_no_longer_called_leaves_after_two_intervals():
+    from exporter.graph.ratelimit import RateLimitUsage, UsageSample
+
+    clock = Clock()
+    recorder = Recorder(clock)
+    recorder.on_usage(RateLimitUsage((UsageSample("business_use_case", "42", "ads_management", "call_count", 0.95),)))
+    recorder.on_usage(RateLimitUsage((UsageSample("app", "default", "app", "call_count", 0.5),)))
+    assert len(publish(recorder, ()).usage) == 2
+    clock.now += 59
+    recorder.on_usage(RateLimitUsage((UsageSample("app", "default", "app", "call_count", 0.6),)))  # still called
+    clock.now += 2  # 61 s > two intervals of 30 s since business 42 was last heard of
+    assert dict(publish(recorder, ()).usage) == {("app", "default", "app", "call_count"): 0.6}

@@ -8,6 +8,8 @@ import hmac
 import json
 import logging
 import random
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -89,8 +91,13 @@ class GraphClient:
         max_connections: int = 20,
         observer: RequestObserver | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        credential_names: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.host = urlsplit(self.base_url).netloc
+        self.timeout = timeout
+        # token -> credential name: X-App-Usage is labelled with the credential, as the governor's app keys are
+        self.credential_names = credential_names if credential_names is not None else {}
         self.version = version
         self.app_secret = app_secret
         self.max_retries = max_retries
@@ -156,7 +163,7 @@ class GraphClient:
                 log.debug("retrying %s after %s in %.2fs (attempt %d)", endpoint, exc.reason, delay, attempt + 1)
                 await asyncio.sleep(delay)
 
-    async def batch(self, calls: list[BatchCall]) -> BatchAnswer:
+    async def batch(self, calls: list[BatchCall], *, endpoint: str = "batch") -> BatchAnswer:
         """Run up to 50 GETs of one credential in one batch request.
 
         The batch carries one token, at the top level, as Meta requires: a token Meta rejects fails the whole
@@ -173,10 +180,13 @@ class GraphClient:
             for c in calls
         ]
         form = {"access_token": token, "batch": json.dumps(items, separators=(",", ":")), **self._auth_params(token)}
-        answer = await self._retrying("batch", lambda: self._post_once(form, len(calls)))
-        return BatchAnswer([self._batch_item(element) for element in answer.body], answer.usage)
+        answer = await self._retrying(endpoint, lambda: self._post_once(form, len(calls), endpoint, token))
+        return BatchAnswer([self._batch_item(element, token) for element in answer.body], answer.usage)
 
-    def _batch_item(self, element: Any) -> GraphResponse | GraphError | None:
+    def _app_label(self, token: str) -> str:
+        return self.credential_names.get(token, "app")
+
+    def _batch_item(self, element: Any, token: str) -> GraphResponse | GraphError | None:
         if element is None:
             return None
         if not isinstance(element, dict) or not isinstance(element.get("code"), int):
@@ -186,7 +196,7 @@ class GraphClient:
             for h in element.get("headers") or []
             if isinstance(h, dict) and "name" in h and "value" in h
         }
-        usage = parse_rate_limit_headers(headers)
+        usage = parse_rate_limit_headers(headers, app_id=self._app_label(token))
         if self.observer and usage.samples:
             self.observer.on_usage(usage)
         body = element.get("body")
@@ -197,8 +207,9 @@ class GraphClient:
         except GraphError as exc:
             return exc
 
-    async def _post_once(self, form: dict[str, str], count: int) -> GraphResponse:
-        result = await self._send("POST", f"{self.base_url}/{self.version}/", "batch", data=form)
+    async def _post_once(self, form: dict[str, str], count: int, endpoint: str, token: str) -> GraphResponse:
+        url = f"{self.base_url}/{self.version}/"
+        result = await self._send("POST", url, endpoint, token=token, data=form)
         if not isinstance(result.body, list) or len(result.body) != count:
             raise GraphError("invalid_response", f"batch answer is not a list of {count} elements")
         return result
@@ -219,9 +230,11 @@ class GraphClient:
         query = {**params, **self._auth_params(token)}
         account = path.split("/", 1)[0] if path.startswith("act_") else ""
         headers = {"Authorization": f"OAuth {token}"}
-        return await self._send("GET", url, endpoint, account, params=query, headers=headers)
+        return await self._send("GET", url, endpoint, account, token=token, params=query, headers=headers)
 
-    async def _send(self, method: str, url: str, endpoint: str, account: str = "", **request: Any) -> GraphResponse:
+    async def _send(
+        self, method: str, url: str, endpoint: str, account: str = "", *, token: str, **request: Any
+    ) -> GraphResponse:
         """One HTTP request: its body read up to the limit, its answer interpreted, its outcome counted."""
         started = time.monotonic()
         status = "error"
@@ -229,11 +242,12 @@ class GraphClient:
             async with self._http.stream(method, url, **request) as response:
                 status = str(response.status_code)
                 body = await self._read_limited(response)
-                return self._interpret(response.status_code, response.headers, body, account)
+                return self._interpret(response.status_code, response.headers, body, account, token)
         except httpx.TimeoutException as exc:
-            raise GraphError("timeout", f"{endpoint}: no answer within the timeout ({type(exc).__name__})") from None
+            what = _TIMEOUTS.get(type(exc).__name__, "{host} sent no answer").format(host=self.host)
+            raise GraphError("timeout", f"{endpoint}: {what} within {self.timeout:g}s") from None
         except httpx.TransportError as exc:
-            raise GraphError("network", f"{endpoint}: connection failed ({type(exc).__name__})") from None
+            raise GraphError("network", f"{endpoint}: cannot reach {self.host}: {network_cause(exc)}") from None
         finally:
             if self.observer:
                 self.observer.on_request(endpoint, status, time.monotonic() - started)
@@ -259,9 +273,12 @@ class GraphClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _interpret(self, status: int, headers: Mapping[str, str], raw: bytes, ad_account: str = "") -> GraphResponse:
+    def _interpret(
+        self, status: int, headers: Mapping[str, str], raw: bytes, ad_account: str, token: str
+    ) -> GraphResponse:
         self._check_version(headers)
-        usage = parse_rate_limit_headers(headers, ad_account_id=ad_account)  # the header does not name it
+        # X-Ad-Account-Usage does not name its account: the path called does
+        usage = parse_rate_limit_headers(headers, app_id=self._app_label(token), ad_account_id=ad_account)
         if self.observer and usage.samples:
             self.observer.on_usage(usage)
         return self.interpret_body(status, raw, usage, headers.get("facebook-api-version"))
@@ -332,3 +349,36 @@ def _error_data(value: Any) -> dict[str, Any]:
         except ValueError:
             return {}
     return value if isinstance(value, dict) else {}
+
+
+_TIMEOUTS = {
+    "ConnectTimeout": "could not connect to {host}",
+    "ReadTimeout": "{host} sent no answer",
+    "WriteTimeout": "could not send the request to {host}",
+    "PoolTimeout": "no free connection to {host}",
+}
+
+
+def network_cause(exc: BaseException) -> str:
+    """What went wrong on the way, in words: refused, DNS, TLS, reset, closed early."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for error in chain:
+        if isinstance(error, socket.gaierror):
+            return f"DNS lookup failed ({error.strerror or error})"
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({error.verify_message or error.reason})"
+        if isinstance(error, ssl.SSLError):
+            return f"TLS handshake failed ({error.reason or error})"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused (nothing listens there)"
+        if isinstance(error, ConnectionResetError):
+            return "connection reset by the peer"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server closed the connection before a whole answer"
+    if isinstance(exc, httpx.ProxyError):
+        return f"the proxy refused ({exc})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
