@@ -24,6 +24,7 @@ from exporter.config import (
     ConfigError,
     DatasetConfig,
     ServerConfig,
+    base_url_problem,
     load_config,
     parse_duration,
     resolve_secrets,
@@ -192,6 +193,8 @@ def _config_source(args: argparse.Namespace) -> ConfigSource:
     bad = [i for i in args.dataset_id if not str(i).isdigit()]
     if bad:
         raise ConfigError([f"--dataset-id: expected a dataset (pixel) ID of digits, got {bad[0]!r}"])
+    if args.base_url and (problem := base_url_problem(args.base_url)):
+        raise ConfigError([f"--graph-api.base-url: {problem}"])
     if args.config:
         return file_source(args.config, adjust)
     adjust(Config())  # reports bad flags before anything starts
@@ -292,9 +295,20 @@ def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     sim = Simulator(simulator_settings(args))
-    url = sim.start(*args.listen)
+    host, port = args.listen
+    try:
+        url = sim.start(host, port)
+    except OSError as exc:
+        log.error("cannot serve the simulator on %s:%d: %s", host, port, exc.strerror or exc)
+        return 1
+    world = sim.world
+    business = next(iter(world.businesses.values()))
     print(f"Graph API simulator on {url} ({args.datasets} datasets, scenario {args.scenario})", flush=True)
-    print(f"example dataset with Meta's documented values: {sim.world.dataset_ids[0]}", flush=True)
+    print(f"  token (any of): {', '.join(sim.settings.tokens)}", flush=True)
+    print(f"  example dataset with Meta's documented values: {world.dataset_ids[0]}", flush=True)
+    print(f"  more dataset IDs: {', '.join(world.dataset_ids[1:4])} ...", flush=True)
+    print(f"  a business for discovery (owned_pixels): {business.id}; its ad account: act_{business.ad_account_id}")
+    print(f"  an agency business (client_pixels): {world.agency_id}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -212,6 +212,13 @@ def show_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def base_url_problem(url: str) -> str | None:
+    """What is wrong with a Graph API base URL, or None; the YAML key and the command-line flag share it."""
+    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
+        return f"expected an http(s) URL without query, got {url!r}"
+    return None
+
+
 def _duration(raw: dict[str, Any], key: str, path: str, default: float, p: _Problems) -> float:
     if key not in raw:
         return default
@@ -259,8 +266,8 @@ def _graph_api(value: Any, p: _Problems) -> GraphApiConfig:
     raw = _mapping(value, "graph_api", keys, p)
     d = GraphApiConfig()
     base_url = _get(raw, "base_url", "graph_api", str, d.base_url, p)
-    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", base_url):
-        p.add("graph_api.base_url", f"expected an http(s) URL without query, got {base_url!r}")
+    if problem := base_url_problem(base_url):
+        p.add("graph_api.base_url", problem)
     version = _get(raw, "version", "graph_api", str, d.version, p)
     if not _VERSION.match(version):
         p.add("graph_api.version", f"expected a Graph API version such as {DEFAULT_VERSION}, got {version!r}")

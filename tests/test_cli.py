@@ -171,3 +171,38 @@ def test_once_on_ctrl_c_prints_partial_results_and_no_traceback(tmp_path, start_
     assert proc.returncode == 130
     assert "Traceback" not in err and "interrupted" in err
     assert json.loads(out)["datasets"][0]["dataset_id"] == EXAMPLE_DATASET_ID
+
+
+def test_simulate_says_what_a_user_needs_and_a_busy_port_in_one_line(capsys):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["simulate", "--listen", f"127.0.0.1:{port}", "--datasets", "3"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"cannot serve the simulator on 127.0.0.1:{port}" in err[0]
+        assert "Traceback" not in err[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "simulate", "--listen", "127.0.0.1:0", "--datasets", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(6)]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    text = "".join(lines)
+    assert "token (any of): sim-token" in text and EXAMPLE_DATASET_ID in text
+    assert "a business for discovery (owned_pixels): 9" in text and "an agency business (client_pixels): 8" in text
+
+
+def test_base_url_flag_is_checked_like_the_yaml_key(capsys, token):
+    assert main(["once", "--dataset-id", "1", "--graph-api.base-url", "graph.facebook.com"]) == 2
+    assert (
+        "--graph-api.base-url: expected an http(s) URL without query, got 'graph.facebook.com'"
+        in capsys.readouterr().err
+    )
