@@ -237,7 +237,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
-    scheduler = Scheduler(config, secrets, progress=report.ProgressBar(sys.stderr), one_shot=True)
+    bar = report.ProgressBar(sys.stderr)
+    scheduler = Scheduler(config, secrets, progress=bar, one_shot=True)
 
     async def one_cycle() -> None:
         try:
@@ -255,7 +256,9 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     try:
         finished = asyncio.run(within_timeout())
+        bar.finish()
     except KeyboardInterrupt:
+        bar.finish()
         log.warning("interrupted: what was fetched so far follows")
         finished = False
         interrupted = True

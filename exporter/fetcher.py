@@ -94,6 +94,7 @@ class Fetcher:
         self._queue: deque[_Call] = deque()
         self._assembly: dict[tuple[str, str], _Assembly] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.held_back = 0.0  # seconds this pass waited for Meta's rate limits (for the overrun's advice)
 
     # ----- the pass ----------------------------------------------------------------------------------------
     async def run(self, targets: Iterable[Target], *, spacing: float, deadline: float) -> None:
@@ -137,6 +138,7 @@ class Fetcher:
                         len(self._queue),
                         wake - now,
                     )
+                self.held_back += max(0.05, wake - now)
                 await asyncio.sleep(max(0.05, wake - now))
         finally:
             for task in in_flight:

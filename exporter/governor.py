@@ -36,6 +36,7 @@ class _State:
     cool_until: float = 0.0
     blocked_until: float = 0.0
     blocked_wall: float = 0.0
+    throttled_answers: int = 0  # answered throttled while already blocked (calls that were in flight), unlogged
 
 
 class Governor:
@@ -125,11 +126,19 @@ class Governor:
     def throttled(self, key: Key, retry_after: float | None, *, quiet: bool = False) -> None:
         state = self._state(key)
         wait = retry_after if retry_after and retry_after > 0 else self.default_wait
-        state.blocked_until = self._now() + wait
-        state.blocked_wall = self._wall() + wait
+        already = self._now() < state.blocked_until
+        state.blocked_until = max(state.blocked_until, self._now() + wait)
+        state.blocked_wall = max(state.blocked_wall, self._wall() + wait)
         state.usage = max(state.usage or 0.0, 1.0)
+        if already:  # the other calls of a batch in flight: said once, counted, not said again
+            state.throttled_answers += 1
+            return
+        repeats, state.throttled_answers = state.throttled_answers, 0
+        earlier = f" ({repeats} more answers were throttled the last time)" if repeats else ""
         if not quiet:
-            log.warning("%s %s is throttled: no calls for it for %.0fs, as Meta announced", key[0], key[1], wait)
+            log.warning(
+                "%s %s is throttled: no calls for it for %.0fs, as Meta announced%s", key[0], key[1], wait, earlier
+            )
 
     def is_blocked(self, key: Key) -> bool:
         return self._now() < self._state(key).blocked_until

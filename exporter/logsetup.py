@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable
+from typing import Protocol
 
 REDACTED = "[REDACTED]"
 _secrets: set[str] = set()
@@ -44,8 +45,32 @@ class JsonFormatter(RedactingFormatter):
         return redact(json.dumps(entry, ensure_ascii=False))
 
 
+class TerminalLine(Protocol):
+    """Something drawn on the terminal's last line (a progress bar) that log lines must not write into."""
+
+    def clear(self) -> None: ...
+
+    def redraw(self) -> None: ...
+
+
+class LineSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Clears a progress bar's line before a log line and draws it again after, so they never share a line."""
+
+    live_line: TerminalLine | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = LineSafeHandler.live_line
+        if line is None:
+            super().emit(record)
+            return
+        with _lock:
+            line.clear()
+            super().emit(record)
+            line.redraw()
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineSafeHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -8,6 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from exporter.exposition import render
+from exporter.logsetup import LineSafeHandler
 from exporter.parser import EventQuality
 from exporter.snapshot import DatasetState, Snapshot
 
@@ -82,19 +83,37 @@ def write(snapshot: Snapshot, fmt: str, stream: TextIO | None = None) -> None:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal; plain lines every 10 % elsewhere."""
+    """A one-line progress bar on a terminal; plain lines every 10 % elsewhere. While the bar is drawn, log
+    lines clear it first and draw it again after (logsetup.LineSafeHandler), so the two never share a line."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self._last_decile = -1
+        self._text = ""
+
+    def finish(self) -> None:
+        """End the bar's line (a cycle cut short leaves it unfinished)."""
+        if self._text:
+            self.stream.write("\n")
+            self._text = ""
+        LineSafeHandler.live_line = None
+
+    def clear(self) -> None:
+        self.stream.write("\r" + " " * len(self._text) + "\r")
+
+    def redraw(self) -> None:
+        self.stream.write(self._text)
+        self.stream.flush()
 
     def __call__(self, done: int, total: int, failed: int) -> None:
         if self.tty:
             filled = int(30 * done / total) if total else 30
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} fetched, {failed} failed")
+            self._text = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} fetched, {failed} failed"
+            self.stream.write("\r" + self._text)
+            LineSafeHandler.live_line = self
             if done == total:
-                self.stream.write("\n")
+                self.finish()
         else:
             decile = 10 * done // total if total else 10
             if decile != self._last_decile:

@@ -44,7 +44,10 @@ class Scheduler:
         self.config = config
         self.one_shot = one_shot  # `once`: one cycle, no reloads to speak of
         self.secrets = secrets
-        self.unsupported_fields = UnsupportedFields()  # outlives cycles; a reload tries every field again
+        # outlives cycles; a reload tries every field again
+        self.unsupported_fields = UnsupportedFields(
+            until="for the rest of this run" if one_shot else "until a reload or for a day"
+        )
         self.housekeeping = Housekeeping(self.unsupported_fields)
         self.targets: tuple[Target, ...] = self.housekeeping.targets(configured_targets(config), config)
         self.recorder = Recorder()
@@ -296,12 +299,19 @@ class Scheduler:
             rec.cycle_duration, rec.last_cycle_end = duration, time.time()
             if duration > config.interval:
                 rec.overruns += 1
+                if fetcher.held_back > 0.1 * duration:
+                    advice = (
+                        f"Meta's rate limits held calls back for {fetcher.held_back:.0f}s: raise the interval or "
+                        "spread the datasets over more apps or replicas (more concurrency would not help)"
+                    )
+                else:
+                    advice = "raise the interval or collection.concurrency"
                 log.warning(
-                    "cycle overran its interval: %.0fs for %d targets, interval %.0fs; raise the interval or "
-                    "concurrency",
+                    "cycle overran its interval: %.0fs for %d targets, interval %.0fs; %s",
                     duration,
                     total,
                     config.interval,
+                    advice,
                 )
         self.recorder.cycle_done = self.recorder.cycle_total = 0
         self.snapshot = self._publish()

@@ -206,3 +206,38 @@ def test_base_url_flag_is_checked_like_the_yaml_key(capsys, token):
         "--graph-api.base-url: expected an http(s) URL without query, got 'graph.facebook.com'"
         in capsys.readouterr().err
     )
+
+
+def test_log_lines_and_the_progress_bar_never_share_a_terminal_line():
+    import io
+    import logging
+
+    from exporter.logsetup import LineSafeHandler
+    from exporter.report import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    handler = LineSafeHandler(screen)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test.progress")
+    logger.addHandler(handler)
+    logger.propagate = False
+    bar = ProgressBar(screen)
+    try:
+        bar(1, 4, 0)
+        logger.warning("a warning in the middle of a cycle")
+        bar(2, 4, 1)
+        logger.warning("another")
+        bar(4, 4, 1)
+        logger.warning("after the cycle")
+    finally:
+        logger.removeHandler(handler)
+        bar.finish()
+    # What a terminal shows: a carriage return goes back to the start of the line
+    shown = [line.rsplit("\r", 1)[-1] for line in screen.getvalue().split("\n")]
+    assert "a warning in the middle of a cycle" in shown and "another" in shown and "after the cycle" in shown
+    assert not any("fetched" in line and "warning" in line for line in shown)
+    assert shown[-2:] == ["after the cycle", ""]  # the bar is not drawn again once finished

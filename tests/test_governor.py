@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from exporter.governor import Governor
@@ -109,3 +111,16 @@ def test_reconfigured_keeps_what_meta_said(clock):
     gov.throttled(BIZ, 100)
     fresh = gov.reconfigured(governor(clock, threshold=0.5))
     assert fresh.threshold == 0.5 and fresh.allowance(BIZ) == 0
+
+
+def test_a_throttle_is_said_once_with_the_count_of_answers_it_cost(clock, caplog):
+    gov = governor(clock)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(24):  # a batch's items in flight, all answered throttled in the same moment
+            gov.throttled(BIZ, 60)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "is throttled" in lines[0]
+    clock.now += 61
+    with caplog.at_level(logging.WARNING):
+        gov.throttled(BIZ, 60)
+    assert "(23 more answers were throttled the last time)" in caplog.records[-1].getMessage()

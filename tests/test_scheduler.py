@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 import time
 import weakref
@@ -376,3 +377,22 @@ def test_stop_during_a_reloads_discovery_returns_promptly(simulator, monkeypatch
         await asyncio.wait_for(task, 5)  # SIGTERM sets `stop`; the process must be gone within 5 s
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("held_back", "advice"), [(0.0, "collection.concurrency"), (0.2, "rate limits held calls back")]
+)
+def test_the_overrun_warning_gives_advice_that_matches_its_cause(simulator, monkeypatch, caplog, held_back, advice):
+    from exporter.fetcher import Fetcher
+
+    async def slow_run(self, targets, *, spacing, deadline):
+        self.held_back = held_back
+        await asyncio.sleep(0.25)
+
+    monkeypatch.setattr(Fetcher, "run", slow_run)
+    scheduler = Scheduler(make(simulator, [{"id": EXAMPLE_DATASET_ID}], interval="100ms", stale_after="1s"), secrets())
+    with caplog.at_level(logging.WARNING):
+        run_cycle(scheduler)
+    (line,) = [r.getMessage() for r in caplog.records if "overran" in r.getMessage()]
+    assert advice in line
+    assert ("concurrency" in line) == (held_back == 0.0) or "would not help" in line

@@ -71,8 +71,9 @@ class UnsupportedFields:
     until a reload or a day has passed, so that one renamed, removed or not yet rolled-out field costs that
     field, not the fleet. Used from the collection loop's thread only."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, until: str = "until a reload or for a day") -> None:
         self._clock = clock
+        self._until = until
         self._since: dict[str, tuple[str, float]] = {}  # field -> (node type, when it was refused)
 
     def refuse(self, field: str, node_type: str, error: object) -> None:
@@ -83,9 +84,10 @@ class UnsupportedFields:
             return
         self._since[field] = (node_type, self._clock())
         log.warning(
-            "Meta refuses the field %r on %s; it is left out until a reload or for a day: %s",
+            "Meta refuses the field %r on %s; it is left out %s: %s",
             field,
             node_type or "this node type",
+            self._until,
             error,
         )
 
