@@ -115,6 +115,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.client_address[0], format % args)
 
+    def end_headers(self) -> None:
+        for name, value in self.server.security.headers.items():  # type: ignore[attr-defined]
+            self.send_header(name, value)  # http_server_config.headers of --web.config.file
+        super().end_headers()
+
     def _authorised(self) -> bool:
         users = self.server.security.users  # type: ignore[attr-defined]
         if not users:

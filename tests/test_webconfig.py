@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -119,6 +120,35 @@ def test_minimum_tls_version(certs, serve):
     assert httpx.get(f"https://{address}/metrics", verify=trusting(certs)).status_code == 200
 
 
+def test_maximum_tls_version_cipher_suites_and_curve_are_honoured(certs, serve):
+    config = (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  max_version: TLS12\n"
+        "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n  curve_preferences: [CurveP384]\n"
+    )
+    address = serve(web_config(certs, config))
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with trusting(certs).wrap_socket(raw, server_hostname=host) as tls:
+            assert tls.version() == "TLSv1.2"  # the client offered 1.3; max_version held it back
+            assert tls.cipher()[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"
+    p256_only = trusting(certs)
+    p256_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    p256_only.set_ecdh_curve("prime256v1")  # a client that offers only P-256 finds no common curve
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"https://{address}/metrics", verify=p256_only, timeout=5)
+    other_suite = trusting(certs)
+    other_suite.maximum_version = ssl.TLSVersion.TLSv1_2
+    other_suite.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"https://{address}/metrics", verify=other_suite, timeout=5)
+
+
+def test_security_headers_are_sent(certs, serve):
+    address = serve(web_config(certs, "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"))
+    for path in ("/metrics", "/", "/-/healthy", "/nope"):
+        assert httpx.get(f"http://{address}{path}").headers["X-Frame-Options"] == "deny"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -130,6 +160,17 @@ def test_minimum_tls_version(certs, serve):
          "client_ca_file: required"),
         ("basic_auth_users: {alice: hunter2}\n", "basic_auth_users.alice: expected a bcrypt hash"),
         ("basic_auth: {}\n", "basic_auth: unknown key"),
+        ("tls_server_config: {cert_file: server.crt, key_file: server.key, max_version: TLS12, min_version: TLS13}\n",
+         "max_version: TLS12 is below min_version TLS13"),
+        ("tls_server_config: {cert_file: server.crt, key_file: server.key, cipher_suites: [TLS_FANCY]}\n",
+         "cipher_suites: unknown value 'TLS_FANCY'"),
+        ("tls_server_config: {cert_file: server.crt, key_file: server.key, curve_preferences: [X25519, CurveP256]}\n",
+         "curve_preferences: list one curve"),
+        ("tls_server_config: {cert_file: server.crt, key_file: server.key, curve_preferences: [Curve25519]}\n",
+         "unknown value 'Curve25519'"),
+        ("http_server_config: {http2: true}\n", "http_server_config.http2: HTTP/2 is not served"),
+        ("http_server_config: {headers: {X-Powered-By: me}}\n", "headers.X-Powered-By: not allowed"),
+        ("http_server_config: {timeouts: 1}\n", "http_server_config.timeouts: unknown key"),
     ],
 )  # fmt: skip
 def test_bad_web_configs_name_the_file_key_and_problem(certs, text, message):
