@@ -95,6 +95,7 @@ class Fetcher:
         self._assembly: dict[tuple[str, str], _Assembly] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         self.held_back = 0.0  # seconds this pass waited for Meta's rate limits (for the overrun's advice)
+        self._deadline = float("inf")
 
     # ----- the pass ----------------------------------------------------------------------------------------
     async def run(self, targets: Iterable[Target], *, spacing: float, deadline: float) -> None:
@@ -102,6 +103,7 @@ class Fetcher:
             self._assembly[target.key] = _Assembly(waiting=len(self.sources))
             self._queue.extend(_Call(target, source) for source in self.sources)
         self.governor.reset_reservations()
+        self._deadline = deadline
         semaphore = asyncio.Semaphore(self.concurrency)
         in_flight = self._in_flight
         started, sent = time.monotonic(), 0
@@ -372,12 +374,24 @@ class Fetcher:
         if error.code in BUSINESS_THROTTLE_CODES:
             regain = dict(error.usage.regain_seconds)
             keys = [("business", b) for b in regain] or [k for k in self._keys(call.target) if k[0] == "business"]
-            for key in keys or [("app", call.target.credential)]:
+            keys = keys or [("app", call.target.credential)]
+            for key in keys:
                 self.governor.throttled(key, regain.get(key[1], error.retry_after))
         else:
-            self.governor.throttled(("app", call.target.credential), error.retry_after)
+            keys = [("app", call.target.credential)]
+            self.governor.throttled(keys[0], error.retry_after)
         call.attempts += 1
-        if call.attempts > THROTTLE_RETRIES:
+        if time.monotonic() >= self._deadline:
+            # Past the deadline, probing call after call would hold the cycle open for minutes: this call and
+            # every waiting call of the same business or app wait for the next cycle.
+            self._fail(call, "throttled", str(error))
+            why = f"still throttled when the cycle's time was up: {error}"
+            held = set(keys)
+            waiting = [c for c in self._queue if held.intersection(self._keys(c.target))]
+            self._queue = deque(c for c in self._queue if not held.intersection(self._keys(c.target)))
+            for other in waiting:
+                self._fail(other, "throttled", why)
+        elif call.attempts > THROTTLE_RETRIES:
             self._fail(call, "throttled", str(error))
         else:
             self._queue.append(call)  # never retried at once: the governor holds it until access returns

@@ -9,11 +9,12 @@ import socket
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
 from exporter import __version__
 from exporter.exposition import OPENMETRICS, TEXT, ExpositionCache, wants_openmetrics
+from exporter.httpserver import ClosingHTTPServer
 from exporter.snapshot import Snapshot
 from exporter.status import status_html, status_json
 from exporter.webconfig import WebSecurity
@@ -31,9 +32,8 @@ class WebApp(Protocol):
     def reload(self) -> tuple[bool, str]: ...
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(ClosingHTTPServer):
     allow_reuse_address = True
-    daemon_threads = True
     security = WebSecurity()
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -85,7 +85,8 @@ class WebServer:
 
     def stop(self) -> None:
         self._server.shutdown()
-        self._server.server_close()
+        self._thread.join()
+        self._server.server_close()  # ends open connections and waits for their threads
 
 
 class StatusCache:

@@ -384,3 +384,24 @@ def test_a_cycle_gives_up_at_once_on_calls_the_rate_limit_holds_past_its_deadlin
     assert {s.last_reason for s in snap.datasets} == {"throttled"}
     assert all("before this cycle ends" in s.last_message for s in snap.datasets[1:])
     assert len(asked) <= 3  # one look, then the give-up; the old code looked every 50 ms until the deadline
+
+
+def test_a_cycle_under_constant_throttling_ends_at_its_deadline(start_simulator):
+    """Short throttles that keep coming back used to be probed call after call, holding the cycle open for
+    minutes past a 2 s interval; past the deadline a throttled call now waits for the next cycle."""
+    sim = start_simulator(datasets=59, per_business=20, throttle_seconds=1.0, scenario="throttled")
+    config = config_for(
+        sim,
+        {"interval": "2s", "concurrency": 4, "throttle_wait": "1s"},
+        datasets=[{"id": i} for i in sim.world.dataset_ids],
+    )
+    scheduler = Scheduler(config, Secrets({"default": TOKEN}))
+
+    async def go():
+        try:
+            await asyncio.wait_for(scheduler.run_cycle(scheduler.targets, paced=False), 30)  # a hang guard
+        finally:
+            await scheduler.close()
+
+    asyncio.run(go())
+    assert {s.last_reason for s in scheduler.snapshot.datasets} == {"throttled"}

@@ -153,6 +153,7 @@ def stack(start_simulator, tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
         hook.server.shutdown()
+        hook.server.server_close()
 
 
 def variable_values(board: dict) -> dict[str, str]:

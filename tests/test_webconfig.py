@@ -127,10 +127,12 @@ def test_maximum_tls_version_cipher_suites_and_curve_are_honoured(certs, serve):
     )
     address = serve(web_config(certs, config))
     host, port = address.split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        with trusting(certs).wrap_socket(raw, server_hostname=host) as tls:
-            assert tls.version() == "TLSv1.2"  # the client offered 1.3; max_version held it back
-            assert tls.cipher()[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        trusting(certs).wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        assert tls.version() == "TLSv1.2"  # the client offered 1.3; max_version held it back
+        assert tls.cipher()[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"
     p256_only = trusting(certs)
     p256_only.maximum_version = ssl.TLSVersion.TLSv1_2
     p256_only.set_ecdh_curve("prime256v1")  # a client that offers only P-256 finds no common curve

@@ -16,10 +16,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from exporter.httpserver import ClosingHTTPServer
 from exporter.simulator.data import World, apply_scenario
 from exporter.simulator.errors import ERRORS, dumps, error_body, raw_fault_reply
 from exporter.simulator.fieldspec import (
@@ -130,7 +131,8 @@ class Simulator:
         self.requests: deque[str] = deque(maxlen=10_000)
         self.outcomes: deque[tuple[str, bool]] = deque(maxlen=100_000)  # (business id, throttled) per charged call
         self.calls = 0
-        self._server: ThreadingHTTPServer | None = None
+        self._server: ClosingHTTPServer | None = None
+        self._stopping = threading.Event()  # wakes every simulated delay when the simulator stops
 
     # ----- lifecycle -------------------------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -143,9 +145,10 @@ class Simulator:
         # measures the exporter rather than the simulator generating its fleet.
         for dataset_id in self.world.pixels:
             self.world.shared_quality(dataset_id, None)
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), name="simulator", daemon=True).start()
+        self._stopping.clear()
+        self._server = ClosingHTTPServer((host, port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="simulator", daemon=True)
+        self._thread.start()
         return self.url
 
     @property
@@ -156,8 +159,14 @@ class Simulator:
 
     def stop(self) -> None:
         if self._server:
+            self._stopping.set()
             self._server.shutdown()
-            self._server.server_close()
+            self._thread.join()
+            self._server.server_close()  # ends open connections and waits for their threads
+
+    def pause(self, seconds: float) -> None:
+        """A simulated delay that ends at once when the simulator stops."""
+        self._stopping.wait(seconds)
 
     # ----- control ----------------------------------------------------------------------------------------
     def set_scenario(self, scenario: str) -> None:
@@ -489,7 +498,7 @@ class Simulator:
                 detail=f"(#100) Too many requests in batch message. Maximum batch size is {MAX_BATCH}",
             )
         if self.settings.item_latency:
-            time.sleep(self.settings.item_latency * len(items))
+            self.pause(self.settings.item_latency * len(items))
         out: list[Any] = []
         usage: dict[str, str] = {}
         business_usage: dict[str, Any] = {}
@@ -588,7 +597,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _latency(self) -> None:
         if self.sim.settings.latency:
-            time.sleep(self.sim.settings.latency)
+            self.sim.pause(self.sim.settings.latency)
 
     def _send(self, reply: Reply) -> None:
         if reply.fault == "reset":
@@ -598,7 +607,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if reply.fault == "slow":
-            time.sleep(self.sim.settings.slow_seconds)
+            self.sim.pause(self.sim.settings.slow_seconds)
         body = reply.body_bytes()
         self.send_response(reply.status)
         for name, value in reply.headers.items():
