@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -152,11 +152,38 @@ def parse_duration(value: Any) -> float:
     return sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a fleet of 10,000 configured datasets is about 600 KB of YAML
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int) -> str:
+    """A regular file's text, refused (OSError with the reason) when it is anything else or over `limit`:
+    a FIFO would block for ever, /dev/zero would fill memory, a huge file would take minutes to parse."""
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
+        kind = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(kind):
+            raise OSError(f"not a regular file (a {_file_kind(kind)})")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"larger than {limit // 1024} KiB; this is not a configuration or secret file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OSError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device")):
+        if test(mode):
+            return name
+    return "directory" if stat.S_ISDIR(mode) else "socket or other special file"
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem."""
     name = str(path)
     try:
-        text = Path(path).read_text("utf-8")
+        text = read_small_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from None
     try:
@@ -524,9 +551,9 @@ def _read_secret(
         assert file_name
         where = file_name
         try:
-            value = _clean_secret(Path(file_name).read_text("utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{source}: {key}: cannot read {file_name}: {getattr(exc, 'strerror', None) or exc}")
+            value = _clean_secret(read_small_file(file_name, MAX_SECRET_BYTES))
+        except OSError as exc:
+            problems.append(f"{source}: {key}: cannot read {file_name}: {exc.strerror or exc}")
             return None
         if not value:
             problems.append(f"{source}: {key}: {file_name} is empty")

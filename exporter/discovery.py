@@ -24,6 +24,7 @@ from exporter.config import Config, DiscoveryConfig, Secrets
 from exporter.graph import BatchCall, GraphClient, GraphError, GraphResponse
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.targets import Target
+from exporter.text import encodable
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,9 @@ def graph_time(value: Any) -> float | None:
 def pixel_meta(item: dict[str, Any]) -> PixelMeta:
     owner = item.get("owner_business") if isinstance(item.get("owner_business"), dict) else {}
     return PixelMeta(
-        name=str(item.get("name") or ""),
-        business_id=str(owner.get("id") or ""),
-        business_name=str(owner.get("name") or ""),
+        name=encodable(str(item.get("name") or "")),
+        business_id=encodable(str(owner.get("id") or "")),
+        business_name=encodable(str(owner.get("name") or "")),
         last_fired=graph_time(item.get("last_fired_time")),
     )
 

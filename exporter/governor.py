@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (scope, object id): ("app", credential name) or ("business", business id)
 DEFAULT_STEP = 0.01  # assumed usage per call before any answer
 MAX_ALLOWANCE = 1000  # calls in flight for one key when its usage hardly moves
+MAX_WAIT = 86400.0  # the longest announced wait believed: a throttle of 1e300 s must not block a key for ever
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Governor:
     def throttled(self, key: Key, retry_after: float | None, *, quiet: bool = False) -> None:
         state = self._state(key)
         wait = retry_after if retry_after and retry_after > 0 else self.default_wait
+        wait = min(wait, MAX_WAIT)
         already = self._now() < state.blocked_until
         state.blocked_until = max(state.blocked_until, self._now() + wait)
         state.blocked_wall = max(state.blocked_wall, self._wall() + wait)
@@ -157,8 +159,11 @@ class Governor:
         return {k: s.blocked_wall for k, s in self._states.items() if s.blocked_until > now}
 
     def reconfigured(self, fresh: Governor) -> Governor:
-        """`fresh` (built from a new config) keeping what Meta told this one about usage and throttles."""
-        fresh._states = self._states
+        """`fresh` (built from a new config), keeping only the hourly budget's record of calls made.
+
+        Usage and throttles start afresh: a reload is how an operator gets a key out of a wait that Meta
+        announced wrongly, and the first answers restore what is true within one call per key.
+        """
         fresh._calls = self._calls
         return fresh
 

@@ -93,7 +93,8 @@ class _Family:
             if order is None:  # label names in sorted order, as Prometheus's own clients write them
                 order = self._orders[len(names)] = sorted(range(len(names)), key=names.__getitem__)
             pairs = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in order)
-            self.lines += f"{name}{{{pairs}}} {floatToGoString(value)}\n".encode()
+            # "replace": whatever got past the parser, one label value can never make a family unrenderable
+            self.lines += f"{name}{{{pairs}}} {floatToGoString(value)}\n".encode("utf-8", "replace")
         else:
             self.lines += f"{name} {floatToGoString(value)}\n".encode()
         if self.samples is not None:
@@ -516,6 +517,12 @@ class HealthCollector:
             "cycle_duration_seconds", "How long the last complete collection cycle took.", snap.cycle_duration
         )
         yield from _single("cycle_interval_seconds", "The configured collection interval.", snap.interval)
+        yield from _single(
+            "cycle_started_timestamp_seconds",
+            "While a collection cycle runs: when it started (absent between cycles). A cycle that never ends "
+            "shows here, not in cycle_duration_seconds.",
+            snap.cycle_started,
+        )
         yield from _single(
             "last_cycle_timestamp_seconds", "When the last collection cycle completed.", snap.last_cycle_end
         )

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from exporter.text import encodable
+
 
 class ResponseFormatError(ValueError):
     """The API answered with something that is not the documented shape."""
@@ -173,7 +175,7 @@ def _event(obj: dict[str, Any], path: str, warnings: list[str]) -> EventQuality:
     match_keys = diagnostics = ()
     score = None
     if emq is not None:
-        score = _num(emq, "composite_score", emq_path)
+        score = _num(emq, "composite_score", emq_path, SCORE)
         match_keys = _unique(emq, "match_key_feedback", emq_path, _match_key, warnings)
         diagnostics = _unique(emq, "diagnostics", emq_path, _diagnostic, warnings)
     coverage = _opt_obj(obj, "event_coverage", path)
@@ -188,13 +190,13 @@ def _event(obj: dict[str, Any], path: str, warnings: list[str]) -> EventQuality:
         diagnostics=diagnostics,
         coverage=_num(coverage, "percentage", cov_path) if coverage else None,
         coverage_goal=_num(coverage, "goal_percentage", cov_path) if coverage else None,
-        coverage_potential_acr_increase=_percentage(coverage, "potential_aly_acr_increase", cov_path)
+        coverage_potential_acr_increase=_percentage(coverage, "potential_aly_acr_increase", cov_path, LIFT)
         if coverage
         else None,
         dedupe_keys=dedupe,
         upload_frequency=_str(freshness, "upload_frequency", f"{path}.data_freshness") if freshness else None,
-        acr=_percentage(obj, "acr", path),
-        potential_acr_increase=_percentage(obj, "event_potential_aly_acr_increase", path),
+        acr=_percentage(obj, "acr", path, LIFT),
+        potential_acr_increase=_percentage(obj, "event_potential_aly_acr_increase", path, LIFT),
     )
 
 
@@ -202,7 +204,7 @@ def _match_key(obj: dict[str, Any], path: str) -> MatchKey:
     return MatchKey(
         identifier=_str(obj, "identifier", path, required=True) or "",
         coverage=_percentage(obj, "coverage", path),
-        potential_acr_increase=_percentage(obj, "potential_aly_acr_increase", path),
+        potential_acr_increase=_percentage(obj, "potential_aly_acr_increase", path, LIFT),
     )
 
 
@@ -214,8 +216,8 @@ def _diagnostic(obj: dict[str, Any], path: str) -> Diagnostic:
         description=_str(obj, "description", path) or "",
         solution=_str(obj, "solution", path) or "",
         percentage=_num(obj, "percentage", path),
-        affected_event_count=_num(obj, "affected_event_count", path),
-        total_event_count=_num(obj, "total_event_count", path),
+        affected_event_count=_num(obj, "affected_event_count", path, COUNT),
+        total_event_count=_num(obj, "total_event_count", path, COUNT),
     )
 
 
@@ -236,7 +238,7 @@ def _offline(obj: dict[str, Any], path: str) -> OfflineEvent:
     for key in sorted(coverage or {}):
         value = _num(coverage, key, f"{path}.match_key.coverage")
         if value is not None:
-            pairs.append((key, value))
+            pairs.append((encodable(key), value))
     return OfflineEvent(
         event_name=name,
         composite_score=_score(obj, "composite", path),
@@ -324,10 +326,11 @@ def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
 
 
 def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = False) -> str | None:
-    """A string field; interned, because label values and Meta's texts repeat across a fleet."""
+    """A string field; interned, because label values and Meta's texts repeat across a fleet. A lone surrogate
+    (legal JSON, `"\\ud800"`) cannot be written as UTF-8: it becomes U+FFFD here, where strings enter."""
     value = None if parent is None else parent.get(key)
     if type(value) is str and value:
-        return sys.intern(value)
+        return sys.intern(value if value.isascii() else encodable(value))
     if value is None:
         if required:
             raise ResponseFormatError(f"{path}.{key}", "missing")
@@ -339,36 +342,47 @@ def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = Fa
     return sys.intern(value)
 
 
-def _num(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
+# The documented ranges: shares are percentages of events (0..100), scores 0..10, counts from 0. Lifts
+# (ACR and potential increases) are percentages of conversions and may pass 100; ten times that is no lift.
+SHARE, SCORE, COUNT, LIFT = (0.0, 100.0), (0.0, 10.0), (0.0, math.inf), (0.0, 1000.0)
+
+
+def _num(parent: dict[str, Any] | None, key: str, path: str, bounds: tuple[float, float] = SHARE) -> float | None:
     value = None if parent is None else parent.get(key)
     if value is None:
         return None
     kind = type(value)
     if kind is float:
-        if math.isfinite(value):
-            return value
-        raise ResponseFormatError(f"{path}.{key}", f"expected a finite number, got {value!r}", leaf=True)
-    if kind is int:
+        if not math.isfinite(value):
+            raise ResponseFormatError(f"{path}.{key}", f"expected a finite number, got {value!r}", leaf=True)
+    elif kind is int:
         try:
-            return float(value)
+            value = float(value)
         except OverflowError:
             raise ResponseFormatError(f"{path}.{key}", "number too large", leaf=True) from None
-    shown = repr(value) if isinstance(value, str | bool) else _describe(value)
-    raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {shown[:40]}", leaf=True)
+    else:
+        shown = repr(value) if isinstance(value, str | bool) else _describe(value)
+        raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {shown[:40]}", leaf=True)
+    low, high = bounds
+    if not low <= value <= high:
+        raise ResponseFormatError(f"{path}.{key}", f"{value:g} is outside its range {low:g} to {high:g}", leaf=True)
+    return value
 
 
-def _percentage(parent: dict[str, Any] | None, key: str, path: str) -> float | None:
+def _percentage(
+    parent: dict[str, Any] | None, key: str, path: str, bounds: tuple[float, float] = SHARE
+) -> float | None:
     block = None if parent is None else parent.get(key)
     if block is None:
         return None
     if type(block) is not dict:
         raise ResponseFormatError(f"{path}.{key}", f"expected an object, got {_describe(block)}", leaf=True)
     value = block.get("percentage")
-    if type(value) is float and math.isfinite(value):
+    if type(value) is float and bounds[0] <= value <= bounds[1]:
         return value  # the common case, without building the path that only an error needs
-    return _num(block, "percentage", f"{path}.{key}")
+    return _num(block, "percentage", f"{path}.{key}", bounds)
 
 
 def _score(parent: dict[str, Any], key: str, path: str) -> float | None:
     block = _opt_obj(parent, key, path)
-    return _num(block, "score", f"{path}.{key}") if block is not None else None
+    return _num(block, "score", f"{path}.{key}", SCORE) if block is not None else None

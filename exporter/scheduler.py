@@ -254,6 +254,7 @@ class Scheduler:
         spacing = config.interval * PACING_SHARE / requests if paced and requests else 0.0
         last_progress = started
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
+        self.recorder.cycle_started = time.time()
 
         def target_done(_: Target, ok: bool) -> None:
             nonlocal done, failed, last_progress
@@ -314,6 +315,7 @@ class Scheduler:
                     advice,
                 )
         self.recorder.cycle_done = self.recorder.cycle_total = 0
+        self.recorder.cycle_started = None
         self.snapshot = self._publish()
         log.info("cycle finished: %d targets, %d failed, in %.1fs", total, failed, duration)
 

@@ -17,6 +17,7 @@ from exporter.graph.errors import REASONS
 from exporter.graph.ratelimit import RateLimitUsage
 from exporter.parser import DatasetQuality
 from exporter.targets import Target
+from exporter.text import scrub
 
 USAGE_KEPT_INTERVALS = 2  # rate-limit usage not seen again for this many intervals is dropped
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -72,6 +73,7 @@ class Snapshot:
     max_series: int = 0
     unsupported_fields: Mapping[str, str] = field(default_factory=dict)  # field -> node type
     values_dropped: int = 0
+    cycle_started: float | None = None  # while a cycle runs
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class Recorder:
         self.reload_success = True
         self.reload_timestamp: float | None = None
         self.values_dropped = 0
+        self.cycle_started: float | None = None
 
     # ----- RequestObserver -------------------------------------------------------------------------------
     def on_request(self, endpoint: str, status: str, seconds: float) -> None:
@@ -155,7 +158,7 @@ class Recorder:
 
     def failure(self, target: Target, reason: str, message: str) -> None:
         record = self._record(target)
-        record.success, record.last_reason, record.last_message = False, reason, message
+        record.success, record.last_reason, record.last_message = False, reason, scrub(message)
         record.failures[reason] += 1
 
     def source_outcome(self, target: Target, source: str, reason: str | None, message: str | None) -> None:
@@ -243,6 +246,7 @@ class Recorder:
             max_series=extras.max_series,
             unsupported_fields=MappingProxyType(dict(extras.unsupported_fields)),
             values_dropped=self.values_dropped,
+            cycle_started=self.cycle_started,
         )
 
 

@@ -98,7 +98,7 @@ def status_model(snapshot: Snapshot) -> dict[str, Any]:
 
 
 def status_json(snapshot: Snapshot) -> bytes:
-    return json.dumps(status_model(snapshot), ensure_ascii=False, indent=1).encode()
+    return json.dumps(status_model(snapshot), ensure_ascii=False, indent=1).encode("utf-8", "replace")
 
 
 def _e(value: Any) -> str:
@@ -168,7 +168,7 @@ def status_html(snapshot: Snapshot) -> bytes:
         rows="\n".join(rows),
         opportunities="\n".join(opportunities),
         customers="\n".join(customers),
-    ).encode()
+    ).encode("utf-8", "replace")
 
 
 _PAGE = """<!doctype html>

@@ -33,7 +33,7 @@ from typing import Any
 import bcrypt
 import yaml
 
-from exporter.config import ConfigError
+from exporter.config import MAX_CONFIG_BYTES, ConfigError, read_small_file
 
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
@@ -113,7 +113,7 @@ def load_web_config(path: str | None) -> WebSecurity:
         return WebSecurity()
     problems: list[str] = []
     try:
-        raw = yaml.safe_load(Path(path).read_text("utf-8")) or {}
+        raw = yaml.safe_load(read_small_file(path, MAX_CONFIG_BYTES)) or {}
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
     except yaml.YAMLError as exc:

@@ -141,3 +141,25 @@ def test_a_credential_used_only_by_discovery_is_resolved_at_start(tmp_path):
         resolve_secrets(load_config(path), {"TOK": "t"})
     assert "credentials.agency: environment variable AGENCY is not set or empty" in str(err.value)
     assert resolve_secrets(load_config(path), {"TOK": "t", "AGENCY": "a"}).tokens == {"default": "t", "agency": "a"}
+
+
+def test_config_and_secret_files_must_be_small_regular_files(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# padding\n" * 200_000)  # 2 MB
+    for path, problem in (
+        (fifo, "not a regular file (a FIFO)"),  # would block check-config for ever
+        ("/dev/zero", "not a regular file (a device)"),  # would fill memory
+        (huge, "larger than 1024 KiB"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert f"{path}: cannot read the file: {problem}" in str(err.value)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"credentials: {{default: {{token_file: {fifo}}}, b: {{token_file: /dev/zero}}}}\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_secrets(load_config(config), {})
+    assert "not a regular file (a FIFO)" in str(err.value) and "/dev/zero: not a regular file" in str(err.value)

@@ -106,11 +106,20 @@ def test_hourly_budget(clock):
     assert gov.try_reserve([APP])
 
 
-def test_reconfigured_keeps_what_meta_said(clock):
+def test_a_reload_resets_throttles_but_keeps_the_hourly_budget(clock):
+    gov = governor(clock, max_calls_per_hour=2)
+    gov.throttled(BIZ, 1e300)  # Meta announced an absurd wait
+    assert gov.try_reserve([APP])
+    fresh = gov.reconfigured(governor(clock, threshold=0.5, max_calls_per_hour=2))
+    assert fresh.threshold == 0.5 and fresh.allowance(BIZ) > 0  # the operator's way out of a wrong wait
+    assert fresh.budget_left() == 1
+
+
+def test_an_announced_wait_is_clamped_to_a_day(clock):
     gov = governor(clock)
-    gov.throttled(BIZ, 100)
-    fresh = gov.reconfigured(governor(clock, threshold=0.5))
-    assert fresh.threshold == 0.5 and fresh.allowance(BIZ) == 0
+    gov.throttled(BIZ, 1e300)
+    assert gov.next_release([BIZ]) == clock.now + 86400
+    assert gov.throttled_until()[BIZ] == 1_700_000_000 + clock.now + 86400
 
 
 def test_a_throttle_is_said_once_with_the_count_of_answers_it_cost(clock, caplog):

@@ -502,3 +502,46 @@ def test_app_usage_is_labelled_with_the_credential_so_it_joins_the_throttle_seri
 
     asyncio.run(go())
     assert {s.object_id for u in recorder.usage for s in u.samples if s.scope == "app"} == {"client_a"}
+
+
+# ----- answers no API should send ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fault", "reason", "message"),
+    [
+        ("deep_json", "invalid_response", "nested too deeply"),
+        ("token_echo", "auth", "Malformed access token [REDACTED]"),
+    ],
+)
+def test_hostile_answers_end_as_recorded_failures(start_simulator, fault, reason, message):
+    sim = start_simulator(datasets=3, tokens=("EAAB" + "x" * 40,))
+    sim.set_fault(EXAMPLE_DATASET_ID, fault)
+    err = failure(sim, EXAMPLE_DATASET_ID, token="EAAB" + "x" * 40, max_retries=0)
+    assert err.reason == reason and message in str(err)
+    assert "EAAB" not in str(err)
+
+
+def test_absurd_usage_headers_are_ignored_and_never_fail_the_call(simulator):
+    simulator.set_fault(EXAMPLE_DATASET_ID, "huge_numbers")  # 5,000 '[' and a 400-digit integer
+    response = fetch(simulator, EXAMPLE_DATASET_ID)
+    assert response.body["web"] and not response.usage.samples
+
+
+def test_a_dripping_body_is_cut_off_by_the_total_deadline(start_simulator):
+    sim = start_simulator(datasets=3)
+    sim.set_fault(EXAMPLE_DATASET_ID, "drip")  # a byte every half second: each read is in time
+    err = failure(sim, EXAMPLE_DATASET_ID, timeout=1.0, max_retries=0)
+    assert err.reason == "timeout" and "no whole answer" in str(err) and "within 2s" in str(err)
+
+
+def test_a_gzip_bomb_is_refused_while_it_inflates(simulator):
+    import tracemalloc
+
+    simulator.set_fault(EXAMPLE_DATASET_ID, "gzip_bomb")  # 200 KB that inflate to 200 MB
+    tracemalloc.start()
+    try:
+        err = failure(simulator, EXAMPLE_DATASET_ID, max_body_bytes=4 * 1024 * 1024, max_retries=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.reason == "invalid_response" and "over the 4194304-byte limit" in str(err)
+    assert peak < 40 * 1024 * 1024  # bounded by the limit, never the 200 MB the bomb inflates to

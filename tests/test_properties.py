@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.exposition import render
 from exporter.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
 from exporter.snapshot import DatasetState, Snapshot
+from exporter.status import status_html, status_json
 from exporter.targets import Target
 
 PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
@@ -21,6 +22,12 @@ hostile_text = st.one_of(
     st.text(max_size=40),
     st.sampled_from(['"', "\\", "\n", "\r\n", "\x00", "\x7f", "é", "購入", 'a"b\\c\nd', " ", "{}=,", "🙂"]),
     st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=["Cs"]), max_size=12),
+).filter(bool)
+# What JSON from the API may hold: any code point, lone surrogates ("\ud800" is legal JSON) included.
+api_text = st.one_of(
+    hostile_text,
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12),
+    st.sampled_from(["\ud800", "a\udfffb", "Purchase \ud83d", "\ud83d\ude00"]),
 ).filter(bool)
 numbers = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30),
@@ -63,22 +70,22 @@ def pct(value):
 
 
 event = st.fixed_dictionaries(
-    {"event_name": hostile_text},
+    {"event_name": api_text},
     optional={
         "event_match_quality": st.fixed_dictionaries(
             {},
             optional={
                 "composite_score": numbers,
                 "match_key_feedback": st.lists(
-                    st.fixed_dictionaries({"identifier": hostile_text}, optional={"coverage": numbers.map(pct)}),
+                    st.fixed_dictionaries({"identifier": api_text}, optional={"coverage": numbers.map(pct)}),
                     max_size=4,
                 ),
                 "diagnostics": st.lists(
                     st.fixed_dictionaries(
-                        {"name": hostile_text},
+                        {"name": api_text},
                         optional={
-                            "description": hostile_text,
-                            "solution": hostile_text,
+                            "description": api_text,
+                            "solution": api_text,
                             "percentage": numbers,
                             "affected_event_count": numbers,
                             "total_event_count": numbers,
@@ -91,11 +98,11 @@ event = st.fixed_dictionaries(
         "event_coverage": st.fixed_dictionaries({}, optional={"percentage": numbers, "goal_percentage": numbers}),
         "dedupe_key_feedback": st.lists(
             st.fixed_dictionaries(
-                {"dedupe_key": hostile_text}, optional={"server_events_with_dedupe_key": numbers.map(pct)}
+                {"dedupe_key": api_text}, optional={"server_events_with_dedupe_key": numbers.map(pct)}
             ),
             max_size=3,
         ),
-        "data_freshness": st.fixed_dictionaries({"upload_frequency": hostile_text}),
+        "data_freshness": st.fixed_dictionaries({"upload_frequency": api_text}),
         "acr": numbers.map(pct),
         "unknown_field": any_json,
     },
@@ -123,8 +130,10 @@ def test_every_accepted_response_renders_and_reads_back(events, labels, name, ag
         label_names=label_names,
         graph_api_version="v25.0",
     )
-    text = render(snapshot).decode()
+    text = render(snapshot).decode()  # strict UTF-8: a lone surrogate that got through would fail here
     families = list(text_string_to_metric_families(text))  # Prometheus's text parser reads all of it
+    status_json(snapshot).decode()
+    status_html(snapshot).decode()
     series = Counter((s.name, tuple(sorted(s.labels.items()))) for f in families for s in f.samples)
     assert not series or max(series.values()) == 1, "a duplicate series"
     read = {(s.name, s.labels.get("dataset_id"), s.labels.get("event_name"), s.labels.get("match_key")): s.value

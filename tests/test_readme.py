@@ -47,6 +47,7 @@ def produced() -> set[str]:
         api_errors={("1", "transient"): 1},
         usage={("app", "app", "app", "call_count"): 0.1},
         cycle_duration=1,
+        cycle_started=1,
         last_cycle_end=1,
         reload_timestamp=1,
         throttled_until={("business", "1"): 2.0},

@@ -396,3 +396,28 @@ def test_the_overrun_warning_gives_advice_that_matches_its_cause(simulator, monk
     (line,) = [r.getMessage() for r in caplog.records if "overran" in r.getMessage()]
     assert advice in line
     assert ("concurrency" in line) == (held_back == 0.0) or "would not help" in line
+
+
+def test_no_answer_can_poison_the_fleet(start_simulator):
+    """A lone surrogate, values out of range and a token echoed back: each costs its value or its dataset,
+    and /metrics and /status still render for the whole fleet."""
+    from exporter.exposition import render
+    from exporter.status import status_html, status_json
+
+    token = "EAAB" + "q" * 40
+    sim = start_simulator(datasets=6, tokens=(token,))
+    ids = sim.world.dataset_ids
+    sim.set_fault(ids[1], "surrogate_name")
+    sim.set_fault(ids[2], "out_of_range")
+    sim.set_fault(ids[3], "token_echo")
+    scheduler = Scheduler(make(sim, [{"id": i} for i in ids[:5]]), Secrets({"default": token}))
+    snap = run_cycle(scheduler)
+    states = by_id(snap)
+    assert states[ids[1], ""].fetch_success and any("\ufffd" in e.event_name for e in states[ids[1], ""].quality.events)
+    assert states[ids[2], ""].fetch_success and snap.values_dropped == 4  # EMQ 42, 250 %, -0.5 %, ACR 1e298
+    assert states[ids[3], ""].last_reason == "auth" and token not in states[ids[3], ""].last_message
+    text = render(snap).decode()  # strict UTF-8
+    assert 'event_name="Purchase \ufffd lone"' in text
+    for page in (status_html(snap), status_json(snap)):
+        assert token.encode() not in page
+        page.decode()

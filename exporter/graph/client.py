@@ -11,6 +11,7 @@ import random
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,11 +24,13 @@ from exporter import __version__
 from exporter.graph.errors import BUSINESS_THROTTLE_CODES, GraphError, classify
 from exporter.graph.ratelimit import RateLimitUsage, parse_rate_limit_headers
 from exporter.graph.versions import LATEST_VERSION
+from exporter.text import scrub
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+TOTAL_TIMEOUTS = 2  # a whole request may take this many times graph_api.timeout, which bounds each read
 _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
 
 
@@ -109,7 +112,8 @@ class GraphClient:
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": f"meta-dataset-quality-exporter/{__version__}"},
+            # Only the encodings _read_limited inflates itself, with its size limit.
+            headers={"User-Agent": f"meta-dataset-quality-exporter/{__version__}", "Accept-Encoding": "gzip, deflate"},
             transport=transport,
         )
 
@@ -239,10 +243,17 @@ class GraphClient:
         started = time.monotonic()
         status = "error"
         try:
-            async with self._http.stream(method, url, **request) as response:
-                status = str(response.status_code)
-                body = await self._read_limited(response)
-                return self._interpret(response.status_code, response.headers, body, account, token)
+            # httpx's timeout bounds each read; this bounds the whole request, so a body that drips a byte at a
+            # time cannot hold a call (and its cycle) open for ever.
+            async with asyncio.timeout(TOTAL_TIMEOUTS * self.timeout):
+                async with self._http.stream(method, url, **request) as response:
+                    status = str(response.status_code)
+                    body = await self._read_limited(response)
+                    return self._interpret(response.status_code, response.headers, body, account, token)
+        except TimeoutError:
+            raise GraphError(
+                "timeout", f"{endpoint}: no whole answer from {self.host} within {TOTAL_TIMEOUTS * self.timeout:g}s"
+            ) from None
         except httpx.TimeoutException as exc:
             what = _TIMEOUTS.get(type(exc).__name__, "{host} sent no answer").format(host=self.host)
             raise GraphError("timeout", f"{endpoint}: {what} within {self.timeout:g}s") from None
@@ -260,17 +271,33 @@ class GraphClient:
                 f"response body of {declared} bytes is over the {self.max_body_bytes}-byte limit",
                 http_status=response.status_code,
             )
+        inflater = _inflater(response.headers.get("content-encoding", ""), response.status_code)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise GraphError(
-                    "invalid_response",
-                    f"response body is over the {self.max_body_bytes}-byte limit",
-                    http_status=response.status_code,
-                )
-            chunks.append(chunk)
+        async for raw in response.aiter_raw():
+            # Inflate with the limit applied as the bytes arrive: a 200 KB gzip bomb never becomes 200 MB.
+            pending = raw
+            while pending:
+                if inflater is None:
+                    chunk, pending = pending, b""
+                else:
+                    try:
+                        chunk = inflater.decompress(pending, self.max_body_bytes - size + 1)
+                    except zlib.error as exc:
+                        raise GraphError(
+                            "invalid_response", f"response body is not valid compressed data ({exc})"
+                        ) from None
+                    pending = inflater.unconsumed_tail
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise GraphError(
+                        "invalid_response",
+                        f"response body is over the {self.max_body_bytes}-byte limit",
+                        http_status=response.status_code,
+                    )
+                chunks.append(chunk)
+                if not chunk and pending:  # nothing more comes out of what is left: let the next read feed it
+                    break
         return b"".join(chunks)
 
     def _interpret(
@@ -300,6 +327,10 @@ class GraphClient:
         """Turn one answer (a whole response or a batch item) into a GraphResponse or a GraphError."""
         try:
             body = json.loads(raw)
+        except RecursionError:
+            raise GraphError(
+                "invalid_response", "response body is JSON nested too deeply", http_status=status
+            ) from None
         except ValueError:
             if status >= 500:
                 raise GraphError("transient", "server error with a body that is not JSON", http_status=status) from None
@@ -327,7 +358,7 @@ class GraphClient:
                     retry_after = float(min(minutes, 10**7)) * 60  # a 400-digit number must not overflow
         if self.observer and code is not None:
             self.observer.on_graph_error(code, reason)
-        message = str(error.get("message") or "Graph API error")[:500]
+        message = scrub(str(error.get("message") or "Graph API error"))[:500]
         return GraphError(
             reason,
             message,
@@ -382,3 +413,15 @@ def network_cause(exc: BaseException) -> str:
     if isinstance(exc, httpx.ProxyError):
         return f"the proxy refused ({exc})"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _inflater(encoding: str, status: int) -> Any:
+    """A zlib decompressor for the answer's Content-Encoding, or None for an uncompressed answer."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise GraphError("invalid_response", f"answer in an encoding not asked for ({encoding[:40]})", http_status=status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,9 +41,14 @@ def _warn_once(header: str, problem: str) -> None:
 
 
 def _number(value: Any) -> float | None:
+    """A usage figure: a finite, non-negative number (a 400-digit integer, +Inf or -0.05 is no figure)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def parse_rate_limit_headers(
@@ -93,7 +99,7 @@ def parse_rate_limit_headers(
 def _load(header: str, raw: str) -> Any:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         _warn_once(header, "not JSON")
         return None
     if not isinstance(value, dict):

@@ -37,6 +37,7 @@ ERRORS: dict[str, ErrorSpec] = {
         "OAuthException",
         "Error validating access token: The session is invalid because the user logged out.",
     ),
+    "token_malformed": ErrorSpec(400, 190, None, "OAuthException", "Malformed access token {token}"),
     "permission": ErrorSpec(
         403, 10, None, "OAuthException", "(#10) Application does not have permission for this action"
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -14,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -62,6 +64,16 @@ OTHER_FAULTS = (
     "transient_once",
     "throttle_business_error_data_string",
     "offline_refused",  # the beta offline call is refused (code 200); web answers as usual
+)
+# Hostile answers: what no API should send, and the exporter must survive.
+HOSTILE_FAULTS = (
+    "drip",  # the body arrives a byte at a time
+    "deep_json",  # JSON nested 3,000 levels deep
+    "surrogate_name",  # an event name holding a lone surrogate (legal JSON)
+    "out_of_range",  # EMQ 42, coverage 250 %, ACR 1e298
+    "huge_numbers",  # usage headers of 5,000 '[' and 400-digit integers
+    "token_echo",  # error 190 whose message repeats the token, as Meta's "Malformed access token" does
+    "gzip_bomb",  # 200 KB of gzip that inflates to 200 MB
 )
 MAX_BATCH = 50
 MAX_PAGE = 100
@@ -179,7 +191,7 @@ class Simulator:
                 self.business_quota.reset()
 
     def set_fault(self, dataset_id: str, fault: str | None) -> None:
-        if fault is not None and fault not in ERRORS and fault not in BODY_FAULTS + OTHER_FAULTS:
+        if fault is not None and fault not in ERRORS and fault not in BODY_FAULTS + OTHER_FAULTS + HOSTILE_FAULTS:
             raise ValueError(f"unknown fault {fault!r}")
         with self.lock:
             if fault is None:
@@ -371,9 +383,15 @@ class Simulator:
             data = apply_scenario(self.world.quality(dataset_id, agent), self.scenario)
         else:
             data = self.world.shared_quality(dataset_id, agent)  # `select` builds new objects; nothing is changed
+        if fault == "token_echo":
+            return self._error("token_malformed", token=token)
+        if fault == "huge_numbers":
+            headers = {"X-Business-Use-Case-Usage": "[" * 5000, "X-App-Usage": '{"call_count": ' + "9" * 400 + "}"}
         reply = Reply(200, _body_fault(select(data, tree, DATASET_QUALITY_SCHEMA), fault), headers)
-        if fault == "slow":
-            reply.fault = "slow"
+        if fault == "deep_json":
+            reply.raw = ("application/json", b'{"web": ' + b"[" * 3000 + b"]" * 3000 + b"}")
+        if fault in ("slow", "drip", "gzip_bomb"):
+            reply.fault = fault
         return reply
 
     def _pixel_json(self, pixel_id: str, tree: dict[str, Any] | None, schema: dict[str, Any]) -> dict[str, Any]:
@@ -609,6 +627,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.fault == "slow":
             self.sim.pause(self.sim.settings.slow_seconds)
         body = reply.body_bytes()
+        if reply.fault == "gzip_bomb":
+            body = _gzip_bomb()
+            reply.headers["Content-Encoding"] = "gzip"
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
@@ -616,7 +637,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
-            self.wfile.write(body)
+            if reply.fault == "drip":
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    if self.sim._stopping.wait(0.5):
+                        break
+            else:
+                self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -645,6 +673,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(Reply(200, {"scenario": self.sim.scenario, "calls": self.sim.calls, "faults": self.sim.faults}))
 
 
+@functools.lru_cache(maxsize=1)
+def _gzip_bomb() -> bytes:
+    """About 200 KB on the wire that inflate to 200 MB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b" " * 1_000_000
+    return b"".join([*(packer.compress(chunk) for _ in range(200)), packer.flush()])
+
+
 def _version_number(version: str) -> float:
     return float(version[1:]) if _VERSION_RE.match(version) else 0.0
 
@@ -661,6 +697,12 @@ def _body_fault(body: dict[str, Any], fault: str | None) -> dict[str, Any]:
         if fault == "wrong_leaf" and isinstance(event.get("event_match_quality"), dict):
             event["event_match_quality"] = {**event["event_match_quality"], "composite_score": True}
             break
+    if fault == "surrogate_name" and events:
+        events[0]["event_name"] = "Purchase \ud800 lone"
+    if fault == "out_of_range" and events:
+        events[0]["event_match_quality"] = {"composite_score": 42}
+        events[0]["event_coverage"] = {"percentage": 250, "goal_percentage": -0.5}
+        events[0]["acr"] = {"percentage": 1e298}
     return body
 
 
