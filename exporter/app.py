@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 import threading
 from collections.abc import Callable
@@ -97,7 +99,19 @@ class Exporter:
 EXIT_CONFIG = 2  # a bad configuration, from every command (run, once, check-config)
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one (as Go programs do at start): 1,024 is the soft
+    default in many places, and connections, the Graph client and the log all share it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(source: ConfigSource, web_config: str | None = None, *, lifecycle: bool = False) -> int:
+    raise_open_file_limit()
     try:
         config, secrets = load_all(source)
         exporter = Exporter(source, config, secrets, web_config=web_config, lifecycle=lifecycle)

@@ -48,10 +48,6 @@ def gzipped(rendered: Rendered) -> Rendered:
     return Rendered((data,), len(data))
 
 
-def wants_openmetrics(accept: str) -> bool:
-    return "application/openmetrics-text" in accept
-
-
 class ExpositionCache:
     """Keeps the renderings of the latest snapshot only."""
 

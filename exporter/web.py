@@ -1,26 +1,32 @@
-"""The HTTP side: `/`, `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`. It reads snapshots only."""
+"""The HTTP side: `/`, `/metrics`, `/status`, `/-/healthy`, `/-/ready`, `/-/reload`. It reads snapshots only.
+
+Connections, parsing and their limits are exporter.httpd's; this module routes, authenticates and answers.
+Rendering, bcrypt and reloads run in executors, so the event loop that holds every connection never waits
+on them; bcrypt has one thread of its own, so failing logins can take at most one core.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import html
 import logging
-import socket
-import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
-from typing import Any, Protocol
+from typing import Protocol
 
 from exporter import __version__
-from exporter.exposition import OPENMETRICS, TEXT, ExpositionCache, wants_openmetrics
-from exporter.httpserver import ClosingHTTPServer
+from exporter.exposition import OPENMETRICS, TEXT, ExpositionCache
+from exporter.httpd import HttpServer, Limits, Request, Response
 from exporter.snapshot import Snapshot
 from exporter.status import status_html, status_json
 from exporter.webconfig import WebSecurity
 
 log = logging.getLogger(__name__)
 PLAIN = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+MAX_PENDING_LOGINS = 8  # password checks waiting for the bcrypt thread; more are refused at once (429)
 
 
 class WebApp(Protocol):
@@ -32,61 +38,165 @@ class WebApp(Protocol):
     def reload(self) -> tuple[bool, str]: ...
 
 
-class _Server(ClosingHTTPServer):
-    allow_reuse_address = True
-    security = WebSecurity()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = self.socket.accept()
-        tls = self.security.tls
-        if tls is not None:  # the handshake happens in the handler's thread, so a slow client blocks no one
-            sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, address
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            request.settimeout(10)
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:  # plain HTTP, no client certificate, an old TLS version
-                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
-                return
-            request.settimeout(None)
-        super().finish_request(request, client_address)
-
-
 class WebServer:
-    def __init__(self, app: WebApp, host: str, port: int, security: WebSecurity | None = None) -> None:
-        cache = ExpositionCache()
-
-        class Handler(_Handler):
-            pass
-
-        Handler.app = app
-        Handler.cache = cache
-        Handler.status = StatusCache()
-        self._server = _Server((host, port), Handler)
-        self._server.security = security or WebSecurity()
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="web", daemon=True)
+    def __init__(
+        self,
+        app: WebApp,
+        host: str,
+        port: int,
+        security: WebSecurity | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.app = app
+        self.security = security or WebSecurity()
+        self.cache = ExpositionCache()
+        self.status = StatusCache()
+        self._bcrypt = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
+        self._pending_logins = 0
+        self._server = HttpServer(
+            self._handle,
+            host,
+            port,
+            limits=limits,
+            tls=lambda: self.security.tls,
+            extra_headers=lambda: self.security.headers,
+            server_name=f"meta-dataset-quality-exporter/{__version__}",
+        )
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server.address
 
     def secure(self, security: WebSecurity) -> None:
-        """Swap TLS and basic auth (on reload); connections made from now on use them."""
-        self._server.security = security
+        """Swap TLS, headers and basic auth (on reload); connections made from now on use them."""
+        self.security = security
+        self._server.refresh_tls()
 
     def start(self) -> None:
-        self._thread.start()
-        scheme = "https" if self._server.security.tls else "http"
+        self._server.start()
+        scheme = "https" if self.security.tls else "http"
         log.info("listening on %s://%s:%d", scheme, *self.address)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()  # ends open connections and waits for their threads
+        self._server.stop()
+        self._bcrypt.shutdown(wait=True, cancel_futures=True)
+
+    # ----- requests -----------------------------------------------------------------------------------
+    async def _handle(self, request: Request) -> Response:
+        denied = await self._authenticate(request)
+        if denied is not None:
+            return denied
+        if request.method in ("GET", "HEAD"):
+            return await self._get(request)
+        if request.method == "POST":
+            return await self._post(request)
+        return Response(405, b"Method not allowed.\n", headers={"Allow": "GET, HEAD, POST"})
+
+    async def _authenticate(self, request: Request) -> Response | None:
+        security = self.security
+        if not security.users:
+            return None
+        scheme, _, encoded = request.header("authorization").partition(" ")
+        user = password = ""
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user = password = ""
+        if user and security.remembered(user, password):
+            return None
+        if user:
+            if self._pending_logins >= MAX_PENDING_LOGINS:
+                return Response(429, b"Too many logins being checked; try again.\n", headers={"Retry-After": "1"})
+            self._pending_logins += 1
+            try:
+                loop = asyncio.get_running_loop()
+                if await loop.run_in_executor(self._bcrypt, security.verify, user, password):
+                    return None
+            finally:
+                self._pending_logins -= 1
+        realm = 'Basic realm="meta-dataset-quality-exporter"'
+        return Response(401, b"Unauthorized\n", headers={"WWW-Authenticate": realm})
+
+    async def _get(self, request: Request) -> Response:
+        path = request.path
+        if path == "/metrics":
+            return await self._metrics(request)
+        if path == "/-/healthy":
+            return Response(200, b"Healthy.\n")
+        if path == "/-/ready":
+            snap = self.app.snapshot
+            if snap.ready:
+                return Response(200, b"Ready.\n")
+            return Response(
+                503, f"Not ready: first collection cycle running ({snap.cycle_done}/{snap.cycle_total}).\n".encode()
+            )
+        if path == "/-/reload":
+            return Response(
+                405, b"Use POST to reload the configuration: curl -X POST .../-/reload\n", headers={"Allow": "POST"}
+            )
+        if path == "/":
+            return Response(200, _landing(self.app.snapshot).encode("utf-8", "replace"), HTML)
+        if path == "/status":
+            as_json = "format=json" in request.query.split("&")
+            snapshot = self.app.snapshot
+            body = await asyncio.get_running_loop().run_in_executor(None, self.status.get, snapshot, as_json)
+            return Response(200, body, "application/json" if as_json else HTML)
+        return Response(404, b"Not found. Try /metrics.\n")
+
+    async def _post(self, request: Request) -> Response:
+        if request.path != "/-/reload":
+            return Response(405, b"Only /-/reload accepts POST.\n", headers={"Allow": "GET, HEAD"})
+        if not self.app.lifecycle:  # as Prometheus answers without --web.enable-lifecycle
+            return Response(403, b"Lifecycle API is not enabled. Start with --web.enable-lifecycle or send SIGHUP.\n")
+        ok, message = await asyncio.get_running_loop().run_in_executor(None, self.app.reload)
+        return Response(200 if ok else 500, (message.rstrip("\n") + "\n").encode())
+
+    async def _metrics(self, request: Request) -> Response:
+        snap = self.app.snapshot
+        openmetrics = prefers_openmetrics(request.header("accept"))
+        compressed = accepts_gzip(request.header("accept-encoding"))
+        loop = asyncio.get_running_loop()
+        rendered = await loop.run_in_executor(
+            None, lambda: self.cache.get(snap, openmetrics=openmetrics, compressed=compressed)
+        )
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if compressed:
+            headers["Content-Encoding"] = "gzip"
+        return Response(200, rendered.chunks, OPENMETRICS if openmetrics else TEXT, headers)
+
+
+def _quality_values(header: str) -> dict[str, float]:
+    """`gzip;q=0.5, *;q=0` -> {"gzip": 0.5, "*": 0.0}: media ranges or codings, lowercased, with their q."""
+    out: dict[str, float] = {}
+    for part in header.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        if not name:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        out[name.lower()] = q
+    return out
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether the client accepts gzip: `GZIP` and `*` count, `gzip;q=0` refuses it."""
+    codings = _quality_values(accept_encoding)
+    return codings.get("gzip", codings.get("x-gzip", codings.get("*", 0.0))) > 0
+
+
+def prefers_openmetrics(accept: str) -> bool:
+    """OpenMetrics when the client asks for it at least as strongly as for the text format."""
+    ranges = _quality_values(accept)
+    om = ranges.get("application/openmetrics-text", 0.0)
+    text = max(ranges.get("text/plain", 0.0), ranges.get("text/*", 0.0), ranges.get("*/*", 0.0))
+    return om > 0 and om >= text
 
 
 class StatusCache:
@@ -104,107 +214,6 @@ class StatusCache:
             if as_json not in self._pages:
                 self._pages[as_json] = status_json(snapshot) if as_json else status_html(snapshot)
             return self._pages[as_json]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    app: WebApp
-    cache: ExpositionCache
-    status: StatusCache
-    protocol_version = "HTTP/1.1"
-    server_version = f"meta-dataset-quality-exporter/{__version__}"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.client_address[0], format % args)
-
-    def end_headers(self) -> None:
-        for name, value in self.server.security.headers.items():  # type: ignore[attr-defined]
-            self.send_header(name, value)  # http_server_config.headers of --web.config.file
-        super().end_headers()
-
-    def _authorised(self) -> bool:
-        users = self.server.security.users  # type: ignore[attr-defined]
-        if not users:
-            return True
-        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                user = password = ""
-            if user and self.server.security.allows(user, password):  # type: ignore[attr-defined]
-                return True
-        self._reply(401, "Unauthorized\n", WWW_Authenticate='Basic realm="meta-dataset-quality-exporter"')
-        return False
-
-    def _reply(self, status: int, body: bytes | str, content_type: str = PLAIN, **headers: str) -> None:
-        data = body.encode() if isinstance(body, str) else body
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        if not self._authorised():
-            return
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            return self._metrics()
-        if path == "/-/healthy":
-            return self._reply(200, "Healthy.\n")
-        if path == "/-/ready":
-            snap = self.app.snapshot
-            if snap.ready:
-                return self._reply(200, "Ready.\n")
-            return self._reply(
-                503, f"Not ready: first collection cycle running ({snap.cycle_done}/{snap.cycle_total}).\n"
-            )
-        if path == "/-/reload":
-            return self._reply(405, "Use POST to reload the configuration: curl -X POST .../-/reload\n", Allow="POST")
-        if path == "/":
-            return self._reply(200, _landing(self.app.snapshot), "text/html; charset=utf-8")
-        if path == "/status":
-            as_json = "format=json" in self.path.partition("?")[2].split("&")
-            body = self.status.get(self.app.snapshot, as_json)
-            return self._reply(200, body, "application/json" if as_json else "text/html; charset=utf-8")
-        self._reply(404, "Not found. Try /metrics.\n")
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 65536))
-        if not self._authorised():
-            return
-        if self.path.split("?", 1)[0] != "/-/reload":
-            return self._reply(405, "Only /-/reload accepts POST.\n", Allow="GET, HEAD")
-        if not self.app.lifecycle:  # as Prometheus answers without --web.enable-lifecycle
-            return self._reply(
-                403, "Lifecycle API is not enabled. Start with --web.enable-lifecycle, or send SIGHUP.\n"
-            )
-        ok, message = self.app.reload()
-        self._reply(200 if ok else 500, message.rstrip("\n") + "\n")
-
-    def _metrics(self) -> None:
-        snap = self.app.snapshot
-        openmetrics = wants_openmetrics(self.headers.get("Accept", ""))
-        compressed = "gzip" in self.headers.get("Accept-Encoding", "")
-        rendered = self.cache.get(snap, openmetrics=openmetrics, compressed=compressed)
-        self.send_response(200)
-        self.send_header("Content-Type", OPENMETRICS if openmetrics else TEXT)
-        self.send_header("Content-Length", str(rendered.length))
-        self.send_header("Vary", "Accept, Accept-Encoding")
-        if compressed:
-            self.send_header("Content-Encoding", "gzip")
-        self.end_headers()
-        if self.command != "HEAD":
-            for chunk in rendered.chunks:
-                self.wfile.write(chunk)
 
 
 def _landing(snap: Snapshot) -> str:

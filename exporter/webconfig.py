@@ -24,6 +24,8 @@ either honoured or refused: a security setting accepted and then ignored would b
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ import yaml
 
 from exporter.config import MAX_CONFIG_BYTES, ConfigError, read_small_file
 
+_BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
     "RequestClientCert": ssl.CERT_OPTIONAL,
@@ -88,24 +91,31 @@ class WebSecurity:
     headers: dict[str, str] = field(default_factory=dict)  # added to every response
     _verified: set[bytes] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _decoy: bytes = field(default=b"", repr=False)  # checked for unknown users, so that they cost the same
 
-    def allows(self, user: str, password: str) -> bool:
-        """Check a password against its bcrypt hash; successes are remembered, as bcrypt is slow on purpose."""
+    def _key(self, user: str, password: str, hashed: bytes) -> bytes:
+        return hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
+
+    def remembered(self, user: str, password: str) -> bool:
+        """A password already verified once (as exporter-toolkit caches them): no bcrypt, microseconds."""
         hashed = self.users.get(user)
         if hashed is None:
             return False
-        key = hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
         with self._lock:
-            if key in self._verified:
-                return True
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed)
-        except ValueError:
-            return False
+            return self._key(user, password, hashed) in self._verified
+
+    def verify(self, user: str, password: str) -> bool:
+        """bcrypt, slow on purpose; an unknown user is checked against a decoy hash of the same cost, so that
+        the time of an answer does not tell which user names exist."""
+        hashed = self.users.get(user)
+        ok = bcrypt.checkpw(password.encode(), hashed or self._decoy) and hashed is not None
         if ok:
             with self._lock:
-                self._verified.add(key)
+                self._verified.add(self._key(user, password, hashed or b""))
         return ok
+
+    def allows(self, user: str, password: str) -> bool:
+        return self.remembered(user, password) or self.verify(user, password)
 
 
 def load_web_config(path: str | None) -> WebSecurity:
@@ -136,7 +146,16 @@ def load_web_config(path: str | None) -> WebSecurity:
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             problems.append(f"{path}: basic_auth_users.{user}: expected a bcrypt hash ($2y$...), never a password")
             continue
+        if not _BCRYPT.match(hashed):  # accepted silently, it would refuse everyone
+            problems.append(
+                f"{path}: basic_auth_users.{user}: not a whole bcrypt hash ($2y$, a cost of 04 to 31, $, and 53 "
+                "characters of ./A-Za-z0-9); copy it again from htpasswd -nBC 10"
+            )
+            continue
         security.users[str(user)] = hashed.encode()
+    if security.users:
+        cost = max(int(h[4:6]) for h in security.users.values())
+        security._decoy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
     if problems:
         raise ConfigError(problems)
     return security

@@ -157,6 +157,9 @@ def test_once_on_ctrl_c_prints_partial_results_and_no_traceback(tmp_path, start_
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter", "once", "--config", str(path), "--format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # A background job of a non-interactive shell (CI's, nohup's) starts with SIGINT ignored, and Python
+        # then keeps it ignored: give the child the default a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -39,7 +40,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "
 
 
 class Exporter:
-    def __init__(self, tmp_path: Path, config: str, env: dict[str, str]):
+    def __init__(self, tmp_path: Path, config: str, env: dict[str, str], open_files: int | None = None):
         self.config_path = tmp_path / "config.yaml"
         self.config_path.write_text(config)
         self.port = free_port()
@@ -63,6 +64,9 @@ class Exporter:
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
+            if open_files
+            else None,
         )
         wait_for(self._up, what="the exporter to listen")
 
@@ -107,8 +111,8 @@ def lookup(samples: dict, name: str, **labels: str) -> float | None:
 def exporter_factory(tmp_path):
     started: list[Exporter] = []
 
-    def start(config: str, env: dict[str, str] | None = None) -> Exporter:
-        exporter = Exporter(tmp_path, config, {"META_ACCESS_TOKEN": TOKEN, **(env or {})})
+    def start(config: str, env: dict[str, str] | None = None, open_files: int | None = None) -> Exporter:
+        exporter = Exporter(tmp_path, config, {"META_ACCESS_TOKEN": TOKEN, **(env or {})}, open_files)
         started.append(exporter)
         return exporter
 
@@ -369,3 +373,26 @@ def test_demo_command_serves_the_simulated_fleet():
         assert proc.wait(10) == 0
     finally:
         proc.kill()
+
+
+def test_idle_connections_past_the_open_file_limit_leave_metrics_and_collection_working(fleet, exporter_factory):
+    """Under a 1,024 open-file limit (systemd's soft default), 1,100 idle connections used to make /metrics
+    unreachable and the exporter's own Graph calls fail. Idle sockets are now evicted past 256."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2500:
+        pytest.skip(f"the test itself needs 2,500 open files; this machine's hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2500), hard))
+    ids = fleet.world.dataset_ids
+    exporter = exporter_factory(config_for(fleet, [f"  - {{id: '{ids[1]}'}}"], interval="1s"), open_files=1024)
+    wait_for(lambda: exporter.value("fetch_success", dataset_id=ids[1], agent_name="") == 1, what="first fetch")
+    idle = []
+    try:
+        for _ in range(1100):
+            idle.append(socket.create_connection(("127.0.0.1", exporter.port), timeout=10))
+        cycles = exporter.value("cycles_total")
+        wait_for(lambda: exporter.value("cycles_total") >= cycles + 2, what="two more cycles")
+        assert exporter.value("fetch_success", dataset_id=ids[1], agent_name="") == 1  # its Graph calls still work
+    finally:
+        for sock in idle:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

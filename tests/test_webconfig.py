@@ -161,6 +161,8 @@ def test_security_headers_are_sent(certs, serve):
         ("tls_server_config: {cert_file: server.crt, key_file: server.key, client_auth_type: RequireAndVerifyClientCert}\n",
          "client_ca_file: required"),
         ("basic_auth_users: {alice: hunter2}\n", "basic_auth_users.alice: expected a bcrypt hash"),
+        ("basic_auth_users: {alice: '$2y$10$tooshort'}\n", "basic_auth_users.alice: not a whole bcrypt hash"),
+        ("basic_auth_users: {alice: '$2y$99$" + "a" * 53 + "'}\n", "basic_auth_users.alice: not a whole bcrypt hash"),
         ("basic_auth: {}\n", "basic_auth: unknown key"),
         ("tls_server_config: {cert_file: server.crt, key_file: server.key, max_version: TLS12, min_version: TLS13}\n",
          "max_version: TLS12 is below min_version TLS13"),
@@ -218,3 +220,44 @@ def test_the_exporter_refuses_to_start_with_a_bad_web_config(tmp_path):
         env={**os.environ, "META_ACCESS_TOKEN": TOKEN}, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2 and "basic_auth_users.alice: expected a bcrypt hash" in result.stderr
+
+
+def test_unknown_users_cost_a_bcrypt_check_too_and_checks_run_one_at_a_time(certs, serve, monkeypatch):
+    """Timing must not tell which user names exist, and wrong passwords can keep at most one core busy."""
+    import threading as threads
+
+    real = bcrypt.checkpw
+    running, most, checked = [0], [0], []
+    lock = threads.Lock()
+
+    def counting(password, hashed):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            checked.append(hashed)
+            return real(password, hashed)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    address = serve(web_config(certs, f"basic_auth_users:\n  alice: '{hashed(PASSWORD)}'\n"))
+    assert httpx.get(f"http://{address}/metrics", auth=("mallory", "guess")).status_code == 401
+    assert len(checked) == 1  # the unknown user was checked against the decoy, like a known one
+    answers = []
+
+    def attempt(n):
+        answers.append(httpx.get(f"http://{address}/metrics", auth=("alice", f"wrong {n}"), timeout=30).status_code)
+
+    workers = [threads.Thread(target=attempt, args=(n,)) for n in range(30)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert most[0] == 1  # one bcrypt at a time: failing logins take one core at most
+    assert set(answers) <= {401, 429} and len(answers) == 30
+    before = len(checked)
+    for _ in range(3):
+        assert httpx.get(f"http://{address}/metrics", auth=("alice", PASSWORD)).status_code == 200
+    assert len(checked) == before + 1  # verified once, then remembered

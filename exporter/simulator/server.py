@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from exporter.httpserver import ClosingHTTPServer
+from exporter.simulator.closing import ClosingHTTPServer
 from exporter.simulator.data import World, apply_scenario
 from exporter.simulator.errors import ERRORS, dumps, error_body, raw_fault_reply
 from exporter.simulator.fieldspec import (

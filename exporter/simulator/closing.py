@@ -1,7 +1,5 @@
-"""A threading HTTP server whose close ends its open connections and waits for their threads.
-
-Both the exporter's web side and the simulator use it, so that stopping either leaves no thread behind,
-not even one waiting on an idle keep-alive connection.
+"""The simulator's threading HTTP server: closing it ends its open connections and waits for their threads,
+so that a stopped simulator leaves no thread behind, not even one waiting on an idle keep-alive connection.
 """
 
 from __future__ import annotations

@@ -1,0 +1,311 @@
+"""A small asyncio HTTP/1.1 server for the exporter's few endpoints, bounded against hostile clients.
+
+One thread runs an event loop; an idle or slow connection costs a socket and a coroutine, never a thread.
+Every cost a client can impose has a bound:
+
+- at most `max_connections` connections at once; a new one past that evicts the connection that has waited
+  longest without sending a whole request (an idle or slow one), or is closed at once if every connection is
+  busy, so idle sockets can never lock a scraper out (a listen backlog of 1,024 absorbs bursts of connects);
+- a request's line and headers must arrive within `header_timeout` of its first byte, and be at most
+  `max_header_bytes`; a keep-alive connection may stay idle for `idle_timeout` between requests;
+- a body is read whole, within `body_timeout`, or refused: a `Content-Length` that is not a number gets 400,
+  one over `max_body_bytes` gets 413, `Transfer-Encoding` (chunked) gets 501, and each closes the
+  connection, so no leftover bytes are ever read as a new request;
+- a response a client does not read is abandoned after `write_timeout`.
+
+Handlers are coroutines; CPU-heavy work belongs in an executor (see exporter.web).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+log = logging.getLogger(__name__)
+
+_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S+) HTTP/(1\.[01])$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 256
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    body_timeout: float = 10.0
+    write_timeout: float = 60.0
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 64 * 1024
+    backlog: int = 1024
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # names lowercased; repeated headers joined with ", "
+    body: bytes
+    peer: str
+    version: str = "1.1"
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name, default)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes | Sequence[bytes] = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+    close: bool = False
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HttpServer:
+    """Serves `handler` on host:port from a thread of its own. `extra_headers` is read for every response;
+    `tls` when listening starts and on `refresh_tls()`, which listens again with a changed TLS context (the
+    context has to be the listener's: a handshake started on an accepted stream can lose the ClientHello)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str,
+        port: int,
+        *,
+        limits: Limits | None = None,
+        tls: Callable[[], ssl.SSLContext | None] = lambda: None,
+        extra_headers: Callable[[], dict[str, str]] = dict,
+        server_name: str = "",
+    ) -> None:
+        self.handler = handler
+        self.limits = limits or Limits()
+        self.tls = tls
+        self.extra_headers = extra_headers
+        self.server_name = server_name
+        self.active = 0
+        self.refused = 0
+        self.evicted = 0
+        self._loop = asyncio.new_event_loop()
+        self._connections: set[asyncio.Task[None]] = set()
+        self._waiting: dict[asyncio.Task[None], float] = {}  # connections without a whole request yet: since when
+        self._thread_stopping = False
+        self._context = tls()
+        # Bind now, in the caller's thread, so that a busy port is an error of the constructor.
+        self._socket = self._bind(host, port)
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._run, name="web", daemon=True)
+
+    def _bind(self, host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(self.limits.backlog)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _run(self) -> None:
+        try:
+            self._server = self._loop.run_until_complete(self._listen(self._socket))
+        finally:
+            self._started.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        self._loop.close()
+
+    async def _listen(self, sock: socket.socket) -> asyncio.Server:
+        return await asyncio.start_server(
+            self._accepted,
+            sock=sock,
+            backlog=self.limits.backlog,
+            limit=self.limits.max_header_bytes,
+            ssl=self._context,
+            ssl_handshake_timeout=self.limits.header_timeout if self._context else None,
+        )
+
+    def refresh_tls(self) -> None:
+        """Listen again, on the same address, if the TLS context changed; open connections carry on."""
+        if self.tls() is self._context:
+            return
+        host, port = self.address
+
+        async def again() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+            self._context = self.tls()
+            self._socket = self._bind(host, port)
+            self._server = await self._listen(self._socket)
+
+        asyncio.run_coroutine_threadsafe(again(), self._loop).result(timeout=30)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._socket.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._started = threading.Event()
+        self._thread.start()
+        self._started.wait(30)
+
+    def stop(self) -> None:
+        """Stop listening, end every connection, and wait for the thread."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        else:
+            self._loop.close()
+        self._socket.close()
+
+    async def _close(self) -> None:
+        self._thread_stopping = True
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._server.wait_closed()
+
+    # ----- connections -----------------------------------------------------------------------------------
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.active >= self.limits.max_connections:
+            if not self._waiting:
+                self.refused += 1
+                writer.transport.abort()  # every connection is busy: no thread, no buffer, no answer
+                return
+            oldest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[oldest]
+            self.evicted += 1
+            oldest.cancel()
+        task = asyncio.current_task()
+        assert task is not None
+        self.active += 1
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, OSError):
+            pass  # the client went away, or was too slow: nothing to answer
+        except asyncio.CancelledError:
+            if self._thread_stopping:
+                raise
+            # evicted for a newer connection: end quietly
+        finally:
+            self.active -= 1
+            self._connections.discard(task)
+            self._waiting.pop(task, None)
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = str((writer.get_extra_info("peername") or ("?",))[0])
+        first = True
+        while True:
+            try:
+                request = await self._read_request(reader, peer, first)
+            except _BadRequest as bad:
+                await self._write(writer, Response(bad.status, f"{bad}\n".encode(), close=True))
+                return
+            if request is None:
+                return
+            first = False
+            try:
+                response = await self.handler(request)
+            except Exception:
+                log.exception("the handler of %s %s failed", request.method, request.path)
+                response = Response(500, b"Internal error; see the exporter's log.\n", close=True)
+            close = response.close or _wants_close(request)
+            response.close = close
+            await self._write(writer, response, head_only=request.method == "HEAD")
+            if close:
+                return
+
+    async def _read_request(self, reader: asyncio.StreamReader, peer: str, first: bool) -> Request | None:
+        limits = self.limits
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = time.monotonic()
+        try:
+            # Between requests a connection may idle; once a request begins, its head has a deadline.
+            opening = await asyncio.wait_for(reader.read(1), limits.header_timeout if first else limits.idle_timeout)
+            if not opening:
+                return None
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), limits.header_timeout)
+        except asyncio.LimitOverrunError:
+            raise _BadRequest(431, "Request header fields too large.") from None
+        except asyncio.IncompleteReadError:
+            return None
+        finally:
+            self._waiting.pop(task, None)
+        head = (opening + rest)[:-4].split(b"\r\n")
+        match = _REQUEST_LINE.match(head[0])
+        if match is None:
+            raise _BadRequest(400, "Malformed request line.")
+        method, target = match.group(1).decode(), match.group(2).decode("latin-1")
+        headers: dict[str, str] = {}
+        for line in head[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not _TOKEN.match(name):  # obsolete line folding included: never merge lines
+                raise _BadRequest(400, "Malformed header line.")
+            key = name.decode().lower()
+            text = value.strip().decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if "transfer-encoding" in headers:
+            raise _BadRequest(501, "Transfer-Encoding (chunked bodies) is not supported; send Content-Length.")
+        body = b""
+        if "content-length" in headers:
+            declared = headers["content-length"]
+            if not declared.isascii() or not declared.isdigit():  # "abc", "-1", "1, 2": never guessed at
+                raise _BadRequest(400, "Malformed Content-Length.")
+            if len(declared) > 12 or int(declared) > limits.max_body_bytes:
+                raise _BadRequest(413, f"Request body over {limits.max_body_bytes} bytes.")
+            try:
+                body = await asyncio.wait_for(reader.readexactly(int(declared)), limits.body_timeout)
+            except asyncio.IncompleteReadError:
+                return None
+        path, _, query = target.partition("?")
+        return Request(method, path, query, headers, body, peer, match.group(3).decode())
+
+    async def _write(self, writer: asyncio.StreamWriter, response: Response, head_only: bool = False) -> None:
+        chunks = [response.body] if isinstance(response.body, bytes | bytearray) else list(response.body)
+        length = sum(len(c) for c in chunks)
+        reason = HTTPStatus(response.status).phrase if response.status in HTTPStatus._value2member_map_ else ""
+        lines = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}"]
+        lines.append(f"Content-Length: {length}")
+        if self.server_name:
+            lines.append(f"Server: {self.server_name}")
+        for name, value in {**self.extra_headers(), **response.headers}.items():
+            lines.append(f"{name}: {value}")
+        if response.close:
+            lines.append("Connection: close")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if not head_only:
+            writer.writelines(chunks)
+        await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+
+
+def _wants_close(request: Request) -> bool:
+    connection = request.header("connection").lower()
+    return "close" in connection or (request.version == "1.0" and "keep-alive" not in connection)

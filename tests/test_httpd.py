@@ -1,0 +1,186 @@
+"""The HTTP server against hostile clients, over loopback; every attack is bounded in count and time."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from exporter.httpd import Limits
+from exporter.snapshot import Snapshot
+from exporter.web import WebServer, accepts_gzip, prefers_openmetrics
+
+
+class App:
+    lifecycle = True
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot(generation=1, created=0, graph_api_version="v27.0", ready=True)
+        self.reloads = 0
+
+    def reload(self):
+        self.reloads += 1
+        return True, "reloaded"
+
+
+@pytest.fixture
+def server():
+    started = []
+
+    def start(**limits):
+        web = WebServer(App(), "127.0.0.1", 0, limits=Limits(**limits))
+        web.start()
+        started.append(web)
+        return web
+
+    yield start
+    for web in started:
+        web.stop()
+
+
+def connect(web: WebServer) -> socket.socket:
+    return socket.create_connection(web.address, timeout=10)
+
+
+def exchange(web: WebServer, raw: bytes) -> bytes:
+    """Send raw bytes, read until the server closes or 2 s of silence."""
+    with connect(web) as sock:
+        sock.sendall(raw)
+        sock.settimeout(2)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except TimeoutError:
+            pass
+        return data
+
+
+def get(web: WebServer, path: str = "/-/healthy") -> int:
+    answer = exchange(web, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    return int(answer.split(b" ", 2)[1]) if answer else 0
+
+
+def test_idle_connections_hold_no_thread_and_never_lock_a_scraper_out(server):
+    web = server(max_connections=50, header_timeout=30)
+    threads_before = threading.active_count()
+    idle = [connect(web) for _ in range(300)]  # six times the limit, none sends a byte
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() <= threads_before + 1  # no thread per connection
+        assert get(web) == 200  # a scraper's connection evicts the longest-idle one
+        assert get(web, "/metrics") == 200
+        assert web._server.active <= 50
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_slow_header_is_cut_off(server):
+    web = server(header_timeout=1.0)
+    with connect(web) as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: slowloris\r\n":
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.3)
+            try:
+                if sock.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+            if time.monotonic() - started > 20:  # a hang guard: the server must have closed long before
+                break
+        assert closed
+
+
+def test_an_idle_keep_alive_connection_is_closed(server):
+    web = server(idle_timeout=0.5)
+    with connect(web) as sock:
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert sock.recv(1) == b""  # closed by the server once idle
+
+
+def test_a_burst_of_connects_is_absorbed_by_the_backlog(server):
+    web = server()
+    answers = []
+
+    def one():
+        answers.append(get(web))
+
+    threads = [threading.Thread(target=one) for _ in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers.count(200) == 100
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n", 400),
+        (b"POST /-/reload HTTP/1.1\r\nContent-Length: 1000000000000000\r\n\r\n", 413),
+        (b"POST /-/reload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 501),
+        (b"GET /metrics HTTP/1.1\r\n folded: header\r\n\r\n", 400),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /metrics HTTP/2.0\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_malformed_requests_get_a_4xx_and_the_connection_closed(server, request_bytes, status):
+    web = server()
+    answer = exchange(web, request_bytes)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()) and b"Connection: close" in answer
+    assert answer.count(b"HTTP/1.1") == 1
+
+
+def test_an_oversized_body_is_refused_and_the_rest_never_read_as_a_request(server):
+    web = server()
+    smuggled = b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"x" * 70_000 + smuggled
+    answer = exchange(web, b"POST /-/reload HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert answer.startswith(b"HTTP/1.1 413 ") and answer.count(b"HTTP/1.1") == 1
+    assert web.app.reloads == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip"),
+    [("gzip", True), ("GZIP", True), ("gzip;q=0", False), ("deflate, gzip;q=0.0", False), ("*", True),
+     ("identity", False), ("", False), ("br;q=1, gzip;q=0.5", True), ("*;q=0", False)],
+)  # fmt: skip
+def test_accept_encoding_q_values(header, gzip):
+    assert accepts_gzip(header) is gzip
+
+
+@pytest.mark.parametrize(
+    ("header", "openmetrics"),
+    [
+        ("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", True),
+        ("application/openmetrics-text;q=0", False),
+        ("text/plain", False),
+        ("application/openmetrics-text;q=0.3, text/plain;q=0.9", False),
+        ("APPLICATION/OPENMETRICS-TEXT", True),
+    ],
+)
+def test_accept_q_values(header, openmetrics):
+    assert prefers_openmetrics(header) is openmetrics
+
+
+def test_gzip_q_zero_is_served_plain(server):
+    web = server()
+    answer = exchange(web, b"GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip;q=0\r\nConnection: close\r\n\r\n")
+    assert b"Content-Encoding" not in answer.split(b"\r\n\r\n")[0]
+    answer = exchange(web, b"GET /metrics HTTP/1.1\r\nAccept-Encoding: GZIP\r\nConnection: close\r\n\r\n")
+    assert b"Content-Encoding: gzip" in answer
