@@ -35,6 +35,19 @@ from exporter.simulator import SCENARIOS, Simulator, SimulatorSettings
 
 log = logging.getLogger("exporter")
 COMMANDS = ("run", "check-config", "once", "simulate", "demo")
+DESCRIPTIONS = {
+    "run": "Run the exporter: poll Meta's Dataset Quality API for every configured and discovered dataset in the\n"
+    "background and serve the results on /metrics. The default command: `meta-dataset-quality-exporter\n"
+    "--config FILE` is `run --config FILE`. The token comes from the environment or a file the config names.",
+    "check-config": "Validate a configuration file (and, unless --skip-secrets, that its tokens are readable),\n"
+    "report every problem at once, and exit 0 when it is valid, 2 when it is not.",
+    "once": "Fetch every target once and print the result: a table for people, JSON for scripts, or the\n"
+    "exposition. Exits 1 when a target or a discovery edge failed; stops after --timeout.",
+    "simulate": "Run the built-in fake Graph API on loopback: the demo, the tests and the benchmarks use it. It\n"
+    "prints the token it accepts, dataset IDs and businesses to discover.",
+    "demo": "Run the simulator and the exporter against it, no token and no config needed; prints the URLs to\n"
+    "open and writes the configuration it runs with to a file to copy.",
+}
 ONCE_TIMEOUT = 300.0
 
 
@@ -70,7 +83,7 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-count", type=int, metavar="N", help="number of replicas sharing the fleet")
 
 
-def _add_run(sub: argparse._SubParsersAction) -> None:
+def _add_run(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the exporter (the default command)")
     _add_source_options(p)
     p.add_argument(
@@ -88,6 +101,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="answer POST /-/reload (as Prometheus does, off by default; SIGHUP always reloads)",
     )
+    return p
 
 
 def _add_once(sub: argparse._SubParsersAction) -> None:
@@ -150,12 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     original = sub.add_parser
 
     def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", DESCRIPTIONS.get(name, kwargs.get("help")))
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         subparser = original(name, **kwargs)
         _add_logging(subparser, default=False)  # also after the command: `run --log-format json`
         return subparser
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
-    _add_run(sub)
+    run = _add_run(sub)
+    # A bare invocation runs `run`, so the top-level help shows its flags too.
+    parser.epilog = "run, the default command:\n\n" + run.format_help()
     p = sub.add_parser("check-config", help="validate a configuration file and its secrets, then exit")
     p.add_argument("file")
     p.add_argument("--skip-secrets", action="store_true", help="do not check that tokens and secrets are readable")
@@ -333,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     while index < len(argv) and argv[index] in ("--log-level", "--log-format"):
         index += 2
     rest = argv[index:]
+    parser = build_parser()
     if not rest or (rest[0] not in COMMANDS and rest[0] not in ("-h", "--help", "--version")):
         argv.insert(index, "run")
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     handlers = {
         "run": cmd_run,

@@ -228,6 +228,37 @@ def _get(raw: dict[str, Any], key: str, path: str, kind: type | tuple[type, ...]
     return value
 
 
+# Every key the YAML may hold, by section: the validation's one list, and what the example file must show.
+SCHEMA: dict[str, frozenset[str]] = {
+    "": frozenset({"graph_api", "credentials", "collection", "datasets", "server", "discovery", "shard", "limits"}),
+    "graph_api": frozenset(
+        {"base_url", "version", "timeout", "max_retries", "app_id", "app_secret_env", "app_secret_file"}
+    ),
+    "credentials.*": frozenset({"token_env", "token_file"}),
+    "collection": frozenset(
+        {
+            "interval",
+            "concurrency",
+            "stale_after",
+            "sources",
+            "blocks",
+            "batch_size",
+            "slow_down_at",
+            "cooldown",
+            "throttle_wait",
+            "max_calls_per_hour",
+            "metadata_interval",
+            "token_check_interval",
+        }
+    ),
+    "datasets[]": frozenset({"id", "name", "credential", "agent_name", "labels"}),
+    "discovery[]": frozenset(
+        {"business_id", "ad_account_id", "edges", "credential", "include", "exclude", "refresh", "agent_name", "labels"}
+    ),
+    "server": frozenset({"listen_address"}),
+    "shard": frozenset({"index", "count"}),
+    "limits": frozenset({"max_series"}),
+}
 STALE_INTERVALS = 3  # collection.stale_after when it is not set, in intervals
 
 
@@ -262,24 +293,23 @@ def _duration(raw: dict[str, Any], key: str, path: str, default: float, p: _Prob
 def validate(raw: Any, source: str = "<config>") -> Config:
     """Turn a decoded YAML document into a Config, or raise ConfigError with every problem found."""
     p = _Problems(source)
-    sections = {"graph_api", "credentials", "collection", "datasets", "server", "discovery", "shard", "limits"}
-    top = _mapping(raw, "", sections, p)
+    top = _mapping(raw, "", SCHEMA[""], p)
     graph = _graph_api(top.get("graph_api"), p)
     credentials = _credentials(top.get("credentials"), p)
     collection = _collection(top.get("collection"), p)
     datasets = _datasets(top.get("datasets"), credentials, p)
-    server_raw = _mapping(top.get("server"), "server", {"listen_address"}, p)
+    server_raw = _mapping(top.get("server"), "server", SCHEMA["server"], p)
     server = ServerConfig(_get(server_raw, "listen_address", "server", str, ServerConfig.listen_address, p))
     if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$", server.listen_address):
         p.add("server.listen_address", f"expected HOST:PORT, got {server.listen_address!r}")
     discovery = _discovery(top.get("discovery"), credentials, p)
-    shard_raw = _mapping(top.get("shard"), "shard", {"index", "count"}, p)
+    shard_raw = _mapping(top.get("shard"), "shard", SCHEMA["shard"], p)
     shard = ShardConfig(_get(shard_raw, "index", "shard", int, 0, p), _get(shard_raw, "count", "shard", int, 1, p))
     if shard.count < 1 or not 0 <= shard.index < shard.count:
         p.add(
             "shard", f"index must be in 0..count-1 and count at least 1, got index {shard.index}, count {shard.count}"
         )
-    limits_raw = _mapping(top.get("limits"), "limits", {"max_series"}, p)
+    limits_raw = _mapping(top.get("limits"), "limits", SCHEMA["limits"], p)
     limits = LimitsConfig(_get(limits_raw, "max_series", "limits", int, LimitsConfig.max_series, p))
     if limits.max_series < 0:
         p.add("limits.max_series", "must be 0 (no limit) or positive")
@@ -289,7 +319,7 @@ def validate(raw: Any, source: str = "<config>") -> Config:
 
 
 def _graph_api(value: Any, p: _Problems) -> GraphApiConfig:
-    keys = {"base_url", "version", "timeout", "max_retries", "app_id", "app_secret_env", "app_secret_file"}
+    keys = SCHEMA["graph_api"]
     raw = _mapping(value, "graph_api", keys, p)
     d = GraphApiConfig()
     base_url = _get(raw, "base_url", "graph_api", str, d.base_url, p)
@@ -327,7 +357,7 @@ def _credentials(value: Any, p: _Problems) -> dict[str, CredentialConfig]:
         if isinstance(spec, str):
             p.add(key, "tokens never go in the YAML: use {token_env: VARIABLE} or {token_file: PATH}")
             continue
-        fields = _mapping(spec, key, {"token_env", "token_file", "token"}, p)
+        fields = _mapping(spec, key, SCHEMA["credentials.*"] | {"token"}, p)  # `token` only to say why not
         if "token" in fields:
             p.add(f"{key}.token", "tokens never go in the YAML: use token_env or token_file")
         cred = CredentialConfig(
@@ -342,11 +372,7 @@ def _credentials(value: Any, p: _Problems) -> dict[str, CredentialConfig]:
 
 
 def _collection(value: Any, p: _Problems) -> CollectionConfig:
-    keys = {
-        "interval", "concurrency", "stale_after", "sources", "blocks", "batch_size", "slow_down_at", "cooldown",
-        "throttle_wait", "max_calls_per_hour", "metadata_interval", "token_check_interval",
-    }  # fmt: skip
-    raw = _mapping(value, "collection", keys, p)
+    raw = _mapping(value, "collection", SCHEMA["collection"], p)
     d = CollectionConfig()
     concurrency = _get(raw, "concurrency", "collection", int, d.concurrency, p)
     if not 1 <= concurrency <= 64:
@@ -393,17 +419,7 @@ def _discovery(value: Any, credentials: Mapping[str, CredentialConfig], p: _Prob
     if not isinstance(value, list):
         p.add("discovery", f"expected a list, got {type(value).__name__}")
         return ()
-    keys = {
-        "business_id",
-        "ad_account_id",
-        "edges",
-        "credential",
-        "include",
-        "exclude",
-        "refresh",
-        "agent_name",
-        "labels",
-    }
+    keys = SCHEMA["discovery[]"]
     out = []
     for i, item in enumerate(value):
         key = f"discovery[{i}]"
@@ -473,7 +489,7 @@ def _datasets(value: Any, credentials: Mapping[str, CredentialConfig], p: _Probl
     seen: dict[tuple[str, str], int] = {}
     for i, item in enumerate(value):
         key = f"datasets[{i}]"
-        raw = _mapping(item, key, {"id", "name", "credential", "agent_name", "labels"}, p)
+        raw = _mapping(item, key, SCHEMA["datasets[]"], p)
         dataset_id = raw.get("id")
         if isinstance(dataset_id, int) and not isinstance(dataset_id, bool):
             dataset_id = str(dataset_id)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from exporter.app import Exporter
 from exporter.config import (
@@ -15,6 +20,7 @@ from exporter.config import (
     GraphApiConfig,
     Secrets,
     ServerConfig,
+    show_duration,
 )
 from exporter.report import ProgressBar
 from exporter.simulator import EXAMPLE_DATASET_ID, Simulator, SimulatorSettings
@@ -44,6 +50,28 @@ def demo_config(sim: Simulator, listen: str, interval: float) -> Config:
     )
 
 
+def demo_yaml(config: Config) -> str:
+    """The demo's configuration as a file a user can copy: change base_url and the token, and it is theirs."""
+    c = config.collection
+    raw: dict[str, Any] = {
+        "graph_api": {"base_url": config.graph_api.base_url, "version": config.graph_api.version},
+        "credentials": {name: {"token_env": cred.token_env} for name, cred in config.credentials.items()},
+        "collection": {"interval": show_duration(c.interval), "stale_after": show_duration(c.stale_after)},
+        "datasets": [
+            {"id": d.id, "name": d.name, **({"credential": d.credential} if d.credential != "default" else {}),
+             **({"agent_name": d.agent_name} if d.agent_name else {}), "labels": dict(d.labels)}
+            for d in config.datasets
+        ],
+        "server": {"listen_address": config.server.listen_address},
+    }  # fmt: skip
+    header = (
+        "# The configuration `make demo` runs with. For your own pixels: set graph_api.base_url to\n"
+        "# https://graph.facebook.com (or delete it), put your dataset IDs under datasets, and export your\n"
+        "# token as META_ACCESS_TOKEN with credentials: {default: {token_env: META_ACCESS_TOKEN}}.\n"
+    )
+    return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
 def _free(host: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -55,9 +83,14 @@ def _free(host: str, port: int) -> bool:
 
 
 def run_demo(datasets: int, host: str, port: int, interval: float, latency: float) -> int:
+    # The simulator always adds Meta's documented example dataset: --datasets N serves N in all.
     sim = Simulator(
         SimulatorSettings(
-            datasets=datasets, latency=latency, tokens=(DEMO_TOKEN,), expired_tokens=(EXPIRED_TOKEN,), seed=1
+            datasets=max(datasets - 1, 0),
+            latency=latency,
+            tokens=(DEMO_TOKEN,),
+            expired_tokens=(EXPIRED_TOKEN,),
+            seed=1,
         )
     )
     sim.start("127.0.0.1", 0)
@@ -65,6 +98,8 @@ def run_demo(datasets: int, host: str, port: int, interval: float, latency: floa
         log.warning("port %d is taken; using a free one", port)
         port = 0
     config = demo_config(sim, f"{host}:{port}", interval)
+    config_path = Path(tempfile.gettempdir()) / "meta-dataset-quality-exporter-demo.yaml"
+    config_path.write_text(demo_yaml(config), "utf-8")
     secrets = Secrets({"default": DEMO_TOKEN, "client_b": EXPIRED_TOKEN})
     exporter = Exporter(lambda: config, config, secrets, progress=ProgressBar())
 
@@ -79,6 +114,10 @@ def run_demo(datasets: int, host: str, port: int, interval: float, latency: floa
             f"  metrics:        {url}/metrics\n"
             f"  landing page:   {url}/\n"
             f"  readiness:      {url}/-/ready\n"
+            f"  status page:    {url}/status\n"
+            f"  its config:     {config_path} (copy it; for your pixels change base_url, the IDs and the token)\n"
+            f"  simulator token: {DEMO_TOKEN} (as DEMO); business for discovery: "
+            f"{next(iter(sim.world.businesses))}\n"
             f"  Meta's example: dataset {EXAMPLE_DATASET_ID} serves the values of Meta's documentation page\n"
             f"  switch the simulator's scenario, e.g.:\n"
             f'    curl -X POST -d \'{{"scenario": "emq_drop"}}\' {sim.url}/_sim/scenario\n'

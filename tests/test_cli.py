@@ -244,3 +244,15 @@ def test_log_lines_and_the_progress_bar_never_share_a_terminal_line():
     assert "a warning in the middle of a cycle" in shown and "another" in shown and "after the cycle" in shown
     assert not any("fetched" in line and "warning" in line for line in shown)
     assert shown[-2:] == ["after the cycle", ""]  # the bar is not drawn again once finished
+
+
+def test_help_shows_the_run_flags_and_every_command_has_a_description(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "--web.listen-address" in text and "--web.enable-lifecycle" in text and "--dataset-id" in text
+    for command in ("run", "check-config", "once", "simulate", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        usage, _, rest = capsys.readouterr().out.partition("\n\n")
+        assert len(rest.split("\n\n", 1)[0]) > 60, f"{command} has no description"

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import EXAMPLE_DATASET_ID
@@ -355,12 +356,21 @@ def test_demo_command_serves_the_simulated_fleet():
         text=True,
     )
     try:
-        url = None
+        url = config_path = None
         for line in proc.stdout:
             if "metrics:" in line:
                 url = line.split()[-1].removesuffix("/metrics")
+            if "its config:" in line:
+                config_path = line.split()[2]
                 break
-        assert url, "the demo printed no URL"
+        assert url and config_path, "the demo printed no URL or config file"
+        written = yaml.safe_load(Path(config_path).read_text())
+        assert len({d["id"] for d in written["datasets"]}) == 20  # --datasets 20 serves 20, not 21
+        env = {**os.environ, "DEMO": "x", "DEMO_B": "y"}
+        check = subprocess.run(
+            [sys.executable, "-m", "exporter", "check-config", config_path], env=env, capture_output=True
+        )
+        assert check.returncode == 0, check.stderr
         wait_for(lambda: http("GET", url + "/-/ready")[0] == 200, what="demo readiness")
         text = http("GET", url + "/metrics")[2].decode()
         assert (

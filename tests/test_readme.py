@@ -70,6 +70,28 @@ def test_every_contract_metric_is_produced():
     assert contract <= produced()
 
 
+def test_example_config_shows_every_key_and_passes_check_config():
+    import yaml
+
+    from exporter.cli import main
+    from exporter.config import SCHEMA
+
+    path = ROOT / "deploy" / "config.example.yaml"
+    raw = yaml.safe_load(path.read_text("utf-8"))
+    shown: dict[str, set[str]] = {"": set(raw)}
+    shown["graph_api"] = set(raw["graph_api"])
+    shown["credentials.*"] = {k for spec in raw["credentials"].values() for k in spec}
+    shown["datasets[]"] = {k for item in raw["datasets"] for k in item}
+    shown["discovery[]"] = {k for item in raw["discovery"] for k in item}
+    for section in ("collection", "server", "shard", "limits"):
+        shown[section] = set(raw[section])
+    text = path.read_text("utf-8")
+    for section, keys in SCHEMA.items():
+        missing = {k for k in keys - shown[section] if f"{k}:" not in text}  # a commented alternative counts
+        assert not missing, f"{section}: {sorted(missing)} missing from config.example.yaml"
+    assert main(["check-config", "--skip-secrets", str(path)]) == 0
+
+
 def test_example_config_is_valid():
     config = load_config(ROOT / "deploy" / "config.example.yaml")
     assert len(config.datasets) == 3 and config.label_names() == ("customer", "team")
