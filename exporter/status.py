@@ -16,6 +16,7 @@ from exporter.snapshot import DatasetState, Snapshot
 
 MAX_OPPORTUNITIES = 100
 EVENTS_SHOWN = 6
+FAILURE_SHOWN = 160  # characters of a failure shown in its cell; the whole text is the cell's tooltip
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -47,8 +48,16 @@ def _dataset(state: DatasetState) -> dict[str, Any]:
     }
 
 
+def _order(dataset: dict[str, Any]) -> tuple[int, float]:
+    """Failing datasets first, then the worst EMQ first; datasets without a score (or not fetched yet) last."""
+    if dataset["status"] == "failing":
+        return (0, 0.0)
+    worst = dataset["worst_emq"]
+    return (1, worst) if worst is not None else (2, 0.0)
+
+
 def _opportunities(snapshot: Snapshot) -> list[dict[str, Any]]:
-    """Meta's own estimates of additional conversions, largest first."""
+    """Meta's own estimates of additional conversions, largest first (all of them)."""
     found: list[dict[str, Any]] = []
     for state in snapshot.datasets:
         if state.quality is None:
@@ -69,7 +78,7 @@ def _opportunities(snapshot: Snapshot) -> list[dict[str, Any]]:
                     base | {"event_name": e.event_name, "action": action, "lift": e.coverage_potential_acr_increase}
                 )
     found.sort(key=lambda o: -o["lift"])
-    return found[:MAX_OPPORTUNITIES]
+    return found
 
 
 def _by_customer(opportunities: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,7 +93,7 @@ def _by_customer(opportunities: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def status_model(snapshot: Snapshot) -> dict[str, Any]:
-    datasets = [_dataset(s) for s in snapshot.datasets]
+    datasets = sorted((_dataset(s) for s in snapshot.datasets), key=_order)
     opportunities = _opportunities(snapshot)
     return {
         "version": __version__,
@@ -92,8 +101,9 @@ def status_model(snapshot: Snapshot) -> dict[str, Any]:
         "last_cycle": _iso(snapshot.last_cycle_end),
         "datasets": datasets,
         "failing": sum(1 for d in datasets if d["status"] == "failing"),
-        "opportunities": opportunities,
-        "by_customer": _by_customer(opportunities),
+        "opportunities": opportunities[:MAX_OPPORTUNITIES],
+        "opportunities_total": len(opportunities),
+        "by_customer": _by_customer(opportunities),  # over every opportunity, not only those listed
     }
 
 
@@ -125,6 +135,7 @@ def status_html(snapshot: Snapshot) -> bytes:
         diag = d["top_diagnostic"]
         diag_text = f"{diag['name']} ({_num(diag['percentage'], '%')})" if diag else ""
         failure = f"{d['reason']}: {d['error']}" if d["status"] == "failing" else ""
+        shown_failure = failure if len(failure) <= FAILURE_SHOWN else failure[: FAILURE_SHOWN - 1] + "…"
         worst = d["worst_emq"]
         rows.append(
             "<tr>"
@@ -138,7 +149,7 @@ def status_html(snapshot: Snapshot) -> bytes:
             + _cell(_num(worst), sort=worst if worst is not None else 99, cls="num")
             + _cell(events)
             + _cell(diag_text, sort=diag["percentage"] if diag else -1)
-            + _cell(failure)
+            + f'<td class="failure" title="{_e(failure)}">{_e(shown_failure)}</td>'
             + "</tr>"
         )
     opportunities = [
@@ -159,7 +170,14 @@ def status_html(snapshot: Snapshot) -> bytes:
         + "</tr>"
         for c in model["by_customer"]
     ]
+    cut = ""
+    if model["opportunities_total"] > len(model["opportunities"]):
+        cut = (
+            f"<p class=cut>Showing the {len(model['opportunities'])} largest of {model['opportunities_total']} "
+            "opportunities; “By customer” counts all of them.</p>"
+        )
     return _PAGE.format(
+        cut=cut,
         version=_e(model["version"]),
         generated=_e(model["generated"]),
         count=len(model["datasets"]),
@@ -178,7 +196,7 @@ _PAGE = """<!doctype html>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h1{{font-size:1.4em}} h2{{font-size:1.15em;margin-top:2em}}
 table{{border-collapse:collapse;width:100%;font-size:.85em}} th,td{{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}}
 th{{cursor:pointer;background:#f4f4f4;position:sticky;top:0}} th[aria-sort=ascending]::after{{content:" ▲"}} th[aria-sort=descending]::after{{content:" ▼"}}
-td.num{{text-align:right}} td.failing{{color:#b00020;font-weight:600}} td.ok{{color:#1b7f3b}} input{{padding:.4em;width:24em;margin:.5em 0}}
+td.num{{text-align:right}} td.failure{{max-width:28em;overflow-wrap:anywhere;color:#555}} p.cut{{color:#555;font-style:italic}} td.failing{{color:#b00020;font-weight:600}} td.ok{{color:#1b7f3b}} input{{padding:.4em;width:24em;margin:.5em 0}}
 </style></head><body>
 <h1>Dataset quality status</h1>
 <p>{count} datasets watched, {failing} failing. Last cycle: {last_cycle}. Generated {generated} by
@@ -192,6 +210,7 @@ meta-dataset-quality-exporter {version}. <a href="status?format=json">JSON</a> �
 </tbody></table>
 <h2>What to fix first</h2>
 <p>Meta's own estimates of additional conversions reported (potential ACR increase), largest first.</p>
+{cut}
 <table id="opportunities" class="sortable"><thead><tr><th>Potential lift</th><th>Dataset</th><th>Customer</th><th>Event</th><th>Action</th></tr></thead><tbody>
 {opportunities}
 </tbody></table>

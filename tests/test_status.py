@@ -70,7 +70,9 @@ def fleet() -> Snapshot:
                 [],
                 success=False,
                 last_reason="auth",
-                last_message="Error validating access token",
+                last_message="Error validating access token: Session has expired on Sunday, 01-Nov-26 09:00:00 PST. "
+                + "The current time is Monday, 02-Nov-26 10:00:00 PST. " * 8
+                + "(reason=auth, code=190/463, fbtrace_id=AbCdEfGhIjKlMnOpQrStUvW)",
             ),
         ),
     )
@@ -78,14 +80,35 @@ def fleet() -> Snapshot:
 
 def test_model_orders_events_worst_first_and_ranks_opportunities():
     model = status_model(fleet())
-    acme = model["datasets"][0]
+    # failing first, then the worst EMQ first: Umbrella (auth), Globex 2.5, Acme 4.1, Initech 9.1
+    assert [d["dataset_id"] for d in model["datasets"]] == ["444", "222", "111", "333"]
+    acme = model["datasets"][2]
     assert [e["event_name"] for e in acme["events"]] == ["PageView", "Purchase"] and acme["worst_emq"] == 4.1
     assert acme["top_diagnostic"]["name"] == "Server sending mismatched IP addresses"
-    failing = model["datasets"][3]
+    failing = model["datasets"][0]
     assert (failing["status"], failing["reason"], model["failing"]) == ("failing", "auth", 1)
     lifts = [(o["dataset_id"], o["event_name"], o["lift"]) for o in model["opportunities"]]
     assert lifts == [("111", "Purchase", 58.96), ("222", "AddToCart", 35.8), ("222", "Search", 32.9)]
     assert model["by_customer"][0] == {"customer": "acme", "opportunities": 1, "largest_lift": 58.96}
+
+
+def test_by_customer_counts_every_opportunity_and_the_page_says_when_a_list_is_cut():
+    from exporter import status
+
+    quality = DatasetQuality(tuple(EventQuality(f"E{i}", potential_acr_increase=50 + i / 1000) for i in range(150)))
+    small = DatasetQuality((EventQuality("Lead", potential_acr_increase=1.0),))
+    snap = Snapshot(
+        generation=1,
+        created=0,
+        datasets=(
+            DatasetState(Target("1", labels=(("customer", "big"),)), quality, True, 1.0),
+            DatasetState(Target("2", labels=(("customer", "small"),)), small, True, 1.0),
+        ),
+    )
+    model = status_model(snap)
+    assert len(model["opportunities"]) == status.MAX_OPPORTUNITIES and model["opportunities_total"] == 151
+    assert {c["customer"]: c["opportunities"] for c in model["by_customer"]} == {"big": 150, "small": 1}
+    assert "Showing the 100 largest of 151 opportunities" in status_html(snap).decode()
 
 
 def test_html_escapes_every_api_string():
@@ -113,7 +136,7 @@ def test_json_twin(served):
     status, headers, body = http("GET", served + "/status?format=json")
     assert status == 200 and headers["Content-Type"] == "application/json"
     data = json.loads(body)
-    assert [d["dataset_id"] for d in data["datasets"]] == ["111", "222", "333", "444"]
+    assert [d["dataset_id"] for d in data["datasets"]] == ["444", "222", "111", "333"]
     assert data["datasets"][1]["events"][0]["event_name"] == HOSTILE  # JSON carries the raw text
 
 
@@ -131,9 +154,20 @@ def test_page_in_headless_chromium(served, tmp_path):
         )  # fmt: skip
         page = browser.new_page()
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.set_viewport_size({"width": 1280, "height": 800})
         page.goto(served + "/status")
         rows = page.locator("#datasets tbody tr")
         assert rows.count() == 4
+        # as served: failing first, then the worst EMQ first
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(4)] == [
+            "Umbrella", "Globex", "Acme shop", "Initech"
+        ]  # fmt: skip
+        failure = rows.first.locator("td.failure")
+        assert failure.inner_text().endswith("…") and "fbtrace_id" in failure.get_attribute("title")
+        widths = [rows.first.locator("td").nth(i).bounding_box()["width"] for i in range(11)]
+        assert widths[10] <= 500  # the long failure text wraps in its own column
+        assert min(widths[:10]) >= 30, widths  # and squeezes none of the others
+        page.screenshot(path=str(tmp_path / "status-failing.png"), full_page=True)
         assert page.get_by_text(HOSTILE).count() >= 1  # shown as text
         assert page.locator("#datasets img").count() == 0  # and not as an element
         page.locator("#datasets th", has_text="Worst EMQ").click()
