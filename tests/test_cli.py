@@ -254,5 +254,5 @@ def test_help_shows_the_run_flags_and_every_command_has_a_description(capsys):
     for command in ("run", "check-config", "once", "simulate", "demo"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
-        usage, _, rest = capsys.readouterr().out.partition("\n\n")
+        _, _, rest = capsys.readouterr().out.partition("\n\n")
         assert len(rest.split("\n\n", 1)[0]) > 60, f"{command} has no description"
