@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
+import unicodedata
+from collections import Counter
 from typing import Any, TextIO
 
 from exporter.exposition import render
@@ -12,34 +15,93 @@ from exporter.logsetup import LineSafeHandler
 from exporter.parser import EventQuality
 from exporter.snapshot import DatasetState, Snapshot
 
+SUMMARY_WORST = 10
+_DETAIL = re.compile(r"\s*\(reason=[^()]*\)$")
+
 
 def _pct(value: float | None) -> str:
     return f"{value:.1f}%" if value is not None else "-"
+
+
+def width(text: str) -> int:
+    """Columns a string takes on a terminal: wide (CJK) characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def cut(text: str, columns: int) -> str:
+    """`text` in at most `columns` terminal columns, ending in an ellipsis when cut."""
+    if width(text) <= columns:
+        return text
+    out, used = [], 0
+    for c in text:
+        w = width(c)
+        if used + w > columns - 1:
+            break
+        out.append(c)
+        used += w
+    return "".join(out) + "…"
+
+
+def _pad(text: str, columns: int) -> str:
+    return text + " " * (columns - width(text))
 
 
 def _event_row(event: EventQuality) -> list[str]:
     top = max(event.diagnostics, key=lambda d: d.percentage or 0, default=None)
     keys = ", ".join(f"{k.identifier} {k.coverage:.0f}%" for k in event.match_keys if k.coverage is not None)
     return [
-        event.event_name,
+        cut(event.event_name, 32),
         f"{event.composite_score:.1f}" if event.composite_score is not None else "-",
         _pct(event.coverage),
         _pct(event.acr),
         event.upload_frequency or "-",
-        keys[:48] + ("…" if len(keys) > 48 else ""),
-        (top.name[:40] + f" ({_pct(top.percentage)})") if top else "",
+        cut(keys, 48),
+        cut(top.name, 40) + f" ({_pct(top.percentage)})" if top else "",
     ]
+
+
+def _worst(state: DatasetState) -> float | None:
+    scores = [
+        e.composite_score for e in (state.quality.events if state.quality else ()) if e.composite_score is not None
+    ]
+    return min(scores, default=None)
+
+
+def _summary(snapshot: Snapshot) -> list[str]:
+    states = snapshot.datasets
+    ok = sum(1 for s in states if s.fetch_success)
+    failed = [s for s in states if s.fetch_success is False]
+    reasons = Counter(s.last_reason for s in failed)
+    lines = [f"{len(states)} targets: {ok} fetched, {len(failed)} failed, {len(states) - ok - len(failed)} not fetched"]
+    if reasons:
+        lines.append("failures: " + ", ".join(f"{count} {reason}" for reason, count in reasons.most_common()))
+    scored = sorted(((w, s) for s in states if (w := _worst(s)) is not None), key=lambda x: x[0])
+    if scored:
+        lines.append(f"worst EMQ ({min(SUMMARY_WORST, len(scored))} of {len(scored)} scored datasets):")
+        for worst, state in scored[:SUMMARY_WORST]:
+            lines.append(f"  {worst:4.1f}  {_title(state)}")
+    return [line + "\n" for line in lines] + ["\n"]
+
+
+def _title(state: DatasetState) -> str:
+    t = state.target
+    title = f"dataset {t.dataset_id}" + (f" agent={t.agent_name}" if t.agent_name else "")
+    return cut(title + (f" — {t.name}" if t.name else ""), 80)
+
+
+def _failure(state: DatasetState) -> str:
+    """The failure's message without the `(reason=…, …)` tail, whose reason the line already shows."""
+    message = _DETAIL.sub("", state.last_message or "")
+    return f"FAILED ({state.last_reason}) {cut(message, 160)}"
 
 
 def table(snapshot: Snapshot) -> str:
     headers = ["event", "EMQ", "coverage", "ACR", "freshness", "match keys", "top diagnostic"]
-    out: list[str] = []
+    out: list[str] = _summary(snapshot)
     for state in sorted(snapshot.datasets, key=lambda s: (s.fetch_success is not False, s.target.dataset_id)):
-        t = state.target
-        title = f"dataset {t.dataset_id}" + (f" agent={t.agent_name}" if t.agent_name else "")
-        title += f" — {t.name}" if t.name else ""
+        title = _title(state)
         if state.fetch_success is False:
-            out.append(f"{title}: FAILED ({state.last_reason}) {state.last_message}\n")
+            out.append(f"{title}: {_failure(state)}\n")
             continue
         events = state.quality.events if state.quality else ()
         rows = [
@@ -47,9 +109,9 @@ def table(snapshot: Snapshot) -> str:
         ]
         out.append(f"{title}: {len(rows)} events\n")
         if rows:
-            widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+            widths = [max(width(h), *(width(r[i]) for r in rows)) for i, h in enumerate(headers)]
             for line in [headers, *rows]:
-                out.append("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
+                out.append("  " + "  ".join(_pad(c, w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
         out.append("\n")
     ok = sum(1 for s in snapshot.datasets if s.fetch_success)
     out.append(f"{ok}/{len(snapshot.datasets)} targets fetched successfully\n")
@@ -69,7 +131,11 @@ def as_json(snapshot: Snapshot) -> str:
             "offline": [dataclasses.asdict(e) for e in s.quality.offline] if s.quality else [],
         }
 
-    return json.dumps({"datasets": [state(s) for s in snapshot.datasets]}, indent=2, ensure_ascii=False) + "\n"
+    document = {
+        "units": "percentages as Meta sends them, 0 to 100 (/metrics divides them by 100); EMQ 0 to 10",
+        "datasets": [state(s) for s in snapshot.datasets],
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 def write(snapshot: Snapshot, fmt: str, stream: TextIO | None = None) -> None:

@@ -256,3 +256,38 @@ def test_help_shows_the_run_flags_and_every_command_has_a_description(capsys):
             main([command, "--help"])
         _, _, rest = capsys.readouterr().out.partition("\n\n")
         assert len(rest.split("\n\n", 1)[0]) > 60, f"{command} has no description"
+
+
+def test_once_table_summary_cuts_and_wide_characters():
+    from exporter.parser import DatasetQuality, EventQuality
+    from exporter.report import table, width
+    from exporter.snapshot import DatasetState, Snapshot
+    from exporter.targets import Target
+
+    events = (
+        EventQuality("購入完了", composite_score=3.1, coverage=40.0),
+        EventQuality("Purchase", composite_score=8.0, coverage=90.0),
+        EventQuality("A very long custom event name that goes on and on", composite_score=5.0),
+    )
+    states = (
+        DatasetState(Target("1", name="Shop"), DatasetQuality(events), True, 1.0),
+        DatasetState(Target("2", name="Other"), DatasetQuality((EventQuality("Lead", composite_score=6.0),)), True, 1.0),
+        DatasetState(Target("3", name="Broken"), None, False, None, "auth", "Session expired (reason=auth, code=190/463, http=400)"),
+    )  # fmt: skip
+    text = table(Snapshot(generation=1, created=0, datasets=states))
+    head = text.split("\n\n", 1)[0]
+    assert "3 targets: 2 fetched, 1 failed" in head and "failures: 1 auth" in head
+    assert head.index("dataset 1 — Shop") < head.index("dataset 2 — Other")  # worst EMQ first
+    assert "FAILED (auth) Session expired\n" in text  # the reason is said once
+    assert "A very long custom event name t…" in text
+    rows = [line for line in text.splitlines() if line.startswith("  ") and ("%" in line or "EMQ" in line)]
+    columns = {width(line[: line.index("3.1")]) for line in rows if "3.1" in line} | {
+        width(line[: line.index("8.0")]) for line in rows if "8.0" in line
+    }
+    assert len(columns) == 1  # the EMQ column lines up after a wide (CJK) event name
+
+
+def test_once_json_says_its_units(tmp_path, simulator, capsys, token):
+    path = write_config(tmp_path, simulator, [EXAMPLE_DATASET_ID])
+    main(["once", "--config", str(path), "--format", "json"])
+    assert "0 to 100" in json.loads(capsys.readouterr().out)["units"]
