@@ -3,6 +3,9 @@
     .venv/bin/python bench/scale.py throughput  # burst cycles at 1k/5k/10k datasets vs the bound and a naive loop
     .venv/bin/python bench/scale.py scrape      # scrape latency and size at 1k/5k vs rendering on every scrape
     .venv/bin/python bench/scale.py memory      # the exporter's RSS at 1k/5k/10k vs its exposition size
+    .venv/bin/python bench/scale.py cycle       # scrapes by two scrapers over a whole paced cycle at 1k/10k
+    .venv/bin/python bench/scale.py publish     # a publish's cost against the datasets changed, at 10k
+    .venv/bin/python bench/scale.py cpu         # the exporter's CPU per 1,000 datasets in a burst vs json.loads
     .venv/bin/python bench/scale.py all
 
 The simulator runs in its own process with --latency 0.2 --item-latency 0.002, as the real API roughly
@@ -19,21 +22,29 @@ import json
 import math
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from exporter.config import Secrets, validate
-from exporter.metrics import SnapshotCollector
+from exporter.exposition import Publisher
+from exporter.graph.fields import BLOCKS, web_fields
+from exporter.parser import DatasetQuality
 from exporter.scheduler import Scheduler
+from exporter.snapshot import DatasetState, Snapshot
 from exporter.web import WebServer
 
 LATENCY, ITEM_LATENCY, BATCH, CONCURRENCY = 0.2, 0.002, 50, 8
@@ -176,23 +187,228 @@ def scrape(sim: Simulator, sizes: list[int], scrapes: int, renders: int) -> list
                 size = len(conn.getresponse().read())
                 times.append(time.perf_counter() - started)
             conn.close()
-            times = times[1:]  # the first scrape of a snapshot renders it
+            times = times[1:]  # the first scrape opens the connection
             row[f"{label}_p50_ms"] = statistics.median(times) * 1000
             row[f"{label}_p99_ms"] = percentile(times, 0.99) * 1000
             row[f"{label}_bytes"] = size
         web.stop()
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(SnapshotCollector(lambda snapshot=scheduler.snapshot: snapshot))
-        times = []
-        for _ in range(renders):
-            started = time.perf_counter()
-            body = generate_latest(registry)
-            times.append(time.perf_counter() - started)
-        row["per_scrape_render_p50_ms"] = statistics.median(times) * 1000
-        row["per_scrape_render_gzip_p50_ms"] = row["per_scrape_render_p50_ms"] + timed_gzip(body) * 1000
+        plain, packed = baseline_render_seconds(scheduler.snapshot, renders)
+        row["per_scrape_render_p50_ms"] = plain * 1000
+        row["per_scrape_render_gzip_p50_ms"] = packed * 1000
         row["speedup_gzip"] = row["per_scrape_render_gzip_p50_ms"] / row["gzip_p99_ms"]
         rows.append(row)
     return rows
+
+
+class PlainCollector:
+    """The baseline: ordinary GaugeMetricFamily collectors over the same snapshot, the way an exporter built
+    on prometheus_client alone would be written, rendered by generate_latest on every scrape."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["dataset_id", "agent_name", "event_name"]
+        names = {
+            "emq": ("event_match_quality_score", []),
+            "key_cov": ("match_key_coverage_ratio", ["match_key"]),
+            "key_acr": ("match_key_potential_acr_increase_ratio", ["match_key"]),
+            "diag_affected": ("diagnostic_affected_events", ["diagnostic"]),
+            "diag_total": ("diagnostic_events", ["diagnostic"]),
+            "diag_ratio": ("diagnostic_affected_ratio", ["diagnostic"]),
+            "coverage": ("event_coverage_ratio", []),
+            "coverage_goal": ("event_coverage_goal_ratio", []),
+            "dedupe_browser": ("dedupe_key_browser_events_ratio", ["dedupe_key"]),
+            "dedupe_server": ("dedupe_key_server_events_ratio", ["dedupe_key"]),
+            "dedupe_coverage": ("dedupe_key_browser_coverage_ratio", ["dedupe_key"]),
+            "acr": ("acr_ratio", []),
+        }
+        f = {
+            k: GaugeMetricFamily(f"meta_dataset_quality_{n}", n, labels=labels + extra)
+            for k, (n, extra) in names.items()
+        }
+        success = GaugeMetricFamily("meta_dataset_quality_fetch_success", "", labels=["dataset_id", "agent_name"])
+        for state in self.snapshot.datasets:
+            base = [state.target.dataset_id, state.target.agent_name]
+            if state.fetch_success is not None:
+                success.add_metric(base, 1.0 if state.fetch_success else 0.0)
+            for e in state.quality.events if state.quality else ():
+                ev = [*base, e.event_name]
+                if e.composite_score is not None:
+                    f["emq"].add_metric(ev, e.composite_score)
+                for k in e.match_keys:
+                    if k.coverage is not None:
+                        f["key_cov"].add_metric([*ev, k.identifier], k.coverage / 100)
+                    if k.potential_acr_increase is not None:
+                        f["key_acr"].add_metric([*ev, k.identifier], k.potential_acr_increase / 100)
+                for d in e.diagnostics:
+                    ratio = None if d.percentage is None else d.percentage / 100
+                    for key, value in (("diag_affected", d.affected_event_count), ("diag_total", d.total_event_count),
+                                       ("diag_ratio", ratio)):  # fmt: skip
+                        if value is not None:
+                            f[key].add_metric([*ev, d.slug], value)
+                for key, value in (("coverage", e.coverage), ("coverage_goal", e.coverage_goal), ("acr", e.acr)):
+                    if value is not None:
+                        f[key].add_metric(ev, value / 100)
+                for k in e.dedupe_keys:
+                    for key, value in (("dedupe_browser", k.browser_events), ("dedupe_server", k.server_events),
+                                       ("dedupe_coverage", k.browser_coverage)):  # fmt: skip
+                        if value is not None:
+                            f[key].add_metric([*ev, k.dedupe_key], value / 100)
+        yield from f.values()
+        yield success
+
+
+def baseline_render_seconds(snapshot: Snapshot, renders: int) -> tuple[float, float]:
+    """(plain, gzip) seconds of one baseline scrape: generate_latest on every scrape, then gzip."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PlainCollector(snapshot))  # type: ignore[arg-type]
+    times = []
+    body = b""
+    for _ in range(renders):
+        started = time.perf_counter()
+        body = generate_latest(registry)
+        times.append(time.perf_counter() - started)
+    plain = statistics.median(times)
+    return plain, plain + timed_gzip(body)
+
+
+def cycle_scrapes(sim: Simulator, sizes: list[int], cycle_seconds: float) -> list[dict]:
+    """Two scrapers (an HA Prometheus pair) scrape over a whole paced cycle, gzip and plain in turn: the worst
+    moment a user meets, not only the quiet time between cycles."""
+    return [_cycle_one(sim, n, cycle_seconds) for n in sizes]
+
+
+def _cycle_one(sim: Simulator, n: int, cycle_seconds: float) -> dict:
+    _, scheduler = burst_cycle(sim, n)  # the first cycle is a burst; the paced one follows
+
+    class App:
+        lifecycle = False
+
+        @property
+        def snapshot(self) -> Snapshot:
+            return scheduler.snapshot
+
+        @staticmethod
+        def reload() -> tuple[bool, str]:
+            return True, ""
+
+    web = WebServer(App(), "127.0.0.1", 0)
+    web.start()
+    samples: dict[str, list[float]] = {"plain": [], "gzip": []}
+    stop = threading.Event()
+
+    def scraper() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", web.address[1], timeout=120)
+        turn = 0
+        while not stop.is_set():
+            label = ("plain", "gzip")[turn % 2]
+            headers = {"Accept-Encoding": "gzip"} if label == "gzip" else {}
+            started = time.perf_counter()
+            conn.request("GET", "/metrics", headers=headers)
+            conn.getresponse().read()
+            samples[label].append(time.perf_counter() - started)
+            turn += 1
+            time.sleep(0.05)  # a scraper, not a load generator
+        conn.close()
+
+    interval = cycle_seconds / 0.9  # a paced cycle spreads its calls over 90 % of the interval
+    collection = replace(scheduler.config.collection, interval=interval)
+    scheduler.config = replace(scheduler.config, collection=collection)
+    threads = [threading.Thread(target=scraper) for _ in range(2)]
+    publishes_before = scheduler.snapshot.generation
+    for thread in threads:
+        thread.start()
+
+    async def paced() -> float:
+        started = time.perf_counter()
+        await scheduler.run_cycle(scheduler.targets, paced=True)
+        await scheduler.close()
+        return time.perf_counter() - started
+
+    try:
+        took = asyncio.run(paced())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+        web.stop()
+    row: dict = {"datasets": n, "cycle_s": took, "publishes": scheduler.snapshot.generation - publishes_before}
+    for label, times in samples.items():
+        row[f"{label}_scrapes"] = len(times)
+        row[f"{label}_p50_ms"] = statistics.median(times) * 1000
+        row[f"{label}_p99_ms"] = percentile(times, 0.99) * 1000
+        row[f"{label}_max_ms"] = max(times) * 1000
+    baseline_plain, baseline_gzip = baseline_render_seconds(scheduler.snapshot, 3)
+    row["baseline_plain_ms"], row["baseline_gzip_ms"] = baseline_plain * 1000, baseline_gzip * 1000
+    return row
+
+
+def publish_cost(sim: Simulator, n: int) -> list[dict]:
+    """One publish against how many datasets changed since the last: one, 1 % and all of them, the changed
+    ones side by side as in a paced cycle, and 1 % scattered at random (seeded) as the harder case."""
+    _, scheduler = burst_cycle(sim, n)
+    snapshot = scheduler.snapshot
+
+    def fresh(state: DatasetState) -> DatasetState:  # a new fetch result with the same values
+        quality = state.quality
+        return replace(state, quality=DatasetQuality(quality.events, quality.offline) if quality else None)
+
+    def best(run: Callable[[], object], times: int = 3) -> float:
+        took = []
+        for _ in range(times):
+            started = time.perf_counter()
+            run()
+            took.append(time.perf_counter() - started)
+        return min(took)
+
+    full = best(lambda: Publisher().publish(snapshot))
+    count = len(snapshot.datasets)
+    rng = random.Random(1)
+    cases = {
+        "1 dataset": [0],
+        "1 % side by side": list(range(count // 2, count // 2 + max(count // 100, 1))),
+        "1 % scattered": rng.sample(range(count), max(count // 100, 1)),
+        "all": list(range(count)),
+    }
+    rows = [{"datasets": n, "changed": "full render (a fresh publisher)", "publish_ms": full * 1000, "of_full": 1.0}]
+    for name, changed in cases.items():
+        publisher = Publisher()
+        publisher.publish(snapshot)
+        states = list(snapshot.datasets)
+        took = []
+        for _ in range(3):
+            for index in changed:
+                states[index] = fresh(states[index])
+            changed_snapshot = replace(snapshot, datasets=tuple(states))
+            started = time.perf_counter()
+            publisher.publish(changed_snapshot)
+            took.append(time.perf_counter() - started)
+        rows.append({"datasets": n, "changed": name, "publish_ms": min(took) * 1000, "of_full": min(took) / full})
+    return rows
+
+
+def cpu_per_thousand(sim: Simulator, n: int) -> list[dict]:
+    """The exporter's own CPU seconds for a burst cycle (the simulator runs in another process), per 1,000
+    datasets, beside the floor: json.loads of the same response bodies."""
+    started = time.process_time()
+    burst_cycle(sim, n)
+    cpu = time.process_time() - started
+    fields = web_fields(BLOCKS)
+    bodies = []
+    with httpx.Client(timeout=60) as client:
+        for dataset_id in sim.ids[: min(n, 500)]:
+            bodies.append(
+                client.get(f"{sim.url}/v27.0/dataset_quality", params={"dataset_id": dataset_id, "fields": fields},
+                           headers={"Authorization": f"OAuth {TOKEN}"}).content
+            )  # fmt: skip
+    started = time.process_time()
+    for body in bodies:
+        json.loads(body)
+    floor = (time.process_time() - started) / len(bodies) * 1000  # CPU seconds per 1,000 bodies
+    per_thousand = cpu / n * 1000
+    return [{"datasets": n, "cpu_s": cpu, "cpu_s_per_1000": per_thousand, "json_loads_s_per_1000": floor,
+             "times_the_floor": per_thousand / floor}]  # fmt: skip
 
 
 def timed_gzip(body: bytes) -> float:
@@ -260,7 +476,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["throughput", "scrape", "memory", "all"])
+    parser.add_argument("part", choices=["throughput", "scrape", "memory", "cycle", "publish", "cpu", "all"])
+    parser.add_argument("--cycle-seconds", type=float, default=60.0, help="length of the paced cycle scraped")
     parser.add_argument("--sizes", help="comma-separated dataset counts (default: the issue's)")
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--renders", type=int, default=5, help="per-scrape renderings timed for the baseline")
@@ -277,6 +494,12 @@ def main() -> None:
             results["scrape"] = scrape(sim, chosen or [1000, 5000], args.scrapes, args.renders)
         if args.part in ("memory", "all"):
             results["memory"] = memory(sim, chosen or [1000, 5000, 10_000])
+        if args.part in ("cycle", "all"):
+            results["cycle"] = cycle_scrapes(sim, chosen or [1000, 10_000], args.cycle_seconds)
+        if args.part in ("publish", "all"):
+            results["publish"] = [r for n in chosen or [10_000] for r in publish_cost(sim, n)]
+        if args.part in ("cpu", "all"):
+            results["cpu"] = [r for n in chosen or [10_000] for r in cpu_per_thousand(sim, n)]
     finally:
         sim.stop()
     if args.json:

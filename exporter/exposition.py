@@ -1,68 +1,331 @@
-"""The exposition of a snapshot, rendered once per snapshot and format and kept as bytes, gzip included.
+"""The exposition of a snapshot, built when the snapshot is published, so that a scrape only copies bytes.
 
-A scrape then costs a copy of bytes. The text is kept as one buffer per metric family, so a large fleet's
-exposition is never copied whole; OpenMetrics is the same text with `# EOF` at the end.
+Publishing is incremental. Each dataset's lines are rendered once and kept until its data changes (a new
+fetch result, a failure, new metadata); a publish renders the datasets that changed and joins the rest. The
+gzip encoding is kept the same way: each family's header and each block of datasets is compressed on its
+own as raw deflate ending in a sync flush (byte-aligned, no final block), and a scrape sends one gzip member
+made of them: a gzip header, the segments, an empty final block, and the CRC-32 and length of the whole.
+One member, not several concatenated ones: Go's reader (Prometheus) reads concatenated members, but httpx's
+and curl's decoders stop after the first. During a paced cycle the datasets fetched since the last publish
+are neighbours, so few blocks are compressed again.
+
+The text format wants each family's lines together: the exposition is family after family, each made of its
+header and the datasets' pieces in snapshot order. OpenMetrics is the same lines with its own headers and
+`# EOF`.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
 import threading
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
-from exporter.metrics import families
-from exporter.snapshot import Snapshot
+from prometheus_client import CollectorRegistry, gc_collector, platform_collector, process_collector
+from prometheus_client.exposition import generate_latest as text_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from exporter.families import dataset_families, fleet_families
+from exporter.render import Family, SeriesBudget
+from exporter.snapshot import DatasetState, Snapshot
+
+log = logging.getLogger(__name__)
 
 # The classic text format: every Prometheus version reads it, and our names need none of 1.0.0's escaping.
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+BLOCK = 64  # datasets per gzip member of a family
+GZIP_LEVEL = 6
+
+
+def _deflate(data: bytes) -> bytes:
+    """`data` as a raw deflate segment that any other segment may follow: no history, ends byte-aligned."""
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time, unknown OS
+_FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed codes
 
 
 @dataclass(frozen=True)
-class Rendered:
-    chunks: tuple[bytes | bytearray, ...]
+class Deflated:
+    """A body as raw deflate segments, with the CRC-32 and length of what they hold."""
+
+    segments: tuple[bytes, ...]
+    crc: int
+    size: int
+
+    def gzip(self, tail: bytes = b"") -> Body:
+        """One gzip member of these segments and `tail` (compressed here: keep it small)."""
+        crc, size, segments = self.crc, self.size, list(self.segments)
+        if tail:
+            segments.append(_deflate(tail))
+            crc, size = zlib.crc32(tail, crc), size + len(tail)
+        chunks = [_GZIP_HEADER, *segments, _FINAL_BLOCK, struct.pack("<II", crc, size & 0xFFFFFFFF)]
+        return _body(chunks)
+
+
+@dataclass(frozen=True)
+class Body:
+    chunks: tuple[bytes, ...]
     length: int
 
     def bytes(self) -> bytes:
         return b"".join(self.chunks)
 
 
-def render_both(snapshot: Snapshot) -> tuple[Rendered, Rendered]:
-    """Text and OpenMetrics renderings; they share every family's sample lines and differ in headers only."""
-    text: list[bytes | bytearray] = []
-    om: list[bytes | bytearray] = []
-    for family in families(snapshot):
-        text += (family.header(False), family.lines)
-        om += (family.header(True), family.lines)
-    om.append(b"# EOF\n")
-    return Rendered(tuple(text), sum(map(len, text))), Rendered(tuple(om), sum(map(len, om)))
+def _body(chunks: list[bytes]) -> Body:
+    return Body(tuple(chunks), sum(map(len, chunks)))
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """One snapshot's families as text and as OpenMetrics (without its `# EOF`), plain and deflated."""
+
+    text: Body
+    openmetrics: Body
+    text_deflated: Deflated
+    openmetrics_deflated: Deflated
+
+    def get(self, *, openmetrics: bool, compressed: bool, tail: bytes = b"") -> Body:
+        """The body to send; `tail` (the process metrics) goes after the families, then OpenMetrics' `# EOF`."""
+        tail = tail + b"# EOF\n" if openmetrics else tail
+        if compressed:
+            return (self.openmetrics_deflated if openmetrics else self.text_deflated).gzip(tail)
+        body = self.openmetrics if openmetrics else self.text
+        return Body((*body.chunks, tail), body.length + len(tail)) if tail else body
+
+
+@dataclass
+class _DatasetLines:
+    """One dataset's lines per family, and what they were rendered from."""
+
+    state: DatasetState
+    fingerprint: tuple[Any, ...]
+    quality: list[Family]
+    offline: list[Family]
+    rest: list[Family]
+    diagnostics: list[tuple[str, bytes]]  # (slug, line) of diagnostic_info, deduplicated across the fleet
+
+
+def _fingerprint(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Any, ...]:
+    """Everything a dataset's lines depend on besides its quality record, which is compared by identity."""
+    return (
+        state.target,
+        label_names,
+        state.fetch_success,
+        state.last_success,
+        tuple(state.failures.items()),
+        state.last_fired,
+        state.server_last_fired,
+        tuple(state.source_success.items()),
+        tuple(state.source_failures.items()),
+    )
+
+
+def _one(snapshot: Snapshot, state: DatasetState) -> Snapshot:
+    return Snapshot(generation=0, created=0, datasets=(state,), label_names=snapshot.label_names)
+
+
+class Publisher:
+    """Builds each published snapshot's exposition, re-rendering only the datasets whose data changed.
+
+    Used from one thread at a time (the collection loop's).
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[str, str], _DatasetLines] = {}
+        self._members: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes, int]] = {}  # block -> deflated
+        self._headers: dict[tuple[str, bool], tuple[bytes, bytes]] = {}  # (family, om) -> (raw, deflated)
+        self.rendered = 0  # datasets rendered by the last publish (benchmarks read it)
+
+    def publish(self, snapshot: Snapshot) -> Exposition:
+        self.rendered = 0
+        unique = {state.target.key: state for state in reversed(snapshot.datasets)}  # the first of a key wins
+        states = [state for state in snapshot.datasets if unique[state.target.key] is state]
+        lines = [self._dataset(snapshot, state) for state in states]
+        self._lines = {entry.state.target.key: entry for entry in lines}
+        quality, offline, dropped = self._within_budget(snapshot, lines)
+        template_quality, template_offline, template_rest = dataset_families(
+            replace(snapshot, datasets=()), SeriesBudget(0)
+        )  # the per-dataset families' headers, in order
+        sections: list[tuple[Family, list[bytes]]] = []
+        for i, family in enumerate(template_quality):
+            sections.append((family, [q[i].lines for q in quality if q is not None]))
+        for i, family in enumerate(template_offline):
+            sections.append((family, [o[i].lines for o in offline if o is not None]))
+        sections += self._dataset_rest(template_rest, lines)
+        fleet = fleet_families(snapshot, dropped)
+        if dropped:
+            log.warning(
+                "limits.max_series (%d) reached: %d quality series left out of this snapshot",
+                snapshot.max_series,
+                dropped,
+            )
+        return self._assemble(sections, fleet)
+
+    # ----- one dataset ------------------------------------------------------------------------------------
+    def _dataset(self, snapshot: Snapshot, state: DatasetState) -> _DatasetLines:
+        fingerprint = _fingerprint(state, snapshot.label_names)
+        cached = self._lines.get(state.target.key)
+        if cached is not None and cached.state.quality is state.quality and cached.fingerprint == fingerprint:
+            return cached
+        self.rendered += 1
+        quality, offline, rest = dataset_families(_one(snapshot, state), SeriesBudget(0))
+        diagnostics = []
+        for family in rest:
+            if family.name.endswith("diagnostic_info") and family.lines:
+                slugs = [d.slug for e in state.quality.events for d in e.diagnostics] if state.quality else []
+                seen = list(dict.fromkeys(slugs))
+                rows = [row + b"\n" for row in bytes(family.lines).split(b"\n")[:-1]]  # \r may be in a label
+                diagnostics = list(zip(seen, rows, strict=False))
+        return _DatasetLines(state, fingerprint, quality, offline, rest, diagnostics)
+
+    def _within_budget(
+        self, snapshot: Snapshot, lines: list[_DatasetLines]
+    ) -> tuple[list[list[Family] | None], list[list[Family] | None], int]:
+        """Quality then offline series in snapshot order, as long as limits.max_series allows (0: no limit);
+        the dataset that crosses the limit is rendered again with what is left, and the rest are left out."""
+        left = snapshot.max_series if snapshot.max_series > 0 else -1
+        dropped = 0
+        kept: dict[str, list[list[Family] | None]] = {"quality": [], "offline": []}
+        for part in ("quality", "offline"):
+            for entry in lines:
+                families: list[Family] = getattr(entry, part)
+                count = sum(f.count for f in families)
+                if left < 0 or count <= left:
+                    kept[part].append(families)
+                    left = left - count if left >= 0 else left
+                elif left == 0:
+                    kept[part].append(None)
+                    dropped += count
+                else:
+                    quality, offline, _ = dataset_families(_one(snapshot, entry.state), SeriesBudget(left))
+                    kept[part].append(quality if part == "quality" else offline)
+                    dropped += count - left
+                    left = 0
+        return kept["quality"], kept["offline"], dropped
+
+    @staticmethod
+    def _dataset_rest(headers: list[Family], lines: list[_DatasetLines]) -> list[tuple[Family, list[bytes]]]:
+        """Info and health families; a dataset watched with several agent filters is described once, and a
+        diagnostic's text is the first seen for its slug."""
+        sections = []
+        for index, header in enumerate(headers):
+            name = header.name
+            families = [entry.rest[index] for entry in lines]
+            pieces: list[bytes] = []
+            if name.endswith("diagnostic_info"):
+                seen_slugs: set[str] = set()
+                for entry in lines:
+                    fresh = [line for slug, line in entry.diagnostics if slug not in seen_slugs]
+                    seen_slugs.update(slug for slug, _ in entry.diagnostics)
+                    if fresh:
+                        pieces.append(b"".join(fresh))
+            elif name.endswith(("dataset_info", "last_fired_timestamp_seconds")):
+                seen_ids: set[str] = set()
+                for entry, family in zip(lines, families, strict=True):
+                    if entry.state.target.dataset_id not in seen_ids:
+                        seen_ids.add(entry.state.target.dataset_id)
+                        pieces.append(family.lines)
+            else:
+                pieces = [family.lines for family in families]
+            sections.append((header, pieces))
+        return sections
+
+    # ----- the whole -------------------------------------------------------------------------------------
+    def _assemble(self, sections: list[tuple[Family, list[bytes]]], fleet: list[Family]) -> Exposition:
+        text: list[bytes] = []
+        om: list[bytes] = []
+        text_gz: list[bytes] = []
+        om_gz: list[bytes] = []
+        text_crc = om_crc = 0
+        members: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes, int]] = {}
+        for family, pieces in [*sections, *((f, [f.lines]) for f in fleet)]:
+            header, header_gz = self._header(family, False)
+            text.append(header)
+            text_gz.append(header_gz)
+            text_crc = zlib.crc32(header, text_crc)
+            header, header_gz = self._header(family, True)
+            om.append(header)
+            om_gz.append(header_gz)
+            om_crc = zlib.crc32(header, om_crc)
+            data = [bytes(p) for p in pieces if p]
+            for start in range(0, len(data), BLOCK):
+                block = tuple(data[start : start + BLOCK])
+                key = tuple(map(id, block))
+                known = self._members.get(key) or members.get(key)
+                if known is None or known[0] != block:
+                    joined = b"".join(block)
+                    known = (block, _deflate(joined), len(joined))
+                members[key] = known  # the block's pieces are kept, so their ids stay theirs
+                text.extend(block)
+                om.extend(block)
+                text_gz.append(known[1])
+                om_gz.append(known[1])
+                for piece in block:  # CRC-32 runs at gigabytes a second: cheaper than combining CRCs in Python
+                    text_crc = zlib.crc32(piece, text_crc)
+                    om_crc = zlib.crc32(piece, om_crc)
+        self._members = members
+        plain, openmetrics = _body(text), _body(om)
+        return Exposition(
+            plain,
+            openmetrics,
+            Deflated(tuple(text_gz), text_crc, plain.length),
+            Deflated(tuple(om_gz), om_crc, openmetrics.length),
+        )
+
+    def _header(self, family: Family, openmetrics: bool) -> tuple[bytes, bytes]:
+        key = (family.name + family.kind + family.doc, openmetrics)
+        known = self._headers.get(key)
+        if known is None:
+            raw = family.header(openmetrics)
+            known = self._headers[key] = (raw, _deflate(raw))
+        return known
+
+
+def render_exposition(snapshot: Snapshot) -> Exposition:
+    """A snapshot's exposition from scratch (`once`, tests, a snapshot published without one)."""
+    return Publisher().publish(snapshot)
 
 
 def render(snapshot: Snapshot, openmetrics: bool = False) -> bytes:
-    return render_both(snapshot)[openmetrics].bytes()
+    return render_exposition(snapshot).get(openmetrics=openmetrics, compressed=False).bytes()
 
 
-def gzipped(rendered: Rendered) -> Rendered:
-    packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip container
-    data = b"".join([*(packer.compress(c) for c in rendered.chunks), packer.flush()])
-    return Rendered((data,), len(data))
-
-
-class ExpositionCache:
-    """Keeps the renderings of the latest snapshot only."""
+# ----- the standard collectors ---------------------------------------------------------------------------------
+class ProcessMetrics:
+    """process_* and python_* of prometheus_client's standard collectors: the exporter's own memory, CPU and
+    file descriptors. They change from moment to moment, so they are rendered at each scrape (about forty
+    samples, well under a millisecond), unlike the published families."""
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        process_collector.ProcessCollector(registry=self.registry)
+        platform_collector.PlatformCollector(registry=self.registry)
+        gc_collector.GCCollector(registry=self.registry)
         self._lock = threading.Lock()
-        self._generation = -1
-        self._entries: dict[tuple[bool, bool], Rendered] = {}
 
-    def get(self, snapshot: Snapshot, *, openmetrics: bool, compressed: bool) -> Rendered:
-        key = (openmetrics, compressed)
+    def text(self, openmetrics: bool) -> bytes:
         with self._lock:
-            if snapshot.generation != self._generation:
-                self._generation, self._entries = snapshot.generation, {}
-            if not self._entries:
-                self._entries[(False, False)], self._entries[(True, False)] = render_both(snapshot)
-            if key not in self._entries:
-                self._entries[key] = gzipped(self._entries[(openmetrics, False)])
-            return self._entries[key]
+            if openmetrics:
+                return om_latest(self.registry).removesuffix(b"# EOF\n")
+            return text_latest(self.registry)
+
+
+# ----- for prometheus_client registries (tests: get_sample_value) ---------------------------------------------
+class SnapshotCollector(Collector):
+    """A snapshot's families, read back from the exposition by prometheus_client's own parser."""
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield from text_string_to_metric_families(render(self.source()).decode())

@@ -15,10 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from typing import Any
 
 from exporter.config import Config, Secrets
 from exporter.discovery import Housekeeping
+from exporter.exposition import Publisher
 from exporter.fetcher import Fetcher
 from exporter.governor import Governor
 from exporter.graph import GraphClient, versions
@@ -51,6 +53,7 @@ class Scheduler:
         self.housekeeping = Housekeeping(self.unsupported_fields)
         self.targets: tuple[Target, ...] = self.housekeeping.targets(configured_targets(config), config)
         self.recorder = Recorder()
+        self.publisher = Publisher()
         self.progress = progress
         self._client: GraphClient | None = None
         self._rejected_credentials: dict[str, str] = {}
@@ -336,7 +339,7 @@ class Scheduler:
             },
             max_series=self.config.limits.max_series,
         )
-        return self.recorder.publish(
+        snapshot = self.recorder.publish(
             self.targets,
             stale_after=self.config.collection.stale_after,
             label_names=self.config.label_names(),
@@ -344,6 +347,8 @@ class Scheduler:
             interval=self.config.collection.interval,
             extras=extras,
         )
+        # Rendered here, on the loop's side, so that a scrape only copies bytes; only changed datasets render.
+        return replace(snapshot, exposition=self.publisher.publish(snapshot))
 
 
 @contextlib.contextmanager

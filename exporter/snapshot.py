@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from exporter.graph.errors import REASONS
 from exporter.graph.ratelimit import RateLimitUsage
@@ -74,6 +75,8 @@ class Snapshot:
     unsupported_fields: Mapping[str, str] = field(default_factory=dict)  # field -> node type
     values_dropped: int = 0
     cycle_started: float | None = None  # while a cycle runs
+    # The exposition, built when the snapshot was published (exporter.exposition.Exposition); None until then.
+    exposition: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

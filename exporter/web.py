@@ -17,7 +17,7 @@ import time
 from typing import Protocol
 
 from exporter import __version__
-from exporter.exposition import OPENMETRICS, TEXT, ExpositionCache
+from exporter.exposition import OPENMETRICS, TEXT, ProcessMetrics, render_exposition
 from exporter.httpd import HttpServer, Limits, Request, Response
 from exporter.snapshot import Snapshot
 from exporter.status import status_html, status_json
@@ -49,7 +49,7 @@ class WebServer:
     ) -> None:
         self.app = app
         self.security = security or WebSecurity()
-        self.cache = ExpositionCache()
+        self.process = ProcessMetrics()
         self.status = StatusCache()
         self._bcrypt = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
         self._pending_logins = 0
@@ -156,14 +156,14 @@ class WebServer:
         snap = self.app.snapshot
         openmetrics = prefers_openmetrics(request.header("accept"))
         compressed = accepts_gzip(request.header("accept-encoding"))
-        loop = asyncio.get_running_loop()
-        rendered = await loop.run_in_executor(
-            None, lambda: self.cache.get(snap, openmetrics=openmetrics, compressed=compressed)
-        )
+        exposition = snap.exposition
+        if exposition is None:  # a snapshot nobody published through a Publisher (a stand-in app's)
+            exposition = await asyncio.get_running_loop().run_in_executor(None, render_exposition, snap)
+        body = exposition.get(openmetrics=openmetrics, compressed=compressed, tail=self.process.text(openmetrics))
         headers = {"Vary": "Accept, Accept-Encoding"}
         if compressed:
             headers["Content-Encoding"] = "gzip"
-        return Response(200, rendered.chunks, OPENMETRICS if openmetrics else TEXT, headers)
+        return Response(200, body.chunks, OPENMETRICS if openmetrics else TEXT, headers)
 
 
 def _quality_values(header: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent.parent
 def test_scale_benchmark_runs_and_reports():
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale.py"), "all", "--sizes", "40", "--scrapes", "5", "--renders", "1",
-         "--baseline-sample", "3", "--json"],
+         "--baseline-sample", "3", "--cycle-seconds", "2", "--json"],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -26,3 +26,11 @@ def test_scale_benchmark_runs_and_reports():
     assert scrape["per_scrape_render_p50_ms"] > 0
     (memory,) = report["memory"]
     assert memory["rss_bytes"] > memory["exposition_bytes"] > 0
+    (cycle,) = report["cycle"]
+    assert cycle["publishes"] >= 1 and cycle["gzip_scrapes"] > 0 and cycle["plain_max_ms"] > 0
+    assert cycle["baseline_gzip_ms"] > 0
+    publish = {row["changed"]: row for row in report["publish"]}
+    assert set(publish) == {"full render (a fresh publisher)", "1 dataset", "1 % side by side", "1 % scattered", "all"}
+    assert all(row["publish_ms"] > 0 for row in publish.values())
+    (cpu,) = report["cpu"]
+    assert cpu["cpu_s_per_1000"] > 0 and cpu["json_loads_s_per_1000"] > 0

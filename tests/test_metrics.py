@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections import Counter
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import ExpositionCache, render
-from exporter.metrics import SnapshotCollector
+from exporter.exposition import Publisher, SnapshotCollector, render
 from exporter.parser import (
     DatasetQuality,
     DedupeKey,
@@ -245,18 +245,30 @@ def test_no_duplicate_series_and_hostile_labels_round_trip():
     assert all(s.value == 0.5 for s in coverage)  # the first of two duplicates wins
 
 
-def test_exposition_cache_renders_once_per_snapshot_and_format():
-
-    cache = ExpositionCache()
-    first = snap(state(T1, DatasetQuality((FULL_EVENT,))))
-    plain = cache.get(first, openmetrics=False, compressed=False)
-    assert cache.get(first, openmetrics=False, compressed=False) is plain
+def test_publish_renders_only_datasets_that_changed_and_gzip_is_the_same_text():
+    publisher = Publisher()
+    quality = DatasetQuality((FULL_EVENT,))
+    targets = [Target(str(100 + i)) for i in range(200)]
+    states = [state(t, quality) for t in targets]
+    first = publisher.publish(snap(*states))
+    assert publisher.rendered == 200
+    plain = first.get(openmetrics=False, compressed=False)
     assert plain.length == len(plain.bytes())
-    assert cache.get(first, openmetrics=True, compressed=False).bytes().endswith(b"# EOF\n")
-    packed = cache.get(first, openmetrics=False, compressed=True)
-    assert gzip.decompress(packed.bytes()) == plain.bytes()
-    second = Snapshot(generation=2, created=0, datasets=(), graph_api_version="v25.0")
-    assert b"Purchase" not in cache.get(second, openmetrics=False, compressed=False).bytes()
+    packed = first.get(openmetrics=False, compressed=True).bytes()
+    single = zlib.decompressobj(31)  # a decoder that stops after one member, as httpx's and curl's do
+    assert single.decompress(packed) == plain.bytes() and single.eof and single.unused_data == b""
+    om = first.get(openmetrics=True, compressed=False).bytes()
+    assert om.endswith(b"# EOF\n") and gzip.decompress(first.get(openmetrics=True, compressed=True).bytes()) == om
+    changed = DatasetQuality((EventQuality("Lead", composite_score=1.5),))
+    states[7] = state(targets[7], changed)  # a new fetch result for one dataset
+    second = publisher.publish(snap(*states))
+    assert publisher.rendered == 1  # the other 199 were joined, not rendered
+    text = second.get(openmetrics=False, compressed=False).bytes()
+    assert text == render(snap(*states))  # the same bytes as a render from scratch
+    assert gzip.decompress(second.get(openmetrics=False, compressed=True).bytes()) == text
+    assert b'dataset_id="107",event_name="Lead"} 1.5' in text
+    publisher.publish(snap(*states))
+    assert publisher.rendered == 0
 
 
 def rich_snapshot():

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.config import load_config
-from exporter.metrics import SnapshotCollector
+from exporter.exposition import SnapshotCollector
 from exporter.parser import DatasetQuality, DedupeKey, Diagnostic, EventQuality, MatchKey, OfflineEvent
 from exporter.snapshot import DatasetState, Histogram, Snapshot
 from exporter.targets import Target

@@ -1,133 +1,28 @@
-"""The metric contract (../shared/reference/metrics.md), rendered from one Snapshot by custom collectors.
+"""What the metric families are: the metric contract (../shared/reference/metrics.md), one collector class per
+group, each filling `render.Family` writers from the snapshot it is given. Nothing here calls the API.
 
-Nothing here calls the API: each collector reads the snapshot it is given. Every family goes through
-`_Family`, which drops a second sample with the same labels, so no input can produce duplicate series.
+The groups split along what a publish can reuse: the per-dataset collectors (quality, offline, the
+dataset's info and health) read only the datasets of the snapshot they are given, so exporter.exposition runs
+them one dataset at a time and keeps each dataset's lines until its data changes; the fleet collectors
+(build, API, rate limits, cycles) are small and run at every publish.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
-from decimal import Decimal
+from collections.abc import Iterable, Iterator
 
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.graph import versions
 from exporter.graph.errors import REASONS
 from exporter.parser import EventQuality
+from exporter.render import Family, SeriesBudget, add, counter, gauge, single
 from exporter.snapshot import DURATION_BUCKETS, Snapshot
 
-log = logging.getLogger(__name__)
-_KEEP: ContextVar[bool] = ContextVar("keep_samples", default=False)
-PREFIX = "meta_dataset_quality_"
 CACHED = "Cached from the last successful fetch."
 UPLOAD_INTERVALS = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
 EVENT_LABELS = ["dataset_id", "agent_name", "event_name"]
-
-
-class SeriesBudget:
-    """How many quality series may still be added (limits.max_series; 0 is no limit), and how many were not."""
-
-    def __init__(self, limit: int) -> None:
-        self.left = limit if limit > 0 else -1
-        self.dropped = 0
-
-    def take(self) -> bool:
-        if self.left == 0:
-            self.dropped += 1
-            return False
-        self.left -= 1
-        return True
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-class _Family:
-    """One metric family, rendered as it is filled.
-
-    Each sample becomes its exposition line at once, in a byte buffer, so a fleet's millions of series never
-    exist as objects. A repeated label set is ignored; with a budget, quality series beyond it are counted,
-    not written. `keep=True` also keeps the samples, for the prometheus_client adapter (tests, registries).
-    """
-
-    def __init__(
-        self, name: str, doc: str, labels: list[str], budget: SeriesBudget | None = None, *, kind: str = "gauge"
-    ) -> None:
-        self.name, self.doc, self.kind, self.labelnames = PREFIX + name, doc, kind, labels
-        self.budget = budget
-        self.lines = bytearray()
-        self.samples: list[tuple[str, tuple[str, ...], float]] | None = [] if _KEEP.get() else None
-        self._seen: set[tuple[str, ...]] = set()
-        self._orders: dict[int, list[int]] = {}
-        self._sample_name = self.name + "_total" if kind == "counter" else self.name
-
-    def new_scope(self) -> None:
-        """Label sets of different datasets never collide: forget the ones seen so far (saves memory)."""
-        self._seen.clear()
-
-    def add(self, labels: list[str], value: float) -> None:
-        key = tuple(labels)
-        if key in self._seen:
-            return
-        self._seen.add(key)  # a repeat is ignored, and never counted as dropped twice
-        if self.budget is None or self.budget.take():
-            self._write(self._sample_name, self.labelnames, key, value)
-
-    def add_histogram(self, labels: list[str], buckets: Iterable[tuple[str, int]], total: float, count: int) -> None:
-        for bound, cumulative in buckets:
-            self._write(self.name + "_bucket", [*self.labelnames, "le"], (*labels, bound), cumulative)
-        self._write(self.name + "_count", self.labelnames, tuple(labels), count)
-        self._write(self.name + "_sum", self.labelnames, tuple(labels), total)
-
-    def _write(self, name: str, names: list[str], values: tuple[str, ...], value: float) -> None:
-        if names:
-            order = self._orders.get(len(names))
-            if order is None:  # label names in sorted order, as Prometheus's own clients write them
-                order = self._orders[len(names)] = sorted(range(len(names)), key=names.__getitem__)
-            pairs = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in order)
-            # "replace": whatever got past the parser, one label value can never make a family unrenderable
-            self.lines += f"{name}{{{pairs}}} {floatToGoString(value)}\n".encode("utf-8", "replace")
-        else:
-            self.lines += f"{name} {floatToGoString(value)}\n".encode()
-        if self.samples is not None:
-            self.samples.append((name, values, value))
-
-    def header(self, openmetrics: bool = False) -> bytes:
-        # The classic text format names a counter's family with its `_total`; OpenMetrics without.
-        name = self.name if openmetrics or self.kind != "counter" else self._sample_name
-        doc = self.doc.replace("\\", "\\\\").replace("\n", "\\n")
-        return f"# HELP {name} {doc}\n# TYPE {name} {self.kind}\n".encode()
-
-    def to_metric(self) -> Metric:
-        """The same family as a prometheus_client Metric (needs keep=True)."""
-        metric = Metric(self.name, self.doc, self.kind)
-        for name, values, value in self.samples or ():
-            names = [*self.labelnames, "le"] if name.endswith("_bucket") else self.labelnames
-            metric.add_sample(name, dict(zip(names, values, strict=True)), value)
-        return metric
-
-
-def _gauge(name: str, doc: str, labels: list[str], budget: SeriesBudget | None = None) -> _Family:
-    return _Family(name, doc, labels, budget)
-
-
-def _counter(name: str, doc: str, labels: list[str]) -> _Family:
-    return _Family(name, doc, labels, kind="counter")
-
-
-def _single(name: str, doc: str, value: float | None, kind: str = "gauge") -> Iterator[_Family]:
-    if value is not None:
-        family = _Family(name, doc, [], kind=kind)
-        family.add([], value)
-        yield family
 
 
 class _QualitySeries:
@@ -137,8 +32,8 @@ class _QualitySeries:
         self.snapshot = snapshot
         self.budget = budget or SeriesBudget(0)
 
-    def gauge(self, name: str, doc: str, labels: list[str]) -> _Family:
-        return _gauge(name, doc, labels, self.budget)
+    def gauge(self, name: str, doc: str, labels: list[str]) -> Family:
+        return gauge(name, doc, labels, self.budget)
 
 
 class QualityCollector(_QualitySeries):
@@ -149,7 +44,7 @@ class QualityCollector(_QualitySeries):
     meta_dataset_quality_upload_frequency{dataset_id="123",agent_name="",event_name="Lead",upload_frequency="hourly"} 1
     """
 
-    def collect(self) -> Iterator[_Family]:
+    def collect(self) -> Iterator[Family]:
         gauge = self.gauge
 
         def pct(field: str, doc: str) -> str:
@@ -249,41 +144,30 @@ class QualityCollector(_QualitySeries):
         yield from f.values()
 
 
-def _add(family: _Family, labels: list[str], value: float | None, percent: bool = False) -> None:
-    """Add a sample unless the API did not send the value; percentages become ratios."""
-    if value is not None:
-        family.add(labels, _ratio(value) if percent else value)
-
-
-def _ratio(percentage: float) -> float:
-    # A decimal shift of the value as sent, so 99.9 becomes exactly 0.999 (99.9 / 100 is 0.9990000000000001).
-    return float(Decimal(repr(percentage)).scaleb(-2))
-
-
-def _event_samples(f: dict[str, _Family], labels: list[str], event: EventQuality) -> None:
+def _event_samples(f: dict[str, Family], labels: list[str], event: EventQuality) -> None:
     ratio = True
-    _add(f["emq"], labels, event.composite_score)
+    add(f["emq"], labels, event.composite_score)
     for key in event.match_keys:
-        _add(f["key_cov"], [*labels, key.identifier], key.coverage, ratio)
-        _add(f["key_acr"], [*labels, key.identifier], key.potential_acr_increase, ratio)
+        add(f["key_cov"], [*labels, key.identifier], key.coverage, ratio)
+        add(f["key_acr"], [*labels, key.identifier], key.potential_acr_increase, ratio)
     for diag in event.diagnostics:
-        _add(f["diag_affected"], [*labels, diag.slug], diag.affected_event_count)
-        _add(f["diag_total"], [*labels, diag.slug], diag.total_event_count)
-        _add(f["diag_ratio"], [*labels, diag.slug], diag.percentage, ratio)
-    _add(f["coverage"], labels, event.coverage, ratio)
-    _add(f["coverage_goal"], labels, event.coverage_goal, ratio)
-    _add(f["coverage_acr"], labels, event.coverage_potential_acr_increase, ratio)
+        add(f["diag_affected"], [*labels, diag.slug], diag.affected_event_count)
+        add(f["diag_total"], [*labels, diag.slug], diag.total_event_count)
+        add(f["diag_ratio"], [*labels, diag.slug], diag.percentage, ratio)
+    add(f["coverage"], labels, event.coverage, ratio)
+    add(f["coverage_goal"], labels, event.coverage_goal, ratio)
+    add(f["coverage_acr"], labels, event.coverage_potential_acr_increase, ratio)
     for key in event.dedupe_keys:
-        _add(f["dedupe_browser"], [*labels, key.dedupe_key], key.browser_events, ratio)
-        _add(f["dedupe_server"], [*labels, key.dedupe_key], key.server_events, ratio)
-        _add(f["dedupe_coverage"], [*labels, key.dedupe_key], key.browser_coverage, ratio)
+        add(f["dedupe_browser"], [*labels, key.dedupe_key], key.browser_events, ratio)
+        add(f["dedupe_server"], [*labels, key.dedupe_key], key.server_events, ratio)
+        add(f["dedupe_coverage"], [*labels, key.dedupe_key], key.browser_coverage, ratio)
     if event.upload_frequency is not None:
         for known in UPLOAD_INTERVALS:
             f["frequency"].add([*labels, known], 1.0 if known == event.upload_frequency else 0.0)
         f["frequency"].add([*labels, event.upload_frequency], 1.0)  # an unknown value gets its own series
-        _add(f["interval"], labels, UPLOAD_INTERVALS.get(event.upload_frequency))
-    _add(f["acr"], labels, event.acr, ratio)
-    _add(f["event_acr"], labels, event.potential_acr_increase, ratio)
+        add(f["interval"], labels, UPLOAD_INTERVALS.get(event.upload_frequency))
+    add(f["acr"], labels, event.acr, ratio)
+    add(f["event_acr"], labels, event.potential_acr_increase, ratio)
 
 
 class OfflineCollector(_QualitySeries):
@@ -293,10 +177,10 @@ class OfflineCollector(_QualitySeries):
     meta_dataset_quality_offline_match_key_coverage_ratio{...,event_name="Purchase",match_key="email"} 0.88
     """
 
-    def collect(self) -> Iterator[_Family]:
+    def collect(self) -> Iterator[Family]:
         gauge = self.gauge
 
-        def score(name: str, field: str) -> _Family:
+        def score(name: str, field: str) -> Family:
             doc = f"Offline events (beta), 28-day score 0 to 10. API field offline[].{field}.score. {CACHED}"
             return gauge(f"offline_{name}_score", doc, EVENT_LABELS)
 
@@ -315,17 +199,17 @@ class OfflineCollector(_QualitySeries):
                 family.new_scope()
             for event in state.quality.offline:
                 labels = [state.target.dataset_id, state.target.agent_name, event.event_name]
-                _add(composite, labels, event.composite_score)
-                _add(match_key, labels, event.match_key_score)
-                _add(frequency, labels, event.frequency_score)
-                _add(freshness, labels, event.freshness_score)
+                add(composite, labels, event.composite_score)
+                add(match_key, labels, event.match_key_score)
+                add(frequency, labels, event.frequency_score)
+                add(freshness, labels, event.freshness_score)
                 for key, value in event.match_key_coverage:
-                    _add(coverage, [*labels, key], value, percent=True)
+                    add(coverage, [*labels, key], value, percent=True)
         yield from offline
 
 
-class InfoCollector:
-    """Descriptive series: which datasets, which diagnostics, which build.
+class DatasetInfoCollector:
+    """Descriptive series of datasets: which datasets, which diagnostics, when their pixels last fired.
 
     meta_dataset_quality_dataset_info{dataset_id="123",dataset_name="Acme",...,origin="config",customer="acme"} 1
     meta_dataset_quality_diagnostic_info{diagnostic="server_sending_mismatched_ip_addresses",name="...",...} 1
@@ -335,13 +219,13 @@ class InfoCollector:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
 
-    def collect(self) -> Iterator[_Family]:
+    def collect(self) -> Iterator[Family]:
         snap = self.snapshot
         names = ["dataset_id", "dataset_name", "business_id", "business_name", "origin", *snap.label_names]
-        info = _gauge(
+        info = gauge(
             "dataset_info", "A watched dataset, with its name, business and the user's labels; always 1.", names
         )
-        diagnostics = _gauge(
+        diagnostics = gauge(
             "diagnostic_info",
             "A diagnostic seen in the fleet, with Meta's title, description and solution text; always 1.",
             ["diagnostic", "name", "description", "solution"],
@@ -363,21 +247,34 @@ class InfoCollector:
                     if diag.slug not in seen_diagnostics:  # the first text seen for a slug wins
                         seen_diagnostics.add(diag.slug)
                         diagnostics.add([diag.slug, diag.name, diag.description, diag.solution], 1)
-        fired = _gauge(
+        fired = gauge(
             "dataset_last_fired_timestamp_seconds",
             "When the pixel last received an event (pixel field last_fired_time), where known.",
             ["dataset_id"],
         )
-        server_fired = _gauge(
+        server_fired = gauge(
             "dataset_server_last_fired_timestamp_seconds",
             "When the dataset last received a server (Conversions API) event (server_last_fired_time), where known.",
             ["dataset_id"],
         )
         for state in snap.datasets:
-            _add(fired, [state.target.dataset_id], state.last_fired)
-            _add(server_fired, [state.target.dataset_id], state.server_last_fired)
-        yield from (fired, server_fired)
-        build = _gauge(
+            add(fired, [state.target.dataset_id], state.last_fired)
+            add(server_fired, [state.target.dataset_id], state.server_last_fired)
+        yield from (fired, server_fired, info, diagnostics)
+
+
+class BuildCollector:
+    """Which build, calling which Graph API version, and when Meta stops serving that version.
+
+    meta_dataset_quality_build_info{version="0.1.0",graph_api_version="v27.0"} 1
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Family]:
+        snap = self.snapshot
+        build = gauge(
             "build_info",
             "The exporter's version and the Graph API version it calls; always 1.",
             [
@@ -386,18 +283,18 @@ class InfoCollector:
             ],
         )
         build.add([__version__, snap.graph_api_version], 1)
-        expiry = _gauge(
+        expiry = gauge(
             "graph_api_version_expiry_timestamp_seconds",
             "When Meta stops serving the configured Graph API version to the Marketing API (absent until Meta "
             "names a date).",
             ["version"],
         )
-        _add(expiry, [snap.graph_api_version], versions.expiry(snap.graph_api_version))
-        yield from (info, diagnostics, build, expiry)
+        add(expiry, [snap.graph_api_version], versions.expiry(snap.graph_api_version))
+        yield from (build, expiry)
 
 
-class HealthCollector:
-    """The exporter's own health: fetch outcomes, API requests, rate-limit usage, cycles, reloads.
+class DatasetHealthCollector:
+    """Fetch outcomes per dataset (and per source besides web).
 
     meta_dataset_quality_fetch_success{dataset_id="123",agent_name=""} 1
     meta_dataset_quality_fetch_failures_total{dataset_id="123",agent_name="",reason="auth"} 0
@@ -408,67 +305,28 @@ class HealthCollector:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
 
-    def collect(self) -> Iterator[_Family]:
+    def collect(self) -> Iterator[Family]:
         snap = self.snapshot
         key = ["dataset_id", "agent_name"]
-        success = _gauge("fetch_success", "1 if the latest fetch of this dataset succeeded, else 0.", key)
-        last = _gauge("last_success_timestamp_seconds", "When this dataset's data was last fetched successfully.", key)
-        failures = _counter("fetch_failures", "Failed fetches of this dataset, by reason.", [*key, "reason"])
-        targets = _gauge("targets", "Datasets (with agent filter) being watched, by origin.", ["origin"])
-        by_origin: dict[str, int] = {"config": 0, "discovery": 0}
+        success = gauge("fetch_success", "1 if the latest fetch of this dataset succeeded, else 0.", key)
+        last = gauge("last_success_timestamp_seconds", "When this dataset's data was last fetched successfully.", key)
+        failures = counter("fetch_failures", "Failed fetches of this dataset, by reason.", [*key, "reason"])
         for state in snap.datasets:
             labels = [state.target.dataset_id, state.target.agent_name]
-            by_origin[state.target.origin] = by_origin.get(state.target.origin, 0) + 1
             if state.fetch_success is not None:
                 success.add(labels, 1.0 if state.fetch_success else 0.0)
             if state.last_success is not None:
                 last.add(labels, state.last_success)
             for reason in REASONS:
                 failures.add([*labels, reason], state.failures.get(reason, 0))
-        for origin, count in by_origin.items():
-            targets.add([origin], count)
-        yield from (success, last, failures, targets)
+        yield from (success, last, failures)
         yield from self._other_sources(snap)
-        yield from self._api(snap)
-        yield from self._housekeeping(snap)
-        yield from self._cycle(snap)
 
-    def _api(self, snap: Snapshot) -> Iterable[_Family]:
-        requests = _counter(
-            "api_requests",
-            "HTTP requests made to the Graph API, by endpoint and HTTP status (error: no response).",
-            ["endpoint", "status"],
-        )
-        for (endpoint, status), count in sorted(snap.requests.items()):
-            requests.add([endpoint, status], count)
-        yield requests
-        durations = _Family(
-            "api_request_duration_seconds", "Latency of Graph API requests.", ["endpoint"], kind="histogram"
-        )
-        bounds = [*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf"]
-        for endpoint, hist in sorted(snap.durations.items()):
-            durations.add_histogram([endpoint], zip(bounds, hist.buckets, strict=True), hist.total, hist.count)
-        yield durations
-        errors = _counter(
-            "api_errors", "Graph API error objects received, by error.code and reason.", ["code", "reason"]
-        )
-        for (code, reason), count in sorted(snap.api_errors.items()):
-            errors.add([code, reason], count)
-        yield errors
-        usage = _gauge(
-            "api_usage_ratio",
-            "Latest rate-limit usage from the X-App-Usage, X-Business-Use-Case-Usage and X-Ad-Account-Usage headers.",
-            ["scope", "object_id", "type", "resource"],
-        )
-        for labels, ratio in sorted(snap.usage.items()):
-            usage.add(list(labels), ratio)
-        yield usage
-
-    def _other_sources(self, snap: Snapshot) -> Iterable[_Family]:
+    def _other_sources(self, snap: Snapshot) -> Iterable[Family]:
         """Sources besides web (the offline beta) succeed and fail on their own; web alone sets fetch_success."""
         key = ["dataset_id", "agent_name", "source"]
-        success = _gauge("source_fetch_success", "1 if the latest fetch of this source (offline) succeeded.", key)
-        failures = _counter(
+        success = gauge("source_fetch_success", "1 if the latest fetch of this source (offline) succeeded.", key)
+        failures = counter(
             "source_fetch_failures", "Failed fetches of this source (offline), by reason.", [*key, "reason"]
         )
         for state in snap.datasets:
@@ -479,23 +337,78 @@ class HealthCollector:
                 failures.add([*labels, source, reason], count)
         yield from (success, failures)
 
-    def _housekeeping(self, snap: Snapshot) -> Iterable[_Family]:
-        throttled = _gauge(
+
+class FleetHealthCollector:
+    """The exporter's own health: targets, API requests, rate-limit usage, housekeeping, cycles, reloads.
+
+    meta_dataset_quality_api_requests_total{endpoint="dataset_quality",status="200"} 42
+    meta_dataset_quality_cycle_duration_seconds 12.5
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Family]:
+        snap = self.snapshot
+        targets = gauge("targets", "Datasets (with agent filter) being watched, by origin.", ["origin"])
+        by_origin: dict[str, int] = {"config": 0, "discovery": 0}
+        for state in snap.datasets:
+            by_origin[state.target.origin] = by_origin.get(state.target.origin, 0) + 1
+        for origin, count in by_origin.items():
+            targets.add([origin], count)
+        yield targets
+        yield from self._api(snap)
+        yield from self._housekeeping(snap)
+        yield from self._cycle(snap)
+
+    def _api(self, snap: Snapshot) -> Iterable[Family]:
+        requests = counter(
+            "api_requests",
+            "HTTP requests made to the Graph API, by endpoint and HTTP status (error: no response).",
+            ["endpoint", "status"],
+        )
+        for (endpoint, status), count in sorted(snap.requests.items()):
+            requests.add([endpoint, status], count)
+        yield requests
+        durations = Family(
+            "api_request_duration_seconds", "Latency of Graph API requests.", ["endpoint"], kind="histogram"
+        )
+        bounds = [*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf"]
+        for endpoint, hist in sorted(snap.durations.items()):
+            durations.add_histogram([endpoint], zip(bounds, hist.buckets, strict=True), hist.total, hist.count)
+        yield durations
+        errors = counter(
+            "api_errors", "Graph API error objects received, by error.code and reason.", ["code", "reason"]
+        )
+        for (code, reason), count in sorted(snap.api_errors.items()):
+            errors.add([code, reason], count)
+        yield errors
+        usage = gauge(
+            "api_usage_ratio",
+            "Latest rate-limit usage from the X-App-Usage, X-Business-Use-Case-Usage and X-Ad-Account-Usage headers.",
+            ["scope", "object_id", "type", "resource"],
+        )
+        for labels, ratio in sorted(snap.usage.items()):
+            usage.add(list(labels), ratio)
+        yield usage
+
+    def _housekeeping(self, snap: Snapshot) -> Iterable[Family]:
+        throttled = gauge(
             "api_throttled_until_timestamp_seconds",
             "While an app or business is throttled: when Meta expects access back.",
             ["scope", "object_id"],
         )
         for (scope, object_id), until in sorted(snap.throttled_until.items()):
             throttled.add(["business_use_case" if scope == "business" else scope, object_id], until)
-        success = _gauge("discovery_success", "1 if the latest discovery from this source succeeded.", ["source"])
-        last = _gauge(
+        success = gauge("discovery_success", "1 if the latest discovery from this source succeeded.", ["source"])
+        last = gauge(
             "discovery_last_success_timestamp_seconds", "When discovery from this source last succeeded.", ["source"]
         )
         for source, (ok, when) in sorted(snap.discovery.items()):
             success.add([source], 1.0 if ok else 0.0)
-            _add(last, [source], when)
-        valid = _gauge("token_valid", "1 if debug_token says this credential's token is valid.", ["credential"])
-        expiry = _gauge(
+            add(last, [source], when)
+        valid = gauge("token_valid", "1 if debug_token says this credential's token is valid.", ["credential"])
+        expiry = gauge(
             "token_expiry_timestamp_seconds",
             "When this credential's token expires (debug_token expires_at); 0: never.",
             ["credential"],
@@ -503,7 +416,7 @@ class HealthCollector:
         for name, (ok, expires) in sorted(snap.tokens.items()):
             valid.add([name], 1.0 if ok else 0.0)
             expiry.add([name], expires)
-        unsupported = _gauge(
+        unsupported = gauge(
             "api_field_unsupported",
             "1 while a field Meta answered as nonexisting is left out of requests (until a reload or a day).",
             ["field", "node_type"],
@@ -512,73 +425,58 @@ class HealthCollector:
             unsupported.add([name, node_type], 1.0)
         yield from (throttled, success, last, valid, expiry, unsupported)
 
-    def _cycle(self, snap: Snapshot) -> Iterable[_Family]:
-        yield from _single(
+    def _cycle(self, snap: Snapshot) -> Iterable[Family]:
+        yield from single(
             "cycle_duration_seconds", "How long the last complete collection cycle took.", snap.cycle_duration
         )
-        yield from _single("cycle_interval_seconds", "The configured collection interval.", snap.interval)
-        yield from _single(
+        yield from single("cycle_interval_seconds", "The configured collection interval.", snap.interval)
+        yield from single(
             "cycle_started_timestamp_seconds",
             "While a collection cycle runs: when it started (absent between cycles). A cycle that never ends "
             "shows here, not in cycle_duration_seconds.",
             snap.cycle_started,
         )
-        yield from _single(
+        yield from single(
             "last_cycle_timestamp_seconds", "When the last collection cycle completed.", snap.last_cycle_end
         )
-        yield from _single(
+        yield from single(
             "cycle_progress_ratio",
             "Share of the current cycle's targets already fetched (1 between cycles).",
             snap.cycle_done / snap.cycle_total if snap.cycle_total else 1.0,
         )
-        yield from _single("cycles", "Collection cycles completed.", snap.cycles, "counter")
-        yield from _single(
+        yield from single("cycles", "Collection cycles completed.", snap.cycles, "counter")
+        yield from single(
             "response_values_dropped",
             "Values of the wrong type in dataset_quality answers, left out (each logged with its JSON path).",
             snap.values_dropped,
             "counter",
         )
-        yield from _single("cycle_overruns", "Cycles that took longer than the interval.", snap.overruns, "counter")
-        yield from _single(
+        yield from single("cycle_overruns", "Cycles that took longer than the interval.", snap.overruns, "counter")
+        yield from single(
             "config_last_reload_successful",
             "1 if the last configuration reload worked (or none was asked for), 0 if it was refused.",
             1.0 if snap.reload_success else 0.0,
         )
-        yield from _single(
+        yield from single(
             "config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully.",
             snap.reload_timestamp,
         )
 
 
-def families(snapshot: Snapshot, *, keep_samples: bool = False) -> Iterator[_Family]:
-    """Every metric family for a snapshot, in exposition order. Quality series count against
-    `limits.max_series`; the rest (info, health) are always served."""
-    token = _KEEP.set(keep_samples)
-    try:
-        budget = SeriesBudget(snapshot.max_series)
-        yield from QualityCollector(snapshot, budget).collect()
-        yield from OfflineCollector(snapshot, budget).collect()
-        yield from InfoCollector(snapshot).collect()
-        yield from HealthCollector(snapshot).collect()
-        if budget.dropped:
-            log.warning(
-                "limits.max_series (%d) reached: %d quality series left out of this snapshot",
-                snapshot.max_series,
-                budget.dropped,
-            )
-        yield from _single(
-            "series_dropped", "Quality series left out of the last snapshot by limits.max_series.", budget.dropped
-        )
-    finally:
-        _KEEP.reset(token)
+def dataset_families(snapshot: Snapshot, budget: SeriesBudget) -> tuple[list[Family], list[Family], list[Family]]:
+    """The per-dataset families of the snapshot's datasets: (quality, offline, the rest), each in order. Quality
+    and offline series count against `budget`."""
+    quality = list(QualityCollector(snapshot, budget).collect())
+    offline = list(OfflineCollector(snapshot, budget).collect())
+    rest = [*DatasetInfoCollector(snapshot).collect(), *DatasetHealthCollector(snapshot).collect()]
+    return quality, offline, rest
 
 
-class SnapshotCollector(Collector):
-    """The same families for a prometheus_client registry (tests use `get_sample_value`)."""
-
-    def __init__(self, source: Callable[[], Snapshot]) -> None:
-        self.source = source
-
-    def collect(self) -> Iterator[Metric]:
-        return iter([family.to_metric() for family in families(self.source(), keep_samples=True)])
+def fleet_families(snapshot: Snapshot, dropped: int) -> list[Family]:
+    """The families of the exporter as a whole, `series_dropped` last."""
+    return [
+        *BuildCollector(snapshot).collect(),
+        *FleetHealthCollector(snapshot).collect(),
+        *single("series_dropped", "Quality series left out of the last snapshot by limits.max_series.", dropped),
+    ]
