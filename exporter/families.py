@@ -298,8 +298,7 @@ class DatasetHealthCollector:
 
     meta_dataset_quality_fetch_success{dataset_id="123",agent_name=""} 1
     meta_dataset_quality_fetch_failures_total{dataset_id="123",agent_name="",reason="auth"} 0
-    meta_dataset_quality_api_requests_total{endpoint="dataset_quality",status="200"} 42
-    meta_dataset_quality_cycle_duration_seconds 12.5
+    meta_dataset_quality_source_fetch_success{dataset_id="123",agent_name="",source="offline"} 0
     """
 
     def __init__(self, snapshot: Snapshot) -> None:
