@@ -89,6 +89,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     samples: list[dict[str, float]] = []
     scrape_errors = 0
+    slowest = 0.0
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -104,7 +105,9 @@ def main() -> None:
             if exporter.poll() is not None:
                 raise RuntimeError(f"the exporter exited with {exporter.returncode}")
             try:
+                asked = time.perf_counter()
                 get(url + "/metrics", {"Accept-Encoding": "gzip"})
+                slowest = max(slowest, time.perf_counter() - asked)  # during cycles as between them
             except OSError:
                 scrape_errors += 1
             if time.monotonic() >= next_sample:
@@ -136,6 +139,7 @@ def main() -> None:
         "growth": round(late / warm - 1, 3),
         "ok": late <= warm * (1 + args.tolerance) and exporter.returncode == 0,
         "scrape_errors": scrape_errors,
+        "slowest_scrape_ms": round(slowest * 1000, 1),
         "exit_code": exporter.returncode,
         "samples": samples,
     }

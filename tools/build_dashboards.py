@@ -503,10 +503,12 @@ def exporter() -> Board:
         panel(
             "timeseries",
             "Cycle duration against interval",
-            "A cycle longer than the interval is an overrun.",
+            "A cycle longer than the interval is an overrun; 'running' is how long the current cycle has run, so a "
+            "cycle that never finishes shows too.",
             [
                 target(f"{M}cycle_duration_seconds{{{SEL}}}", "duration {{instance}}", ref="A"),
                 target(f"{M}cycle_interval_seconds{{{SEL}}}", "interval {{instance}}", ref="B"),
+                target(f"time() - {M}cycle_started_timestamp_seconds{{{SEL}}}", "running {{instance}}", ref="C"),
             ],
             "s",
         ),
