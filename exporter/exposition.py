@@ -179,6 +179,8 @@ class Publisher:
             return cached
         self.rendered += 1
         quality, offline, rest = dataset_families(_one(snapshot, state), SeriesBudget(0))
+        for family in (*quality, *offline, *rest):
+            family.freeze()  # one immutable copy, which every exposition built from it shares
         diagnostics = []
         for family in rest:
             if family.name.endswith("diagnostic_info") and family.lines:

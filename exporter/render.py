@@ -85,6 +85,11 @@ class Family:
             self.lines += f"{name} {floatToGoString(value)}\n".encode()
         self.count += 1
 
+    def freeze(self) -> None:
+        """Keep the lines as bytes: expositions then share them instead of copying them."""
+        self.lines = bytes(self.lines)  # type: ignore[assignment]
+        self._seen.clear()
+
     def header(self, openmetrics: bool = False) -> bytes:
         # The classic text format names a counter's family with its `_total`; OpenMetrics without.
         name = self.name if openmetrics or self.kind != "counter" else self._sample_name
