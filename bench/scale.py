@@ -295,28 +295,43 @@ def _cycle_one(sim: Simulator, n: int, cycle_seconds: float) -> dict:
 
     web = WebServer(App(), "127.0.0.1", 0)
     web.start()
-    samples: dict[str, list[float]] = {"plain": [], "gzip": []}
-    stop = threading.Event()
-
-    def scraper() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", web.address[1], timeout=120)
-        turn = 0
-        while not stop.is_set():
-            label = ("plain", "gzip")[turn % 2]
-            headers = {"Accept-Encoding": "gzip"} if label == "gzip" else {}
-            started = time.perf_counter()
-            conn.request("GET", "/metrics", headers=headers)
-            conn.getresponse().read()
-            samples[label].append(time.perf_counter() - started)
-            turn += 1
-            time.sleep(0.05)  # a scraper, not a load generator
-        conn.close()
-
     interval = cycle_seconds / 0.9  # a paced cycle spreads its calls over 90 % of the interval
     collection = replace(scheduler.config.collection, interval=interval)
     scheduler.config = replace(scheduler.config, collection=collection)
+    row: dict = {"datasets": n}
+    # One paced cycle with both scrapers asking for gzip (as Prometheus does), one with both asking for plain
+    # text: a 270 MB plain answer at 10,000 datasets would otherwise stand in the gzip scrapes' way.
+    for label in ("gzip", "plain"):
+        times, took, publishes = _paced_cycle_scraped(scheduler, web, label)
+        row[f"{label}_cycle_s"], row[f"{label}_publishes"], row[f"{label}_scrapes"] = took, publishes, len(times)
+        row[f"{label}_p50_ms"] = statistics.median(times) * 1000
+        row[f"{label}_p99_ms"] = percentile(times, 0.99) * 1000
+        row[f"{label}_max_ms"] = max(times) * 1000
+    web.stop()
+    baseline_plain, baseline_gzip = baseline_render_seconds(scheduler.snapshot, 3)
+    row["baseline_plain_ms"], row["baseline_gzip_ms"] = baseline_plain * 1000, baseline_gzip * 1000
+    return row
+
+
+def _paced_cycle_scraped(scheduler: Scheduler, web: WebServer, label: str) -> tuple[list[float], float, int]:
+    """Two scrapers scrape `label` (gzip or plain) for a whole paced cycle; their latencies, its length, and
+    how many snapshots it published meanwhile."""
+    times: list[float] = []
+    stop = threading.Event()
+    headers = {"Accept-Encoding": "gzip"} if label == "gzip" else {}
+
+    def scraper() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", web.address[1], timeout=120)
+        while not stop.is_set():
+            started = time.perf_counter()
+            conn.request("GET", "/metrics", headers=headers)
+            conn.getresponse().read()
+            times.append(time.perf_counter() - started)
+            time.sleep(0.05)  # a scraper, not a load generator
+        conn.close()
+
     threads = [threading.Thread(target=scraper) for _ in range(2)]
-    publishes_before = scheduler.snapshot.generation
+    before = scheduler.snapshot.generation
     for thread in threads:
         thread.start()
 
@@ -331,17 +346,8 @@ def _cycle_one(sim: Simulator, n: int, cycle_seconds: float) -> dict:
     finally:
         stop.set()
         for thread in threads:
-            thread.join(120)
-        web.stop()
-    row: dict = {"datasets": n, "cycle_s": took, "publishes": scheduler.snapshot.generation - publishes_before}
-    for label, times in samples.items():
-        row[f"{label}_scrapes"] = len(times)
-        row[f"{label}_p50_ms"] = statistics.median(times) * 1000
-        row[f"{label}_p99_ms"] = percentile(times, 0.99) * 1000
-        row[f"{label}_max_ms"] = max(times) * 1000
-    baseline_plain, baseline_gzip = baseline_render_seconds(scheduler.snapshot, 3)
-    row["baseline_plain_ms"], row["baseline_gzip_ms"] = baseline_plain * 1000, baseline_gzip * 1000
-    return row
+            thread.join(300)
+    return times, took, scheduler.snapshot.generation - before
 
 
 def publish_cost(sim: Simulator, n: int) -> list[dict]:

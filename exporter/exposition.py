@@ -20,7 +20,7 @@ import logging
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -113,6 +113,11 @@ class _DatasetLines:
     offline: list[Family]
     rest: list[Family]
     diagnostics: list[tuple[str, bytes]]  # (slug, line) of diagnostic_info, deduplicated across the fleet
+    quality_lines: tuple[bytes, ...] = ()  # the families' lines, in order, as bytes
+    offline_lines: tuple[bytes, ...] = ()
+    rest_lines: tuple[bytes, ...] = ()
+    quality_count: int = 0
+    offline_count: int = 0
 
 
 def _fingerprint(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Any, ...]:
@@ -156,11 +161,10 @@ class Publisher:
         template_quality, template_offline, template_rest = dataset_families(
             replace(snapshot, datasets=()), SeriesBudget(0)
         )  # the per-dataset families' headers, in order
-        sections: list[tuple[Family, list[bytes]]] = []
-        for i, family in enumerate(template_quality):
-            sections.append((family, [q[i].lines for q in quality if q is not None]))
-        for i, family in enumerate(template_offline):
-            sections.append((family, [o[i].lines for o in offline if o is not None]))
+        sections: list[tuple[Family, Sequence[bytes]]] = []
+        # one column of pieces per family: zip transposes the datasets' rows in C
+        sections += zip(template_quality, _columns(quality, len(template_quality)), strict=True)
+        sections += zip(template_offline, _columns(offline, len(template_offline)), strict=True)
         sections += self._dataset_rest(template_rest, lines)
         fleet = fleet_families(snapshot, dropped)
         if dropped:
@@ -188,69 +192,87 @@ class Publisher:
                 seen = list(dict.fromkeys(slugs))
                 rows = [row + b"\n" for row in bytes(family.lines).split(b"\n")[:-1]]  # \r may be in a label
                 diagnostics = list(zip(seen, rows, strict=False))
-        return _DatasetLines(state, fingerprint, quality, offline, rest, diagnostics)
+        return _DatasetLines(
+            state,
+            fingerprint,
+            quality,
+            offline,
+            rest,
+            diagnostics,
+            tuple(f.lines for f in quality),  # type: ignore[misc]
+            tuple(f.lines for f in offline),  # type: ignore[misc]
+            tuple(f.lines for f in rest),  # type: ignore[misc]
+            sum(f.count for f in quality),
+            sum(f.count for f in offline),
+        )
 
     def _within_budget(
         self, snapshot: Snapshot, lines: list[_DatasetLines]
-    ) -> tuple[list[list[Family] | None], list[list[Family] | None], int]:
+    ) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]], int]:
         """Quality then offline series in snapshot order, as long as limits.max_series allows (0: no limit);
         the dataset that crosses the limit is rendered again with what is left, and the rest are left out."""
-        left = snapshot.max_series if snapshot.max_series > 0 else -1
-        dropped = 0
-        kept: dict[str, list[list[Family] | None]] = {"quality": [], "offline": []}
+        quality = [entry.quality_lines for entry in lines]
+        offline = [entry.offline_lines for entry in lines]
+        total = sum(entry.quality_count + entry.offline_count for entry in lines)
+        if snapshot.max_series <= 0 or total <= snapshot.max_series:
+            return quality, offline, 0  # the usual case: no per-dataset accounting
+        left, dropped = snapshot.max_series, 0
+        kept: dict[str, list[tuple[bytes, ...]]] = {"quality": [], "offline": []}
         for part in ("quality", "offline"):
             for entry in lines:
-                families: list[Family] = getattr(entry, part)
-                count = sum(f.count for f in families)
-                if left < 0 or count <= left:
-                    kept[part].append(families)
-                    left = left - count if left >= 0 else left
+                count = entry.quality_count if part == "quality" else entry.offline_count
+                if count <= left:
+                    kept[part].append(entry.quality_lines if part == "quality" else entry.offline_lines)
+                    left -= count
                 elif left == 0:
-                    kept[part].append(None)
                     dropped += count
                 else:
-                    quality, offline, _ = dataset_families(_one(snapshot, entry.state), SeriesBudget(left))
-                    kept[part].append(quality if part == "quality" else offline)
+                    partial = dataset_families(_one(snapshot, entry.state), SeriesBudget(left))
+                    kept[part].append(tuple(bytes(f.lines) for f in partial[0 if part == "quality" else 1]))
                     dropped += count - left
                     left = 0
         return kept["quality"], kept["offline"], dropped
 
     @staticmethod
-    def _dataset_rest(headers: list[Family], lines: list[_DatasetLines]) -> list[tuple[Family, list[bytes]]]:
+    def _dataset_rest(headers: list[Family], lines: list[_DatasetLines]) -> list[tuple[Family, Sequence[bytes]]]:
         """Info and health families; a dataset watched with several agent filters is described once, and a
         diagnostic's text is the first seen for its slug."""
-        sections = []
+        sections: list[tuple[Family, Sequence[bytes]]] = []
+        columns = _columns([entry.rest_lines for entry in lines], len(headers))
         for index, header in enumerate(headers):
             name = header.name
-            families = [entry.rest[index] for entry in lines]
-            pieces: list[bytes] = []
+            pieces: Sequence[bytes]
             if name.endswith("diagnostic_info"):
                 seen_slugs: set[str] = set()
+                kept: list[bytes] = []
                 for entry in lines:
                     fresh = [line for slug, line in entry.diagnostics if slug not in seen_slugs]
                     seen_slugs.update(slug for slug, _ in entry.diagnostics)
                     if fresh:
-                        pieces.append(b"".join(fresh))
+                        kept.append(b"".join(fresh))
+                pieces = kept
             elif name.endswith(("dataset_info", "last_fired_timestamp_seconds")):
                 seen_ids: set[str] = set()
-                for entry, family in zip(lines, families, strict=True):
+                kept = []
+                for entry, piece in zip(lines, columns[index], strict=True):
                     if entry.state.target.dataset_id not in seen_ids:
                         seen_ids.add(entry.state.target.dataset_id)
-                        pieces.append(family.lines)
+                        kept.append(piece)
+                pieces = kept
             else:
-                pieces = [family.lines for family in families]
+                pieces = columns[index]
             sections.append((header, pieces))
         return sections
 
     # ----- the whole -------------------------------------------------------------------------------------
-    def _assemble(self, sections: list[tuple[Family, list[bytes]]], fleet: list[Family]) -> Exposition:
+    def _assemble(self, sections: list[tuple[Family, Sequence[bytes]]], fleet: list[Family]) -> Exposition:
         text: list[bytes] = []
         om: list[bytes] = []
         text_gz: list[bytes] = []
         om_gz: list[bytes] = []
         text_crc = om_crc = 0
         members: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes, int]] = {}
-        for family, pieces in [*sections, *((f, [f.lines]) for f in fleet)]:
+        for family, pieces in [*sections, *((f, [bytes(f.lines)]) for f in fleet)]:
             header, header_gz = self._header(family, False)
             text.append(header)
             text_gz.append(header_gz)
@@ -259,7 +281,7 @@ class Publisher:
             om.append(header)
             om_gz.append(header_gz)
             om_crc = zlib.crc32(header, om_crc)
-            data = [bytes(p) for p in pieces if p]
+            data = [p for p in pieces if p]
             for start in range(0, len(data), BLOCK):
                 block = tuple(data[start : start + BLOCK])
                 key = tuple(map(id, block))
@@ -291,6 +313,11 @@ class Publisher:
             raw = family.header(openmetrics)
             known = self._headers[key] = (raw, _deflate(raw))
         return known
+
+
+def _columns(rows: list[tuple[bytes, ...]], width: int) -> list[tuple[bytes, ...]]:
+    """Rows of per-family pieces (one per dataset) as one column per family."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
 
 
 def render_exposition(snapshot: Snapshot) -> Exposition:
