@@ -103,15 +103,12 @@ class Exposition:
         return Body((*body.chunks, tail), body.length + len(tail)) if tail else body
 
 
-@dataclass
+@dataclass(slots=True)
 class _DatasetLines:
     """One dataset's lines per family, and what they were rendered from."""
 
     state: DatasetState
     fingerprint: tuple[Any, ...]
-    quality: list[Family]
-    offline: list[Family]
-    rest: list[Family]
     diagnostics: list[tuple[str, bytes]]  # (slug, line) of diagnostic_info, deduplicated across the fleet
     quality_lines: tuple[bytes, ...] = ()  # the families' lines, in order, as bytes
     offline_lines: tuple[bytes, ...] = ()
@@ -195,9 +192,6 @@ class Publisher:
         return _DatasetLines(
             state,
             fingerprint,
-            quality,
-            offline,
-            rest,
             diagnostics,
             tuple(f.lines for f in quality),  # type: ignore[misc]
             tuple(f.lines for f in offline),  # type: ignore[misc]
