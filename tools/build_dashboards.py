@@ -508,7 +508,11 @@ def exporter() -> Board:
             [
                 target(f"{M}cycle_duration_seconds{{{SEL}}}", "duration {{instance}}", ref="A"),
                 target(f"{M}cycle_interval_seconds{{{SEL}}}", "interval {{instance}}", ref="B"),
-                target(f"time() - {M}cycle_started_timestamp_seconds{{{SEL}}}", "running {{instance}}", ref="C"),
+                target(
+                    f"(time() - {M}cycle_started_timestamp_seconds{{{SEL}}}) or (0 * {M}cycle_interval_seconds{{{SEL}}})",
+                    "running {{instance}}",
+                    ref="C",
+                ),  # 0 between cycles, when the series is absent
             ],
             "s",
         ),
