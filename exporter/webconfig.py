@@ -114,9 +114,6 @@ class WebSecurity:
                 self._verified.add(self._key(user, password, hashed or b""))
         return ok
 
-    def allows(self, user: str, password: str) -> bool:
-        return self.remembered(user, password) or self.verify(user, password)
-
 
 def load_web_config(path: str | None) -> WebSecurity:
     if not path:
