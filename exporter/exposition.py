@@ -147,6 +147,14 @@ class Publisher:
         self._members: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes, int]] = {}  # block -> deflated
         self._headers: dict[tuple[str, bool], tuple[bytes, bytes]] = {}  # (family, om) -> (raw, deflated)
         self.rendered = 0  # datasets rendered by the last publish (benchmarks read it)
+        self._templates: dict[tuple[str, ...], tuple[list[Family], list[Family], list[Family]]] = {}
+
+    def _template(self, snapshot: Snapshot) -> tuple[list[Family], list[Family], list[Family]]:
+        """The per-dataset families' headers, in order: they depend on the user's label names only."""
+        key = snapshot.label_names
+        if key not in self._templates:
+            self._templates[key] = dataset_families(replace(snapshot, datasets=()), SeriesBudget(0))
+        return self._templates[key]
 
     def publish(self, snapshot: Snapshot) -> Exposition:
         self.rendered = 0
@@ -155,9 +163,7 @@ class Publisher:
         lines = [self._dataset(snapshot, state) for state in states]
         self._lines = {entry.state.target.key: entry for entry in lines}
         quality, offline, dropped = self._within_budget(snapshot, lines)
-        template_quality, template_offline, template_rest = dataset_families(
-            replace(snapshot, datasets=()), SeriesBudget(0)
-        )  # the per-dataset families' headers, in order
+        template_quality, template_offline, template_rest = self._template(snapshot)
         sections: list[tuple[Family, Sequence[bytes]]] = []
         # one column of pieces per family: zip transposes the datasets' rows in C
         sections += zip(template_quality, _columns(quality, len(template_quality)), strict=True)
