@@ -1,6 +1,6 @@
 """meta-dataset-quality-exporter: Prometheus exporter for Meta's Dataset Quality API.
 
-Commands: run (the default), check-config, once, simulate, demo.
+Commands: run (the default), check-config, once, simulate, demo, healthcheck.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from exporter.logsetup import configure_logging
 from exporter.simulator import SCENARIOS, Simulator, SimulatorSettings
 
 log = logging.getLogger("exporter")
-COMMANDS = ("run", "check-config", "once", "simulate", "demo")
+COMMANDS = ("run", "check-config", "once", "simulate", "demo", "healthcheck")
 DESCRIPTIONS = {
     "run": "Run the exporter: poll Meta's Dataset Quality API for every configured and discovered dataset in the\n"
     "background and serve the results on /metrics. The default command: `meta-dataset-quality-exporter\n"
@@ -47,6 +47,9 @@ DESCRIPTIONS = {
     "prints the token it accepts, dataset IDs and businesses to discover.",
     "demo": "Run the simulator and the exporter against it, no token and no config needed; prints the URLs to\n"
     "open and writes the configuration it runs with to a file to copy.",
+    "healthcheck": "Ask a running exporter's /-/healthy, at the listen address its config names (the container's\n"
+    "HEALTHCHECK). Exits 0 when the server answers (a 401 from basic auth counts), 1 when it does not; it\n"
+    "retries over TLS when the listener speaks only TLS. It never reads secrets and never calls Meta.",
 }
 ONCE_TIMEOUT = 300.0
 
@@ -148,6 +151,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency", type=float, default=0.05, help="simulated API latency in seconds")
 
 
+def _add_healthcheck(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("healthcheck", help="exit 0 when a running exporter's /-/healthy answers")
+    p.add_argument("--config", "--config.file", dest="config", metavar="FILE", help="the config the exporter runs with")
+    p.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT", help="overrides the config's")
+    p.add_argument("--timeout", type=_duration_arg, default=4.0, metavar="DURATION", help="default 4s")
+
+
 def _add_logging(parser: argparse.ArgumentParser, *, default: bool) -> None:
     level, fmt = ("info", "text") if default else (argparse.SUPPRESS, argparse.SUPPRESS)
     parser.add_argument("--log-level", default=level, choices=["debug", "info", "warning", "error"])
@@ -180,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_once(sub)
     _add_simulate(sub)
     _add_demo(sub)
+    _add_healthcheck(sub)
     return parser
 
 
@@ -344,6 +355,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.datasets, args.listen[0], args.listen[1], args.interval, args.latency)
 
 
+def health_url(listen_address: str, scheme: str = "http") -> str:
+    """The loopback URL of /-/healthy for a listen address; a wildcard host is asked on loopback."""
+    host, _, port = listen_address.rpartition(":")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    return f"{scheme}://{host}:{port}/-/healthy"
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    import httpx
+
+    listen = args.listen_address
+    if not listen:
+        try:
+            listen = load_config(args.config).server.listen_address if args.config else ServerConfig().listen_address
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_CONFIG
+    problem = ""
+    for scheme in ("http", "https"):
+        url = health_url(listen, scheme)
+        try:
+            # Our own process on loopback: the certificate names a public host, not 127.0.0.1.
+            status = httpx.get(url, timeout=args.timeout, verify=False).status_code
+        except httpx.HTTPError as exc:
+            problem = f"{url}: {type(exc).__name__}: {exc}"
+            if isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
+                break  # nothing listens, or it hangs: TLS would not help
+            continue
+        if status in (200, 401):
+            print(f"{url}: {status}")
+            return 0
+        problem = f"{url}: HTTP {status}"
+        break
+    print(f"unhealthy: {problem}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run` is the default command: insert it before the first argument that is not a global option.
@@ -362,5 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         "once": cmd_once,
         "simulate": cmd_simulate,
         "demo": cmd_demo,
+        "healthcheck": cmd_healthcheck,
     }
     return handlers[args.command](args)

@@ -251,7 +251,7 @@ def test_help_shows_the_run_flags_and_every_command_has_a_description(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "--web.listen-address" in text and "--web.enable-lifecycle" in text and "--dataset-id" in text
-    for command in ("run", "check-config", "once", "simulate", "demo"):
+    for command in ("run", "check-config", "once", "simulate", "demo", "healthcheck"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         _, _, rest = capsys.readouterr().out.partition("\n\n")

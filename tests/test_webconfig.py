@@ -261,3 +261,25 @@ def test_unknown_users_cost_a_bcrypt_check_too_and_checks_run_one_at_a_time(cert
     for _ in range(3):
         assert httpx.get(f"http://{address}/metrics", auth=("alice", PASSWORD)).status_code == 200
     assert len(checked) == before + 1  # verified once, then remembered
+
+
+def test_the_healthcheck_command_finds_plain_tls_and_basic_auth_listeners(certs, serve, tmp_path, capsys):
+    from exporter.cli import main
+
+    plain = serve(web_config(tmp_path, ""))
+    tls = serve(web_config(certs, "tls_server_config: {cert_file: server.crt, key_file: server.key}\n"))
+    auth = serve(web_config(certs, f"basic_auth_users:\n  alice: '{hashed(PASSWORD)}'\n"))
+    assert main(["healthcheck", "--web.listen-address", plain]) == 0
+    assert f"http://{plain}/-/healthy: 200" in capsys.readouterr().out
+    assert main(["healthcheck", "--web.listen-address", tls]) == 0
+    assert f"https://{tls}/-/healthy: 200" in capsys.readouterr().out
+    assert main(["healthcheck", "--web.listen-address", auth]) == 0
+    assert "401" in capsys.readouterr().out
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server: {{listen_address: '0.0.0.0:{plain.rsplit(':', 1)[1]}'}}\ndatasets: [{{id: '1'}}]\n")
+    assert main(["healthcheck", "--config", str(config)]) == 0  # the wildcard host is asked on loopback
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{unused.getsockname()[1]}"
+    assert main(["healthcheck", "--web.listen-address", closed]) == 1
+    assert "unhealthy" in capsys.readouterr().err
