@@ -18,13 +18,15 @@ $(VENV)/.installed: pyproject.toml
 
 # promtool and amtool come from Debian's prometheus and prometheus-alertmanager packages; the status page's
 # browser test drives Debian's chromium through Playwright (which never downloads a browser of its own);
-# kubectl (kubernetes-client) renders the kustomizations and openssl makes the TLS tests' certificates.
+# kubectl (kubernetes-client) renders the kustomizations and openssl makes the TLS tests' certificates;
+# buildah builds and runs the container image on a Debian base that mmdebstrap makes (no engine, no registry).
 tools:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v kubectl >/dev/null || ! command -v openssl >/dev/null; then \
+	    || ! command -v kubectl >/dev/null || ! command -v openssl >/dev/null \
+	    || ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then \
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y prometheus prometheus-alertmanager chromium \
-	    openssl $$(command -v kubectl >/dev/null || echo kubernetes-client); \
+	    openssl buildah mmdebstrap $$(command -v kubectl >/dev/null || echo kubernetes-client); \
 	fi
 
 lint: venv
