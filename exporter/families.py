@@ -17,7 +17,7 @@ from exporter import __version__
 from exporter.graph import versions
 from exporter.graph.errors import REASONS
 from exporter.parser import EventQuality
-from exporter.render import Family, SeriesBudget, add, counter, gauge, single
+from exporter.render import Family, SeriesBudget, add, add_pairs, counter, gauge, pair, pairs, single
 from exporter.snapshot import DURATION_BUCKETS, Snapshot
 
 CACHED = "Cached from the last successful fetch."
@@ -139,35 +139,43 @@ class QualityCollector(_QualitySeries):
                 continue
             for family in f.values():
                 family.new_scope()
+            dataset = pairs(EVENT_LABELS[:2], [state.target.dataset_id, state.target.agent_name])
             for event in state.quality.events:
-                _event_samples(f, [state.target.dataset_id, state.target.agent_name, event.event_name], event)
+                _event_samples(f, dataset, pair("event_name", event.event_name), event)
         yield from f.values()
 
 
-def _event_samples(f: dict[str, Family], labels: list[str], event: EventQuality) -> None:
+def _event_samples(f: dict[str, Family], dataset: str, event_pair: str, event: EventQuality) -> None:
+    """One event's samples. `dataset` (agent_name, dataset_id) and `event_pair` are written once; the labels
+    are sorted by name, so `diagnostic` and `dedupe_key` go between them and `match_key` after."""
     ratio = True
-    add(f["emq"], labels, event.composite_score)
+    labels = f"{dataset},{event_pair}"
+    add_pairs(f["emq"], labels, event.composite_score)
     for key in event.match_keys:
-        add(f["key_cov"], [*labels, key.identifier], key.coverage, ratio)
-        add(f["key_acr"], [*labels, key.identifier], key.potential_acr_increase, ratio)
+        key_labels = f"{labels},{pair('match_key', key.identifier)}"
+        add_pairs(f["key_cov"], key_labels, key.coverage, ratio)
+        add_pairs(f["key_acr"], key_labels, key.potential_acr_increase, ratio)
     for diag in event.diagnostics:
-        add(f["diag_affected"], [*labels, diag.slug], diag.affected_event_count)
-        add(f["diag_total"], [*labels, diag.slug], diag.total_event_count)
-        add(f["diag_ratio"], [*labels, diag.slug], diag.percentage, ratio)
-    add(f["coverage"], labels, event.coverage, ratio)
-    add(f["coverage_goal"], labels, event.coverage_goal, ratio)
-    add(f["coverage_acr"], labels, event.coverage_potential_acr_increase, ratio)
+        diag_labels = f"{dataset},{pair('diagnostic', diag.slug)},{event_pair}"
+        add_pairs(f["diag_affected"], diag_labels, diag.affected_event_count)
+        add_pairs(f["diag_total"], diag_labels, diag.total_event_count)
+        add_pairs(f["diag_ratio"], diag_labels, diag.percentage, ratio)
+    add_pairs(f["coverage"], labels, event.coverage, ratio)
+    add_pairs(f["coverage_goal"], labels, event.coverage_goal, ratio)
+    add_pairs(f["coverage_acr"], labels, event.coverage_potential_acr_increase, ratio)
     for key in event.dedupe_keys:
-        add(f["dedupe_browser"], [*labels, key.dedupe_key], key.browser_events, ratio)
-        add(f["dedupe_server"], [*labels, key.dedupe_key], key.server_events, ratio)
-        add(f["dedupe_coverage"], [*labels, key.dedupe_key], key.browser_coverage, ratio)
+        key_labels = f"{dataset},{pair('dedupe_key', key.dedupe_key)},{event_pair}"
+        add_pairs(f["dedupe_browser"], key_labels, key.browser_events, ratio)
+        add_pairs(f["dedupe_server"], key_labels, key.server_events, ratio)
+        add_pairs(f["dedupe_coverage"], key_labels, key.browser_coverage, ratio)
     if event.upload_frequency is not None:
         for known in UPLOAD_INTERVALS:
-            f["frequency"].add([*labels, known], 1.0 if known == event.upload_frequency else 0.0)
-        f["frequency"].add([*labels, event.upload_frequency], 1.0)  # an unknown value gets its own series
-        add(f["interval"], labels, UPLOAD_INTERVALS.get(event.upload_frequency))
-    add(f["acr"], labels, event.acr, ratio)
-    add(f["event_acr"], labels, event.potential_acr_increase, ratio)
+            f["frequency"].add_pairs(f'{labels},upload_frequency="{known}"', float(known == event.upload_frequency))
+        # an unknown value gets its own series
+        f["frequency"].add_pairs(f"{labels},{pair('upload_frequency', event.upload_frequency)}", 1.0)
+        add_pairs(f["interval"], labels, UPLOAD_INTERVALS.get(event.upload_frequency))
+    add_pairs(f["acr"], labels, event.acr, ratio)
+    add_pairs(f["event_acr"], labels, event.potential_acr_increase, ratio)
 
 
 class OfflineCollector(_QualitySeries):
@@ -197,14 +205,15 @@ class OfflineCollector(_QualitySeries):
                 continue
             for family in offline:
                 family.new_scope()
+            dataset = pairs(EVENT_LABELS[:2], [state.target.dataset_id, state.target.agent_name])
             for event in state.quality.offline:
-                labels = [state.target.dataset_id, state.target.agent_name, event.event_name]
-                add(composite, labels, event.composite_score)
-                add(match_key, labels, event.match_key_score)
-                add(frequency, labels, event.frequency_score)
-                add(freshness, labels, event.freshness_score)
+                labels = f"{dataset},{pair('event_name', event.event_name)}"
+                add_pairs(composite, labels, event.composite_score)
+                add_pairs(match_key, labels, event.match_key_score)
+                add_pairs(frequency, labels, event.frequency_score)
+                add_pairs(freshness, labels, event.freshness_score)
                 for key, value in event.match_key_coverage:
-                    add(coverage, [*labels, key], value, percent=True)
+                    add_pairs(coverage, f"{labels},{pair('match_key', key)}", value, percent=True)
         yield from offline
 
 

@@ -1,8 +1,10 @@
-"""How metric families are written: the exposition's lines as bytes, one family at a time.
+"""How metric families are written: the exposition's lines, one family at a time.
 
-Each sample becomes its line at once, in a byte buffer, so a fleet's millions of series never exist as
-objects. A repeated label set is ignored, so no input can produce a duplicate series; with a budget,
-quality series past `limits.max_series` are counted, not written.
+Each sample becomes its line at once, as text encoded once per family, so a fleet's millions of series never
+exist as objects. Labels are sorted by name, as prometheus_client writes them; callers that write many lines
+with the same labels (a dataset's, an event's) write those pairs once and pass them in (`add_pairs`). A
+repeated label set is ignored, so no input can produce a duplicate series; with a budget, quality series past
+`limits.max_series` are counted, not written.
 """
 
 from __future__ import annotations
@@ -36,58 +38,89 @@ def _escape(value: str) -> str:
     return value
 
 
+def pairs(names: Iterable[str], values: Iterable[str]) -> str:
+    """A label set as the exposition writes it: sorted by name, as prometheus_client and Go's client do."""
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in sorted(zip(names, values, strict=True)))
+
+
+def pair(name: str, value: str) -> str:
+    return f'{name}="{_escape(value)}"'
+
+
+_NUMBERS: dict[float, str] = {}  # the same few thousand values recur across a fleet: format each once
+_RATIOS: dict[float, float] = {}
+_MEMO_LIMIT = 1 << 16
+
+
+def number(value: float) -> str:
+    text = _NUMBERS.get(value)
+    if text is None:
+        text = floatToGoString(value)
+        if value and len(_NUMBERS) < _MEMO_LIMIT:  # 0.0 == -0.0, but they print differently
+            _NUMBERS[value] = text
+    return text
+
+
 class Family:
     """One metric family, rendered as it is filled.
 
-    Each sample becomes its exposition line at once, in a byte buffer, so a fleet's millions of series never
-    exist as objects. A repeated label set is ignored; with a budget, quality series beyond it are counted,
-    not written.
+    Each sample becomes its exposition line at once, so a fleet's millions of series never exist as objects;
+    `freeze` encodes the lines once. A repeated label set is ignored; with a budget, quality series beyond it
+    are counted, not written.
     """
 
     def __init__(
         self, name: str, doc: str, labels: list[str], budget: SeriesBudget | None = None, *, kind: str = "gauge"
     ) -> None:
         self.name, self.doc, self.kind, self.labelnames = PREFIX + name, doc, kind, labels
-        self.budget = budget
-        self.lines = bytearray()
+        self.budget = budget if budget is not None and budget.left >= 0 else None  # None: no limit to check
+        self._parts: list[str] = []
+        self._frozen: bytes | None = None
         self.count = 0  # samples written
-        self._seen: set[tuple[str, ...]] = set()
-        self._orders: dict[int, list[int]] = {}
+        self._seen: set[str] = set()
         self._sample_name = self.name + "_total" if kind == "counter" else self.name
+        self._open = self._sample_name + "{"
 
     def new_scope(self) -> None:
         """Label sets of different datasets never collide: forget the ones seen so far (saves memory)."""
         self._seen.clear()
 
     def add(self, labels: list[str], value: float) -> None:
-        key = tuple(labels)
-        if key in self._seen:
+        self.add_pairs(pairs(self.labelnames, labels), value)
+
+    def add_pairs(self, label_pairs: str, value: float) -> None:
+        """Add a sample whose labels are already written, sorted by name (see `pairs`)."""
+        if label_pairs in self._seen:
             return
-        self._seen.add(key)  # a repeat is ignored, and never counted as dropped twice
+        self._seen.add(label_pairs)  # a repeat is ignored, and never counted as dropped twice
         if self.budget is None or self.budget.take():
-            self._write(self._sample_name, self.labelnames, key, value)
+            if label_pairs:
+                self._parts.append(f"{self._open}{label_pairs}}} {number(value)}\n")
+            else:
+                self._parts.append(f"{self._sample_name} {number(value)}\n")
+            self.count += 1
 
     def add_histogram(self, labels: list[str], buckets: Iterable[tuple[str, int]], total: float, count: int) -> None:
+        own = pairs(self.labelnames, labels)
+        before_le = own + "," if own else ""
+        written = len(self._parts)
         for bound, cumulative in buckets:
-            self._write(self.name + "_bucket", [*self.labelnames, "le"], (*labels, bound), cumulative)
-        self._write(self.name + "_count", self.labelnames, tuple(labels), count)
-        self._write(self.name + "_sum", self.labelnames, tuple(labels), total)
+            self._parts.append(f'{self.name}_bucket{{{before_le}le="{bound}"}} {number(cumulative)}\n')
+        self._parts.append(f"{self.name}_count{{{own}}} {number(count)}\n")
+        self._parts.append(f"{self.name}_sum{{{own}}} {number(total)}\n")
+        self.count += len(self._parts) - written
 
-    def _write(self, name: str, names: list[str], values: tuple[str, ...], value: float) -> None:
-        if names:
-            order = self._orders.get(len(names))
-            if order is None:  # label names in sorted order, as Prometheus's own clients write them
-                order = self._orders[len(names)] = sorted(range(len(names)), key=names.__getitem__)
-            pairs = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in order)
-            # "replace": whatever got past the parser, one label value can never make a family unrenderable
-            self.lines += f"{name}{{{pairs}}} {floatToGoString(value)}\n".encode("utf-8", "replace")
-        else:
-            self.lines += f"{name} {floatToGoString(value)}\n".encode()
-        self.count += 1
+    @property
+    def lines(self) -> bytes:
+        if self._frozen is not None:
+            return self._frozen
+        # "replace": whatever got past the parser, one label value can never make a family unrenderable
+        return "".join(self._parts).encode("utf-8", "replace")
 
     def freeze(self) -> None:
-        """Keep the lines as bytes: expositions then share them instead of copying them."""
-        self.lines = bytes(self.lines)  # type: ignore[assignment]
+        """Encode the lines once and keep them as bytes: expositions then share them instead of copying them."""
+        self._frozen = self.lines
+        self._parts = []
         self._seen.clear()
 
     def header(self, openmetrics: bool = False) -> bytes:
@@ -118,6 +151,17 @@ def add(family: Family, labels: list[str], value: float | None, percent: bool = 
         family.add(labels, ratio(value) if percent else value)
 
 
+def add_pairs(family: Family, label_pairs: str, value: float | None, percent: bool = False) -> None:
+    """`add` with the labels already written (see `pairs`)."""
+    if value is not None:
+        family.add_pairs(label_pairs, ratio(value) if percent else value)
+
+
 def ratio(percentage: float) -> float:
-    # A decimal shift of the value as sent, so 99.9 becomes exactly 0.999 (99.9 / 100 is 0.9990000000000001).
-    return float(Decimal(repr(percentage)).scaleb(-2))
+    known = _RATIOS.get(percentage)
+    if known is None:
+        # A decimal shift of the value as sent: 99.9 becomes exactly 0.999 (99.9 / 100 is 0.9990000000000001).
+        known = float(Decimal(repr(float(percentage))).scaleb(-2))
+        if percentage and len(_RATIOS) < _MEMO_LIMIT:
+            _RATIOS[percentage] = known
+    return known

@@ -358,3 +358,14 @@ def test_series_limit_covers_offline_series_too():
         max_series=2,
     )
     assert registry_for(limited).get_sample_value(P + "series_dropped") == 4  # six offline series, two kept
+
+
+def test_remembered_numbers_keep_their_exact_text():
+    from prometheus_client.utils import floatToGoString
+
+    from exporter.render import number, ratio
+
+    for value in (0.0, -0.0, 1.0, 99.9, 0.999, 1e-7, 12345678.0, float("inf"), float("nan"), 3):
+        assert number(value) == floatToGoString(value) and number(value) == floatToGoString(value)  # twice: memo
+    assert ratio(99.9) == ratio(99.9) == 0.999 and ratio(50) == 0.5
+    assert number(-0.0) == "-0.0" and number(0.0) == "0.0"  # equal as dict keys, printed apart
