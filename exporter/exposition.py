@@ -2,12 +2,9 @@
 
 Publishing is incremental. Each dataset's lines are rendered once and kept until its data changes (a new
 fetch result, a failure, new metadata); a publish renders the datasets that changed and joins the rest. The
-gzip encoding is kept the same way: each family's header and each block of datasets is compressed on its
-own as raw deflate ending in a sync flush (byte-aligned, no final block), and a scrape sends one gzip member
-made of them: a gzip header, the segments, an empty final block, and the CRC-32 and length of the whole.
-One member, not several concatenated ones: Go's reader (Prometheus) reads concatenated members, but httpx's
-and curl's decoders stop after the first. During a paced cycle the datasets fetched since the last publish
-are neighbours, so few blocks are compressed again.
+gzip encoding is kept the same way (exporter.deflate): each dataset's piece of each family is compressed once,
+and a scrape sends one gzip member made of the kept segments. One member, not several concatenated ones: Go's
+reader (Prometheus) reads concatenated members, but httpx's and curl's decoders stop after the first.
 
 The text format wants each family's lines together: the exposition is family after family, each made of its
 header and the datasets' pieces in snapshot order. OpenMetrics is the same lines with its own headers and
@@ -31,6 +28,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as om_lates
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from exporter.deflate import FINAL_BLOCK, GZIP_HEADER, BlockDeflater, crc32_combine, deflate
 from exporter.families import dataset_families, fleet_families
 from exporter.render import Family, SeriesBudget
 from exporter.snapshot import DatasetState, Snapshot
@@ -40,18 +38,6 @@ log = logging.getLogger(__name__)
 # The classic text format: every Prometheus version reads it, and our names need none of 1.0.0's escaping.
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-BLOCK = 64  # datasets per gzip member of a family
-GZIP_LEVEL = 6
-
-
-def _deflate(data: bytes) -> bytes:
-    """`data` as a raw deflate segment that any other segment may follow: no history, ends byte-aligned."""
-    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
-
-
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time, unknown OS
-_FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed codes
 
 
 @dataclass(frozen=True)
@@ -66,9 +52,9 @@ class Deflated:
         """One gzip member of these segments and `tail` (compressed here: keep it small)."""
         crc, size, segments = self.crc, self.size, list(self.segments)
         if tail:
-            segments.append(_deflate(tail))
+            segments.append(deflate(tail))
             crc, size = zlib.crc32(tail, crc), size + len(tail)
-        chunks = [_GZIP_HEADER, *segments, _FINAL_BLOCK, struct.pack("<II", crc, size & 0xFFFFFFFF)]
+        chunks = [GZIP_HEADER, *segments, FINAL_BLOCK, struct.pack("<II", crc, size & 0xFFFFFFFF)]
         return _body(chunks)
 
 
@@ -110,6 +96,7 @@ class _DatasetLines:
     state: DatasetState
     fingerprint: tuple[Any, ...]
     diagnostics: list[tuple[str, bytes]]  # (slug, line) of diagnostic_info, deduplicated across the fleet
+    slugs: frozenset[str]
     quality_lines: tuple[bytes, ...] = ()  # the families' lines, in order, as bytes
     offline_lines: tuple[bytes, ...] = ()
     rest_lines: tuple[bytes, ...] = ()
@@ -144,9 +131,10 @@ class Publisher:
 
     def __init__(self) -> None:
         self._lines: dict[tuple[str, str], _DatasetLines] = {}
-        self._members: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes, int]] = {}  # block -> deflated
-        self._headers: dict[tuple[str, bool], tuple[bytes, bytes]] = {}  # (family, om) -> (raw, deflated)
+        self._deflater = BlockDeflater()
+        self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
         self.rendered = 0  # datasets rendered by the last publish (benchmarks read it)
+        self.compressed = 0  # pieces compressed by the last publish
         self._templates: dict[tuple[str, ...], tuple[list[Family], list[Family], list[Family]]] = {}
 
     def _template(self, snapshot: Snapshot) -> tuple[list[Family], list[Family], list[Family]]:
@@ -180,8 +168,10 @@ class Publisher:
 
     # ----- one dataset ------------------------------------------------------------------------------------
     def _dataset(self, snapshot: Snapshot, state: DatasetState) -> _DatasetLines:
-        fingerprint = _fingerprint(state, snapshot.label_names)
         cached = self._lines.get(state.target.key)
+        if cached is not None and cached.state is state and cached.fingerprint[1] == snapshot.label_names:
+            return cached  # the usual case: the loop kept the dataset's state as it was
+        fingerprint = _fingerprint(state, snapshot.label_names)
         if cached is not None and cached.state.quality is state.quality and cached.fingerprint == fingerprint:
             return cached
         self.rendered += 1
@@ -199,6 +189,7 @@ class Publisher:
             state,
             fingerprint,
             diagnostics,
+            frozenset(slug for slug, _ in diagnostics),
             tuple(f.lines for f in quality),  # type: ignore[misc]
             tuple(f.lines for f in offline),  # type: ignore[misc]
             tuple(f.lines for f in rest),  # type: ignore[misc]
@@ -239,6 +230,7 @@ class Publisher:
         diagnostic's text is the first seen for its slug."""
         sections: list[tuple[Family, Sequence[bytes]]] = []
         columns = _columns([entry.rest_lines for entry in lines], len(headers))
+        unique_ids = len({entry.state.target.dataset_id for entry in lines}) == len(lines)
         for index, header in enumerate(headers):
             name = header.name
             pieces: Sequence[bytes]
@@ -246,12 +238,13 @@ class Publisher:
                 seen_slugs: set[str] = set()
                 kept: list[bytes] = []
                 for entry in lines:
+                    if entry.slugs <= seen_slugs:
+                        continue  # most datasets: every diagnostic already described
                     fresh = [line for slug, line in entry.diagnostics if slug not in seen_slugs]
-                    seen_slugs.update(slug for slug, _ in entry.diagnostics)
-                    if fresh:
-                        kept.append(b"".join(fresh))
+                    seen_slugs.update(entry.slugs)
+                    kept.append(b"".join(fresh))
                 pieces = kept
-            elif name.endswith(("dataset_info", "last_fired_timestamp_seconds")):
+            elif name.endswith(("dataset_info", "last_fired_timestamp_seconds")) and not unique_ids:
                 seen_ids: set[str] = set()
                 kept = []
                 for entry, piece in zip(lines, columns[index], strict=True):
@@ -270,35 +263,33 @@ class Publisher:
         om: list[bytes] = []
         text_gz: list[bytes] = []
         om_gz: list[bytes] = []
-        text_crc = om_crc = 0
-        members: dict[tuple[int, ...], tuple[tuple[bytes, ...], bytes, int]] = {}
+        text_crc = om_crc = text_size = om_size = 0
         for family, pieces in [*sections, *((f, [bytes(f.lines)]) for f in fleet)]:
-            header, header_gz = self._header(family, False)
+            header, header_gz, header_crc = self._header(family, False)
             text.append(header)
             text_gz.append(header_gz)
-            text_crc = zlib.crc32(header, text_crc)
-            header, header_gz = self._header(family, True)
+            text_crc = crc32_combine(text_crc, header_crc, len(header))
+            text_size += len(header)
+            header, header_gz, header_crc = self._header(family, True)
             om.append(header)
             om_gz.append(header_gz)
-            om_crc = zlib.crc32(header, om_crc)
-            data = [p for p in pieces if p]
-            for start in range(0, len(data), BLOCK):
-                block = tuple(data[start : start + BLOCK])
-                key = tuple(map(id, block))
-                known = self._members.get(key) or members.get(key)
-                if known is None or known[0] != block:
-                    joined = b"".join(block)
-                    known = (block, _deflate(joined), len(joined))
-                members[key] = known  # the block's pieces are kept, so their ids stay theirs
-                text.extend(block)
-                om.extend(block)
-                text_gz.append(known[1])
-                om_gz.append(known[1])
-                for piece in block:  # CRC-32 runs at gigabytes a second: cheaper than combining CRCs in Python
-                    text_crc = zlib.crc32(piece, text_crc)
-                    om_crc = zlib.crc32(piece, om_crc)
-        self._members = members
-        plain, openmetrics = _body(text), _body(om)
+            om_crc = crc32_combine(om_crc, header_crc, len(header))
+            om_size += len(header)
+            data = list(filter(None, pieces))
+            body_crc = body_size = 0
+            for block in self._deflater.blocks(data):
+                text_gz.append(block.deflated)
+                om_gz.append(block.deflated)
+                body_crc = crc32_combine(body_crc, block.crc, block.size)
+                body_size += block.size
+            text.extend(data)
+            om.extend(data)
+            text_crc = crc32_combine(text_crc, body_crc, body_size)
+            om_crc = crc32_combine(om_crc, body_crc, body_size)
+            text_size += body_size
+            om_size += body_size
+        self.compressed = self._deflater.finish()
+        plain, openmetrics = Body(tuple(text), text_size), Body(tuple(om), om_size)
         return Exposition(
             plain,
             openmetrics,
@@ -306,12 +297,12 @@ class Publisher:
             Deflated(tuple(om_gz), om_crc, openmetrics.length),
         )
 
-    def _header(self, family: Family, openmetrics: bool) -> tuple[bytes, bytes]:
+    def _header(self, family: Family, openmetrics: bool) -> tuple[bytes, bytes, int]:
         key = (family.name + family.kind + family.doc, openmetrics)
         known = self._headers.get(key)
         if known is None:
             raw = family.header(openmetrics)
-            known = self._headers[key] = (raw, _deflate(raw))
+            known = self._headers[key] = (raw, deflate(raw), zlib.crc32(raw))
         return known
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from exporter.config import Config
 
@@ -18,8 +19,8 @@ class Target:
     business_id: str = ""
     business_name: str = ""
 
-    @property
-    def key(self) -> tuple[str, str]:
+    @cached_property
+    def key(self) -> tuple[str, str]:  # cached: every publish looks up every target by it
         return (self.dataset_id, self.agent_name)
 
     def describe(self) -> str:
