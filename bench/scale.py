@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import gzip
 import http.client
+import itertools
 import json
 import math
 import os
@@ -28,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from exporter.app import prefer_short_gil_waits
 from exporter.config import Secrets, validate
 from exporter.exposition import Publisher
 from exporter.graph.fields import BLOCKS, web_fields
@@ -280,6 +282,7 @@ def cycle_scrapes(sim: Simulator, sizes: list[int], cycle_seconds: float) -> lis
 
 
 def _cycle_one(sim: Simulator, n: int, cycle_seconds: float) -> dict:
+    prefer_short_gil_waits()  # as `run` does
     _, scheduler = burst_cycle(sim, n)  # the first cycle is a burst; the paced one follows
 
     class App:
@@ -302,38 +305,38 @@ def _cycle_one(sim: Simulator, n: int, cycle_seconds: float) -> dict:
     # One paced cycle with both scrapers asking for gzip (as Prometheus does), one with both asking for plain
     # text: a 270 MB plain answer at 10,000 datasets would otherwise stand in the gzip scrapes' way.
     for label in ("gzip", "plain"):
-        times, took, publishes = _paced_cycle_scraped(scheduler, web, label)
+        times, took, publishes, pauses = _paced_cycle_scraped(scheduler, web, label)
         row[f"{label}_cycle_s"], row[f"{label}_publishes"], row[f"{label}_scrapes"] = took, publishes, len(times)
         row[f"{label}_p50_ms"] = statistics.median(times) * 1000
         row[f"{label}_p99_ms"] = percentile(times, 0.99) * 1000
         row[f"{label}_max_ms"] = max(times) * 1000
+        row[f"{label}_longest_gc_ms"] = max((pause for _, pause in pauses), default=0.0) * 1000
+        row[f"{label}_gen2_collections"] = sum(1 for generation, _ in pauses if generation == 2)
+        longest = sorted(((round(pause * 1000), generation) for generation, pause in pauses), reverse=True)[:8]
+        print(f"{n} {label}: longest collections (ms, generation): {longest}", file=sys.stderr)
     web.stop()
     baseline_plain, baseline_gzip = baseline_render_seconds(scheduler.snapshot, 3)
     row["baseline_plain_ms"], row["baseline_gzip_ms"] = baseline_plain * 1000, baseline_gzip * 1000
     return row
 
 
-def _paced_cycle_scraped(scheduler: Scheduler, web: WebServer, label: str) -> tuple[list[float], float, int]:
-    """Two scrapers scrape `label` (gzip or plain) for a whole paced cycle; their latencies, its length, and
-    how many snapshots it published meanwhile."""
-    times: list[float] = []
-    stop = threading.Event()
-    headers = {"Accept-Encoding": "gzip"} if label == "gzip" else {}
+def _paced_cycle_scraped(scheduler: Scheduler, web: WebServer, label: str) -> tuple[list[float], float, int, list]:
+    """Two scrapers scrape `label` (gzip or plain) for a whole paced cycle; their latencies, its length, how
+    many snapshots it published meanwhile, and the exporter's garbage-collector pauses (generation, seconds)."""
+    scrapers = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("scrapers.py")), str(web.address[1]), label],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pauses: list[tuple[int, float]] = []
+    started_gc: list[float] = []
 
-    def scraper() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", web.address[1], timeout=120)
-        while not stop.is_set():
-            started = time.perf_counter()
-            conn.request("GET", "/metrics", headers=headers)
-            conn.getresponse().read()
-            times.append(time.perf_counter() - started)
-            time.sleep(0.05)  # a scraper, not a load generator
-        conn.close()
+    def gc_watch(phase: str, info: dict) -> None:
+        if phase == "start":
+            started_gc[:] = [time.perf_counter()]
+        elif started_gc:
+            pauses.append((info["generation"], time.perf_counter() - started_gc[0]))
 
-    threads = [threading.Thread(target=scraper) for _ in range(2)]
     before = scheduler.snapshot.generation
-    for thread in threads:
-        thread.start()
 
     async def paced() -> float:
         started = time.perf_counter()
@@ -341,13 +344,13 @@ def _paced_cycle_scraped(scheduler: Scheduler, web: WebServer, label: str) -> tu
         await scheduler.close()
         return time.perf_counter() - started
 
+    gc.callbacks.append(gc_watch)
     try:
         took = asyncio.run(paced())
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(300)
-    return times, took, scheduler.snapshot.generation - before
+        gc.callbacks.remove(gc_watch)
+        times = json.loads(scrapers.communicate("", timeout=600)[0])
+    return times, took, scheduler.snapshot.generation - before, pauses
 
 
 def publish_cost(sim: Simulator, n: int) -> list[dict]:
@@ -356,9 +359,16 @@ def publish_cost(sim: Simulator, n: int) -> list[dict]:
     _, scheduler = burst_cycle(sim, n)
     snapshot = scheduler.snapshot
 
-    def fresh(state: DatasetState) -> DatasetState:  # a new fetch result with the same values
-        quality = state.quality
-        return replace(state, quality=DatasetQuality(quality.events, quality.offline) if quality else None)
+    rounds = itertools.count(1)
+
+    def fresh(state: DatasetState) -> DatasetState:
+        """A new fetch result in which every quality line differs (the worst case: a dataset fetched again
+        with the same values costs its rendering only, since its compressed pieces are kept by their bytes)."""
+        quality, mark = state.quality, next(rounds)
+        if quality is None:
+            return state
+        events = tuple(replace(event, event_name=f"{event.event_name}~{mark}") for event in quality.events)
+        return replace(state, quality=DatasetQuality(events, quality.offline))
 
     def best(run: Callable[[], object], times: int = 3) -> float:
         took = []

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import resource
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -110,8 +111,19 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+GIL_SWITCH_INTERVAL = 0.0005
+
+
+def prefer_short_gil_waits() -> None:
+    """Let threads hand over the GIL every 0.5 ms instead of Python's 5 ms. While the collection loop renders a
+    publish, a scrape's thread waits for the GIL at every step it takes (accepting, each write of its answer):
+    measured at 10,000 datasets over a paced cycle, gzip scrapes' p99 went from 403 ms (5 ms) to 79 ms."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+
+
 def run(source: ConfigSource, web_config: str | None = None, *, lifecycle: bool = False) -> int:
     raise_open_file_limit()
+    prefer_short_gil_waits()
     try:
         config, secrets = load_all(source)
         exporter = Exporter(source, config, secrets, web_config=web_config, lifecycle=lifecycle)

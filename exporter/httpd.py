@@ -19,6 +19,8 @@ Handlers are coroutines; CPU-heavy work belongs in an executor (see exporter.web
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import re
 import socket
@@ -31,7 +33,7 @@ from http import HTTPStatus
 
 log = logging.getLogger(__name__)
 
-WRITE_SLICE = 256 * 1024
+WRITE_SLICE = 4 * 1024 * 1024
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S+) HTTP/(1\.[01])$")
 
@@ -291,7 +293,7 @@ class HttpServer:
 
     async def _write(self, writer: asyncio.StreamWriter, response: Response, head_only: bool = False) -> None:
         chunks = [response.body] if isinstance(response.body, bytes | bytearray) else list(response.body)
-        length = sum(len(c) for c in chunks)
+        length = sum(map(len, chunks))
         reason = HTTPStatus(response.status).phrase if response.status in HTTPStatus._value2member_map_ else ""
         lines = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}"]
         lines.append(f"Content-Length: {length}")
@@ -303,18 +305,16 @@ class HttpServer:
             lines.append("Connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if not head_only:
-            # In slices, each drained before the next: a 270 MB answer never sits in memory a second time.
-            batch: list[bytes] = []
-            size = 0
-            for chunk in chunks:
-                batch.append(chunk)
-                size += len(chunk)
-                if size >= WRITE_SLICE:
-                    writer.write(b"".join(batch))
-                    batch, size = [], 0
-                    await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
-            if batch:
-                writer.write(b"".join(batch))
+            # In slices, each drained before the next: a 270 MB answer never sits in memory a second time. The
+            # slices are found and joined in C: an answer can be 250,000 chunks, and while the collection loop
+            # publishes, every step this thread takes in Python waits for the GIL.
+            ends = list(itertools.accumulate(map(len, chunks)))
+            start = 0
+            while start < len(chunks):
+                stop = bisect.bisect_left(ends, (ends[start - 1] if start else 0) + WRITE_SLICE, lo=start) + 1
+                writer.write(b"".join(chunks[start:stop]))
+                start = stop
+                await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
         await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
 
 
