@@ -187,3 +187,26 @@ def test_gzip_q_zero_is_served_plain(server):
     assert b"Content-Encoding" not in answer.split(b"\r\n\r\n")[0]
     answer = exchange(web, b"GET /metrics HTTP/1.1\r\nAccept-Encoding: GZIP\r\nConnection: close\r\n\r\n")
     assert b"Content-Encoding: gzip" in answer
+
+
+def test_an_answer_of_many_chunks_arrives_whole_in_slices(monkeypatch):
+    import random
+    import urllib.request
+
+    from exporter import httpd
+
+    monkeypatch.setattr(httpd, "WRITE_SLICE", 1000)  # slices end mid-answer, on and across chunk boundaries
+    rng = random.Random(4)
+    chunks = [rng.randbytes(rng.choice((0, 1, 999, 1000, 1001, 2500))) for _ in range(300)]
+
+    async def handler(request):
+        return httpd.Response(200, chunks)
+
+    server = httpd.HttpServer(handler, "127.0.0.1", 0)
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.address[1]}/", timeout=10) as response:
+            assert response.read() == b"".join(chunks)
+            assert int(response.headers["Content-Length"]) == sum(map(len, chunks))
+    finally:
+        server.stop()
