@@ -93,10 +93,12 @@ class Extras:
 
 class _TargetRecord:
     __slots__ = (
+        "changed",
         "failures",
         "last_message",
         "last_reason",
         "last_success",
+        "published",
         "quality",
         "source_failures",
         "source_success",
@@ -112,6 +114,8 @@ class _TargetRecord:
         self.failures: Counter[str] = Counter({reason: 0 for reason in REASONS})
         self.source_success: dict[str, bool] = {}
         self.source_failures: Counter[tuple[str, str]] = Counter()
+        self.published: DatasetState | None = None  # kept while nothing changes: the publisher skips it by identity
+        self.changed = True
 
 
 class Recorder:
@@ -152,7 +156,9 @@ class Recorder:
 
     # ----- results ---------------------------------------------------------------------------------------
     def _record(self, target: Target) -> _TargetRecord:
-        return self._records.setdefault(target.key, _TargetRecord())
+        record = self._records.setdefault(target.key, _TargetRecord())
+        record.changed = True
+        return record
 
     def success(self, target: Target, quality: DatasetQuality) -> None:
         record = self._record(target)
@@ -204,24 +210,35 @@ class Recorder:
         extras = extras or Extras()
         states = []
         for target in targets:
-            record = self._records.get(target.key) or _TargetRecord()
+            record = self._records.get(target.key) or self._records.setdefault(target.key, _TargetRecord())
             quality = record.quality
             if record.success is False and record.last_success is not None and now - record.last_success > stale_after:
                 quality = None  # no success for longer than stale_after: its quality series disappear
-            states.append(
-                DatasetState(
-                    target,
-                    quality,
-                    record.success,
-                    record.last_success,
-                    record.last_reason,
-                    record.last_message,
-                    MappingProxyType(dict(record.failures)),
-                    *extras.last_fired.get(target.dataset_id, (None, None)),
-                    MappingProxyType(dict(record.source_success)),
-                    MappingProxyType(dict(record.source_failures)),
-                )
+            fired = extras.last_fired.get(target.dataset_id, (None, None))
+            kept = record.published
+            if (
+                not record.changed
+                and kept is not None
+                and kept.target is target
+                and kept.quality is quality
+                and (kept.last_fired, kept.server_last_fired) == fired
+            ):
+                states.append(kept)  # the same object: nothing about this target changed since the last publish
+                continue
+            record.changed = False
+            record.published = DatasetState(
+                target,
+                quality,
+                record.success,
+                record.last_success,
+                record.last_reason,
+                record.last_message,
+                MappingProxyType(dict(record.failures)),
+                *fired,
+                MappingProxyType(dict(record.source_success)),
+                MappingProxyType(dict(record.source_failures)),
             )
+            states.append(record.published)
         self._generation += 1
         return Snapshot(
             generation=self._generation,

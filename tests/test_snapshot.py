@@ -100,3 +100,35 @@ def test_usage_of_an_app_or_business_no_longer_called_leaves_after_two_intervals
     recorder.on_usage(RateLimitUsage((UsageSample("app", "default", "app", "call_count", 0.6),)))  # still called
     clock.now += 2  # 61 s > two intervals of 30 s since business 42 was last heard of
     assert dict(publish(recorder, ()).usage) == {("app", "default", "app", "call_count"): 0.6}
+
+
+def test_a_target_whose_nothing_changed_keeps_its_state_object_and_any_change_makes_a_new_one():
+    """The publisher skips an unchanged dataset by the identity of its state: every kind of change must show."""
+    from exporter.snapshot import Extras
+
+    clock = [1000.0]
+    rec = Recorder(clock=lambda: clock[0])
+    first, second = Target("1"), Target("2")
+    rec.success(first, DatasetQuality((EventQuality("Purchase", composite_score=7.0),)))
+    rec.success(second, DatasetQuality())
+
+    def states(*targets, extras=None):
+        return rec.publish(targets, stale_after=100, label_names=(), graph_api_version="v27.0", interval=10,
+                           extras=extras).datasets  # fmt: skip
+
+    a = states(first, second)
+    b = states(first, second)
+    assert a[0] is b[0] and a[1] is b[1]  # nothing happened
+    rec.failure(first, "transient", "boom")
+    c = states(first, second)
+    assert c[0] is not b[0] and c[0].fetch_success is False and c[1] is b[1]
+    clock[0] += 200  # past stale_after: the quality goes, though no new result came
+    d = states(first, second)
+    assert d[0] is not c[0] and d[0].quality is None and d[1] is c[1]
+    e = states(first, second, extras=Extras(last_fired={"2": (5.0, None)}))  # new pixel metadata
+    assert e[1] is not d[1] and e[1].last_fired == 5.0 and e[0] is d[0]
+    renamed = Target("1", name="Shop")  # a metadata refresh names the dataset: a new Target
+    f = states(renamed, second, extras=Extras(last_fired={"2": (5.0, None)}))
+    assert f[0] is not e[0] and f[0].target.name == "Shop" and f[1] is e[1]
+    rec.source_outcome(second, "offline", None, None)
+    assert states(renamed, second, extras=Extras(last_fired={"2": (5.0, None)}))[1] is not f[1]
