@@ -82,7 +82,11 @@ def only(*fields: str) -> models.DataTransformerConfig:
     return models.DataTransformerConfig(id_val="filterFieldsByName", options={"include": {"names": list(fields)}})
 
 
-MERGE = models.DataTransformerConfig(id_val="merge", options={})
+def columns(titles: dict[str, str], *, merge: bool = False) -> list[models.DataTransformerConfig]:
+    """A table of exactly these fields (label or value -> column title), in this order; `merge` first joins
+    the queries' tables on their common labels."""
+    joined = [models.DataTransformerConfig(id_val="merge", options={})] if merge else []
+    return [*joined, only(*titles), organize(titles, exclude=())]
 
 
 def sort_by(column: str, *, descending: bool) -> common_builders.TableSortByFieldState:
@@ -396,10 +400,8 @@ def overview() -> Board:
                 ref="B",
             ),
         )
-        .with_transformation(MERGE)
-        .with_transformation(only("name", "Value #A", "Value #B"))
-        .with_transformation(
-            organize({"name": "Diagnostic", "Value #A": "Events affected", "Value #B": "Datasets"}, exclude=())
+        .transformations(
+            columns({"name": "Diagnostic", "Value #A": "Events affected", "Value #B": "Datasets"}, merge=True)
         )
         .sort_by([sort_by("Events affected", descending=True)]),
         12,
@@ -419,17 +421,15 @@ def overview() -> Board:
                 ref="C",
             ),
         )
-        .with_transformation(MERGE)
-        .with_transformation(only("customer", "Value #A", "Value #B", "Value #C"))
-        .with_transformation(
-            organize(
+        .transformations(
+            columns(
                 {
                     "customer": "Customer",
                     "Value #A": "Datasets",
                     "Value #B": "Average worst EMQ",
                     "Value #C": "Failing to fetch",
                 },
-                exclude=(),
+                merge=True,
             )
         )
         .sort_by([sort_by("Average worst EMQ", descending=False)])
@@ -576,12 +576,8 @@ def dataset() -> Board:
                 table_format=True,
             ),
         )
-        .with_transformation(only("event_name", "name", "Value", "solution"))
-        .with_transformation(
-            organize(
-                {"event_name": "Event", "name": "Diagnostic", "Value": "Events affected", "solution": "Solution"},
-                exclude=(),
-            )
+        .transformations(
+            columns({"event_name": "Event", "name": "Diagnostic", "Value": "Events affected", "solution": "Solution"})
         )
         .sort_by([sort_by("Events affected", descending=True)]),
         12,
@@ -595,17 +591,15 @@ def dataset() -> Board:
             query(f"{M}dedupe_key_browser_events_ratio{{{ESEL}}}", instant=True, table_format=True, ref="A"),
             query(f"{M}dedupe_key_server_events_ratio{{{ESEL}}}", instant=True, table_format=True, ref="B"),
         )
-        .with_transformation(MERGE)
-        .with_transformation(only("event_name", "dedupe_key", "Value #A", "Value #B"))
-        .with_transformation(
-            organize(
+        .transformations(
+            columns(
                 {
                     "event_name": "Event",
                     "dedupe_key": "Dedupe key",
                     "Value #A": "Browser events",
                     "Value #B": "Server events",
                 },
-                exclude=(),
+                merge=True,
             )
         )
         .min(0)
@@ -620,8 +614,7 @@ def dataset() -> Board:
             "s",
             query(f"{M}upload_interval_seconds{{{ESEL}}}", instant=True, table_format=True),
         )
-        .with_transformation(only("event_name", "Value"))
-        .with_transformation(organize({"event_name": "Event", "Value": "Upload interval"}, exclude=()))
+        .transformations(columns({"event_name": "Event", "Value": "Upload interval"}))
         .mappings(value_text({"0": ("real time", "green")})),
         12,
         8,
@@ -738,12 +731,8 @@ def exporter() -> Board:
             "Apps and businesses Meta throttles, and for how long still.",
             "s",
             query(f"({M}api_throttled_until_timestamp_seconds{{{SEL}}} - time()) > 0", instant=True, table_format=True),
-        )
-        .with_transformation(only("scope", "object_id", "instance", "Value"))
-        .with_transformation(
-            organize(
-                {"scope": "Scope", "object_id": "Object", "instance": "Exporter", "Value": "Time left"}, exclude=()
-            )
+        ).transformations(
+            columns({"scope": "Scope", "object_id": "Object", "instance": "Exporter", "Value": "Time left"})
         ),
         12,
         8,
@@ -756,12 +745,10 @@ def exporter() -> Board:
             query(f"{M}token_valid{{{SEL}}}", instant=True, table_format=True, ref="A"),
             query(f"({M}token_expiry_timestamp_seconds{{{SEL}}} > 0) * 1000", instant=True, table_format=True, ref="B"),
         )
-        .with_transformation(MERGE)
-        .with_transformation(only("credential", "instance", "Value #A", "Value #B"))
-        .with_transformation(
-            organize(
+        .transformations(
+            columns(
                 {"credential": "Credential", "instance": "Exporter", "Value #A": "Valid", "Value #B": "Expires"},
-                exclude=(),
+                merge=True,
             )
         )
         .override_by_name(
