@@ -56,7 +56,7 @@ def number(value: float) -> str:
     text = _NUMBERS.get(value)
     if text is None:
         text = floatToGoString(value)
-        if value and len(_NUMBERS) < _MEMO_LIMIT:  # 0.0 == -0.0, but they print differently
+        if value and value == value and len(_NUMBERS) < _MEMO_LIMIT:  # not 0.0 == -0.0 (printed apart), not NaN
             _NUMBERS[value] = text
     return text
 
@@ -102,10 +102,10 @@ class Family:
 
     def add_histogram(self, labels: list[str], buckets: Iterable[tuple[str, int]], total: float, count: int) -> None:
         own = pairs(self.labelnames, labels)
-        before_le = own + "," if own else ""
+        names = [*self.labelnames, "le"]
         written = len(self._parts)
         for bound, cumulative in buckets:
-            self._parts.append(f'{self.name}_bucket{{{before_le}le="{bound}"}} {number(cumulative)}\n')
+            self._parts.append(f"{self.name}_bucket{{{pairs(names, [*labels, bound])}}} {number(cumulative)}\n")
         self._parts.append(f"{self.name}_count{{{own}}} {number(count)}\n")
         self._parts.append(f"{self.name}_sum{{{own}}} {number(total)}\n")
         self.count += len(self._parts) - written
@@ -162,6 +162,6 @@ def ratio(percentage: float) -> float:
     if known is None:
         # A decimal shift of the value as sent: 99.9 becomes exactly 0.999 (99.9 / 100 is 0.9990000000000001).
         known = float(Decimal(repr(float(percentage))).scaleb(-2))
-        if percentage and len(_RATIOS) < _MEMO_LIMIT:
+        if percentage and percentage == percentage and len(_RATIOS) < _MEMO_LIMIT:
             _RATIOS[percentage] = known
     return known
