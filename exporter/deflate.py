@@ -145,7 +145,9 @@ class BlockDeflater:
         compressed, self.compressed = self.compressed, 0
         self._blocks, self._next_blocks = self._next_blocks, {}
         live = sum(len(block.pieces) for block in self._blocks.values())
-        if len(self._segments) > 2 * live + 1024:  # pruned now and then, so the cost stays per piece changed
+        # Segments of replaced pieces keep those pieces alive: pruned once they are a quarter of the live ones,
+        # so memory stays within 1.25 times, and the pruning's cost is spread over a quarter of a fleet's changes.
+        if len(self._segments) > live + live // 4 + 1024:
             used = {piece for block in self._blocks.values() for piece in block.pieces}
             self._segments = {piece: entry for piece, entry in self._segments.items() if piece in used}
         return compressed

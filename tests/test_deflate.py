@@ -77,4 +77,8 @@ def test_forgotten_segments_are_pruned():
     for _ in range(30):
         deflater.blocks(pieces(rng, 100))
         deflater.finish()
-    assert len(deflater._segments) <= 2 * 100 + 1024
+    assert len(deflater._segments) <= 100 + 25 + 1024
+    for _ in range(30):
+        deflater.blocks(pieces(rng, 2000))
+        deflater.finish()
+    assert len(deflater._segments) <= 2000 + 500 + 1024  # replaced pieces are not kept past a quarter
