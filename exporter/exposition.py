@@ -133,8 +133,7 @@ class Publisher:
         self._lines: dict[tuple[str, str], _DatasetLines] = {}
         self._deflater = BlockDeflater()
         self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
-        self.rendered = 0  # datasets rendered by the last publish (benchmarks read it)
-        self.compressed = 0  # pieces compressed by the last publish
+        self.rendered = 0  # datasets rendered by the last publish (tests read it)
         self._templates: dict[tuple[str, ...], tuple[list[Family], list[Family], list[Family]]] = {}
 
     def _template(self, snapshot: Snapshot) -> tuple[list[Family], list[Family], list[Family]]:
@@ -288,7 +287,7 @@ class Publisher:
             om_crc = crc32_combine(om_crc, body_crc, body_size)
             text_size += body_size
             om_size += body_size
-        self.compressed = self._deflater.finish()
+        self._deflater.finish()
         plain, openmetrics = Body(tuple(text), text_size), Body(tuple(om), om_size)
         return Exposition(
             plain,
