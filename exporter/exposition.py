@@ -14,6 +14,7 @@ header and the datasets' pieces in snapshot order. OpenMetrics is the same lines
 from __future__ import annotations
 
 import logging
+import operator
 import struct
 import threading
 import zlib
@@ -28,7 +29,15 @@ from prometheus_client.openmetrics.exposition import generate_latest as om_lates
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporter.deflate import FINAL_BLOCK, GZIP_HEADER, BlockDeflater, crc32_combine, deflate
+from exporter.deflate import (
+    FINAL_BLOCK,
+    GZIP_HEADER,
+    BlockDeflater,
+    block_ends,
+    crc32_combine,
+    deflate,
+    ends_block,
+)
 from exporter.families import dataset_families, fleet_families
 from exporter.render import Family, SeriesBudget
 from exporter.snapshot import DatasetState, Snapshot
@@ -102,6 +111,7 @@ class _DatasetLines:
     rest_lines: tuple[bytes, ...] = ()
     quality_count: int = 0
     offline_count: int = 0
+    ends_block: bool = False  # whether a compressed block ends after this dataset (exporter.deflate)
 
 
 def _fingerprint(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Any, ...]:
@@ -151,11 +161,15 @@ class Publisher:
         self._lines = {entry.state.target.key: entry for entry in lines}
         quality, offline, dropped = self._within_budget(snapshot, lines)
         template_quality, template_offline, template_rest = self._template(snapshot)
-        sections: list[tuple[Family, Sequence[bytes]]] = []
+        # Blocks end after the same datasets in every family, so a changed dataset costs one block per family.
+        ends = block_ends(map(_ENDS_BLOCK, lines), len(lines))
+        aligned = None if dropped else ends  # limits.max_series left datasets out: the families find their own
+        sections: list[Section] = []
         # one column of pieces per family: zip transposes the datasets' rows in C
-        sections += zip(template_quality, _columns(quality, len(template_quality)), strict=True)
-        sections += zip(template_offline, _columns(offline, len(template_offline)), strict=True)
-        sections += self._dataset_rest(template_rest, lines)
+        for templates, rows in ((template_quality, quality), (template_offline, offline)):
+            columns = _columns(rows, len(templates))
+            sections += ((family, column, aligned) for family, column in zip(templates, columns, strict=True))
+        sections += self._dataset_rest(template_rest, lines, ends)
         fleet = fleet_families(snapshot, dropped)
         if dropped:
             log.warning(
@@ -194,6 +208,7 @@ class Publisher:
             tuple(f.lines for f in rest),  # type: ignore[misc]
             sum(f.count for f in quality),
             sum(f.count for f in offline),
+            ends_block(state.target.key),
         )
 
     def _within_budget(
@@ -224,15 +239,16 @@ class Publisher:
         return kept["quality"], kept["offline"], dropped
 
     @staticmethod
-    def _dataset_rest(headers: list[Family], lines: list[_DatasetLines]) -> list[tuple[Family, Sequence[bytes]]]:
+    def _dataset_rest(headers: list[Family], lines: list[_DatasetLines], ends: list[int]) -> list[Section]:
         """Info and health families; a dataset watched with several agent filters is described once, and a
         diagnostic's text is the first seen for its slug."""
-        sections: list[tuple[Family, Sequence[bytes]]] = []
+        sections: list[Section] = []
         columns = _columns([entry.rest_lines for entry in lines], len(headers))
         unique_ids = len({entry.state.target.dataset_id for entry in lines}) == len(lines)
         for index, header in enumerate(headers):
             name = header.name
             pieces: Sequence[bytes]
+            aligned: list[int] | None = None  # pieces that are not one per dataset find their own blocks
             if name.endswith("diagnostic_info"):
                 seen_slugs: set[str] = set()
                 kept: list[bytes] = []
@@ -252,18 +268,18 @@ class Publisher:
                         kept.append(piece)
                 pieces = kept
             else:
-                pieces = columns[index]
-            sections.append((header, pieces))
+                pieces, aligned = columns[index], ends
+            sections.append((header, pieces, aligned))
         return sections
 
     # ----- the whole -------------------------------------------------------------------------------------
-    def _assemble(self, sections: list[tuple[Family, Sequence[bytes]]], fleet: list[Family]) -> Exposition:
+    def _assemble(self, sections: list[Section], fleet: list[Family]) -> Exposition:
         text: list[bytes] = []
         om: list[bytes] = []
         text_gz: list[bytes] = []
         om_gz: list[bytes] = []
         text_crc = om_crc = text_size = om_size = 0
-        for family, pieces in [*sections, *((f, [bytes(f.lines)]) for f in fleet)]:
+        for family, pieces, ends in [*sections, *((f, [bytes(f.lines)], None) for f in fleet)]:
             header, header_gz, header_crc = self._header(family, False)
             text.append(header)
             text_gz.append(header_gz)
@@ -274,13 +290,11 @@ class Publisher:
             om_gz.append(header_gz)
             om_crc = crc32_combine(om_crc, header_crc, len(header))
             om_size += len(header)
+            compressed = self._deflater.family(family.name, pieces, ends)
+            text_gz += compressed.segments
+            om_gz += compressed.segments
+            body_crc, body_size = compressed.crc, compressed.size
             data = list(filter(None, pieces))
-            body_crc = body_size = 0
-            for block in self._deflater.blocks(data):
-                text_gz.append(block.deflated)
-                om_gz.append(block.deflated)
-                body_crc = crc32_combine(body_crc, block.crc, block.size)
-                body_size += block.size
             text.extend(data)
             om.extend(data)
             text_crc = crc32_combine(text_crc, body_crc, body_size)
@@ -303,6 +317,10 @@ class Publisher:
             raw = family.header(openmetrics)
             known = self._headers[key] = (raw, deflate(raw), zlib.crc32(raw))
         return known
+
+
+Section = tuple[Family, Sequence[bytes], list[int] | None]  # a family, its pieces, where its blocks end
+_ENDS_BLOCK = operator.attrgetter("ends_block")
 
 
 def _columns(rows: list[tuple[bytes, ...]], width: int) -> list[tuple[bytes, ...]]:

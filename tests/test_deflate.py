@@ -1,4 +1,4 @@
-"""exporter.deflate: pieces compressed once, chained by preset dictionaries, in one gzip member."""
+"""exporter.deflate: pieces compressed once, in blocks kept between bodies, in one gzip member."""
 
 from __future__ import annotations
 
@@ -10,14 +10,23 @@ import zlib
 import pytest
 
 from exporter import deflate
-from exporter.deflate import BLOCK, FINAL_BLOCK, GZIP_HEADER, BlockDeflater, crc32_combine, crc32_combine_python
+from exporter.deflate import (
+    BLOCK,
+    FINAL_BLOCK,
+    GZIP_HEADER,
+    MAX_BLOCK,
+    BlockDeflater,
+    block_ends,
+    crc32_combine,
+    crc32_combine_python,
+)
 
 
-def member(blocks: list[deflate.Block]) -> bytes:
+def member(*families: deflate.Compressed) -> bytes:
     crc = size = 0
-    for block in blocks:
-        crc, size = crc32_combine(crc, block.crc, block.size), size + block.size
-    body = b"".join(block.deflated for block in blocks)
+    for family in families:
+        crc, size = crc32_combine(crc, family.crc, family.size), size + family.size
+    body = b"".join(segment for family in families for segment in family.segments)
     return GZIP_HEADER + body + FINAL_BLOCK + struct.pack("<II", crc, size)
 
 
@@ -43,42 +52,58 @@ def test_libz_is_used_where_it_loads():
     assert deflate.crc32_combine is not crc32_combine_python  # Debian and the image ship libz.so.1
 
 
-def test_chained_pieces_decode_as_one_member_and_compress_like_one_stream():
-    data = pieces(random.Random(1), 3 * BLOCK + 5)
-    blocks = BlockDeflater().blocks(data)
-    packed = member(blocks)
+def test_blocks_decode_as_one_member_and_compress_like_one_stream():
+    data = pieces(random.Random(1), 20 * BLOCK + 5)
+    data[3:3] = [b"", b""]  # a family can be empty for some datasets
+    first, second = BlockDeflater().family("a", data), BlockDeflater().family("b", data[::-1])
+    packed = member(first, second)
     single = zlib.decompressobj(31)  # stops after one member, as httpx's and curl's decoders do
-    assert single.decompress(packed) == b"".join(data) and single.eof and not single.unused_data
-    assert gzip.decompress(packed) == b"".join(data)
+    whole = b"".join(data) + b"".join(data[::-1])
+    assert single.decompress(packed) == whole and single.eof and not single.unused_data
+    assert gzip.decompress(packed) == whole
     alone = sum(len(deflate.deflate(piece)) for piece in data)
-    assert len(packed) < 0.8 * alone  # the dictionaries pay: neighbours share names and labels
+    assert len(packed) < 0.8 * 2 * alone  # blocks pay: neighbours share names and labels
 
 
-def test_a_changed_piece_costs_itself_and_its_successor_and_equal_bytes_cost_nothing():
+def test_block_ends_follow_the_marks_and_cap_long_runs():
+    assert block_ends([False, True, False, False, True], 5) == [2, 5]
+    assert block_ends([False] * (2 * MAX_BLOCK + 3), 2 * MAX_BLOCK + 3) == [MAX_BLOCK, 2 * MAX_BLOCK, 2 * MAX_BLOCK + 3]
+    assert block_ends([], 0) == []
+
+
+def test_a_changed_piece_costs_its_block_and_equal_bytes_cost_nothing():
     rng = random.Random(2)
-    data = pieces(rng, 4 * BLOCK)
+    data = pieces(rng, 40 * BLOCK)
+    ends = block_ends([index % BLOCK == BLOCK - 1 for index in range(len(data))], len(data))  # one per dataset
     deflater = BlockDeflater()
-    deflater.blocks(data)
+    deflater.family("f", data, ends)
     assert deflater.finish() == len(data)
     changed = list(data)
-    changed[BLOCK + 3] = changed[BLOCK + 3].replace(b"0.", b"1.", 1)  # inside the second block
-    changed[2 * BLOCK - 1] = b"last of its block\n"  # its successor starts a new block: no dictionary
-    again = [bytes(piece) for piece in changed]  # new objects, same bytes: a dataset fetched again
-    blocks = deflater.blocks(again)
-    assert deflater.finish() == 3  # BLOCK+3, its successor BLOCK+4, and 2*BLOCK-1
-    assert gzip.decompress(member(blocks)) == b"".join(changed)
-    deflater.blocks([bytes(piece) for piece in changed])
+    changed[BLOCK + 3] = changed[BLOCK + 3].replace(b"0.", b"1.", 1)  # in the second block
+    changed[5 * BLOCK] = b""  # the family is empty for this dataset now: the sixth block, and no other
+    again = [bytes(piece) for piece in changed]  # new objects, same bytes: datasets fetched again
+    compressed = deflater.family("f", again, ends)
+    assert deflater.finish() == 2 * BLOCK
+    assert gzip.decompress(member(compressed)) == b"".join(changed)
+    assert deflater.family("f", [bytes(piece) for piece in changed], ends) is compressed
     assert deflater.finish() == 0
 
 
-def test_forgotten_segments_are_pruned():
+def test_blocks_found_by_contents_move_only_around_an_inserted_piece():
     rng = random.Random(3)
+    data = pieces(rng, 60 * BLOCK)
     deflater = BlockDeflater()
-    for _ in range(30):
-        deflater.blocks(pieces(rng, 100))
-        deflater.finish()
-    assert len(deflater._segments) <= 100 + 25 + 1024
-    for _ in range(30):
-        deflater.blocks(pieces(rng, 2000))
-        deflater.finish()
-    assert len(deflater._segments) <= 2000 + 500 + 1024  # replaced pieces are not kept past a quarter
+    deflater.family("f", data)
+    deflater.finish()
+    grown = [*data[: 30 * BLOCK], b"a dataset discovered\n", *data[30 * BLOCK :]]
+    assert gzip.decompress(member(deflater.family("f", grown))) == b"".join(grown)
+    assert deflater.finish() <= MAX_BLOCK + 1  # the block the new piece joined, not the rest of the family
+
+
+def test_families_not_in_a_body_are_forgotten():
+    deflater = BlockDeflater()
+    deflater.family("old", pieces(random.Random(4), 50))
+    deflater.finish()
+    deflater.family("new", pieces(random.Random(5), 50))
+    deflater.finish()
+    assert list(deflater._columns) == ["new"]
