@@ -20,20 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import itertools
 import logging
+import os
 import re
 import socket
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 WRITE_SLICE = 4 * 1024 * 1024
+BLOCKING_WRITE = 256 * 1024  # answers from this size on are sent from a thread (see _write_blocking)
+WRITERS = 4
+SLOW_CLIENT = 2  # seconds a client may take to accept one slice before the event loop sends the rest
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S+) HTTP/(1\.[01])$")
 
@@ -115,6 +122,8 @@ class HttpServer:
         self._socket = self._bind(host, port)
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)
+        self._writers = concurrent.futures.ThreadPoolExecutor(WRITERS, thread_name_prefix="web-writer")
+        self._writing = 0  # answers being sent by the writers
 
     def _bind(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -136,6 +145,7 @@ class HttpServer:
         self._loop.run_forever()
         self._loop.run_until_complete(self._loop.shutdown_default_executor())
         self._loop.close()
+        self._writers.shutdown(wait=True)
 
     async def _listen(self, sock: socket.socket) -> asyncio.Server:
         return await asyncio.start_server(
@@ -181,6 +191,7 @@ class HttpServer:
             self._thread.join()
         else:
             self._loop.close()
+            self._writers.shutdown(wait=True)
         self._socket.close()
 
     async def _close(self) -> None:
@@ -303,19 +314,92 @@ class HttpServer:
             lines.append(f"{name}: {value}")
         if response.close:
             lines.append("Connection: close")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        if not head_only:
-            # In slices, each drained before the next: a 270 MB answer never sits in memory a second time. The
-            # slices are found and joined in C: an answer can be 250,000 chunks, and while the collection loop
-            # publishes, every step this thread takes in Python waits for the GIL.
-            ends = list(itertools.accumulate(map(len, chunks)))
-            start = 0
-            while start < len(chunks):
-                stop = bisect.bisect_left(ends, (ends[start - 1] if start else 0) + WRITE_SLICE, lo=start) + 1
-                writer.write(b"".join(chunks[start:stop]))
-                start = stop
-                await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if head_only:
+            chunks, length = [], 0
+        if length >= BLOCKING_WRITE and await self._write_blocking(writer, head, chunks):
+            return
+        writer.write(head)
+        # In slices, each drained before the next: a 270 MB answer never sits in memory a second time. The
+        # slices are found and joined in C: an answer can be 250,000 chunks, and while the collection loop
+        # publishes, every step this thread takes in Python waits for the GIL.
+        for piece in _slices(chunks):
+            writer.write(piece)
+            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
         await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+
+    async def _write_blocking(self, writer: asyncio.StreamWriter, head: bytes, chunks: Sequence[bytes]) -> bool:
+        """Send a large answer from a thread, with the socket blocking: the kernel then takes each slice in
+        one call, and this thread waits for the GIL once per slice rather than at every turn of the event loop
+        (with a publish rendering in the collection loop's thread, each turn waited up to a switch interval).
+        A client that does not take a slice within SLOW_CLIENT gets the rest through the event loop. Plain
+        TCP only: TLS goes through the event loop. False if nothing was sent."""
+        transport = writer.transport
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_extra_info("sslcontext") is not None or self._writing >= WRITERS:
+            return False  # TLS, or every writer busy (slow clients): the event loop sends it
+        await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+        if transport.get_write_buffer_size():
+            return False
+        transport.pause_reading()
+        self._writing += 1
+        try:
+            sent = await asyncio.get_running_loop().run_in_executor(self._writers, _send_blocking, sock, head, chunks)
+        finally:
+            self._writing -= 1
+            transport.resume_reading()
+        rest = [head, *chunks] if sent is None else _after(head, chunks, sent)
+        for piece in _slices(rest):
+            writer.write(piece)
+            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+        await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+        return True
+
+
+def _slices(chunks: Sequence[bytes]) -> Iterator[bytes]:
+    """`chunks` joined into slices of about WRITE_SLICE bytes, found and joined in C."""
+    ends = list(itertools.accumulate(map(len, chunks)))
+    start = 0
+    while start < len(chunks):
+        stop = bisect.bisect_left(ends, (ends[start - 1] if start else 0) + WRITE_SLICE, lo=start) + 1
+        yield b"".join(chunks[start:stop])
+        start = stop
+
+
+def _after(head: bytes, chunks: Sequence[bytes], sent: int) -> list[bytes]:
+    """What is left of head and chunks once `sent` bytes of them went out."""
+    rest = [head, *chunks]
+    ends = list(itertools.accumulate(map(len, rest)))
+    index = bisect.bisect_right(ends, sent)
+    if index == len(rest):
+        return []
+    skip = sent - (ends[index - 1] if index else 0)
+    return [rest[index][skip:], *rest[index + 1 :]]
+
+
+def _send_blocking(sock: Any, head: bytes, chunks: Sequence[bytes]) -> int | None:
+    """In a worker thread: send head and chunks on a duplicate of `sock` in blocking mode; the bytes sent
+    (all of them, or fewer when a slice waited past SLOW_CLIENT), or None when nothing could be sent."""
+    duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+    sent = 0
+    try:
+        duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", SLOW_CLIENT, 0))
+        duplicate.setblocking(True)  # the file description is shared: the event loop's socket blocks too
+        for piece in itertools.chain([head], _slices(chunks)):
+            view = memoryview(piece)
+            while view:
+                count = duplicate.send(view)  # the whole slice in one call, unless the client is slow
+                sent += count
+                view = view[count:]
+                if view:
+                    return sent
+    except OSError:
+        return sent or None
+    finally:
+        duplicate.setblocking(False)  # before the event loop uses the socket again
+        duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+        duplicate.close()
+    return sent
 
 
 def _wants_close(request: Request) -> bool:

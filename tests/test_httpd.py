@@ -210,3 +210,90 @@ def test_an_answer_of_many_chunks_arrives_whole_in_slices(monkeypatch):
             assert int(response.headers["Content-Length"]) == sum(map(len, chunks))
     finally:
         server.stop()
+
+
+def _big_answer_server(monkeypatch, size: int = 16 * 1024 * 1024):
+    import random
+
+    from exporter import httpd
+
+    rng = random.Random(7)
+    chunks = [rng.randbytes(rng.randrange(1, 70_000)) for _ in range(size // 35_000)]
+    sent_by_writer: list[int | None] = []
+    real = httpd._send_blocking
+
+    def recording(*args):
+        sent = real(*args)
+        sent_by_writer.append(sent)
+        return sent
+
+    monkeypatch.setattr(httpd, "_send_blocking", recording)
+
+    async def handler(request):
+        return httpd.Response(200, [] if request.path == "/small" else chunks)
+
+    server = httpd.HttpServer(handler, "127.0.0.1", 0)
+    server.start()
+    return server, b"".join(chunks), sent_by_writer
+
+
+def _read_answer(sock: socket.socket, with_body: bool = True) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(1 if not with_body else 65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not with_body:
+        return head, body
+    length = int(next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Length")).split(b":")[1])
+    while len(body) < length:
+        body += sock.recv(1 << 20)
+    return head, body
+
+
+def test_a_large_answer_is_sent_whole_by_a_writer_thread_and_the_connection_stays_usable(monkeypatch):
+    server, expected, sent_by_writer = _big_answer_server(monkeypatch)
+    try:
+        with socket.create_connection(server.address, timeout=10) as sock:
+            for _ in range(2):  # keep-alive: after a blocking send, the event loop owns the socket again
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                head, body = _read_answer(sock)
+                assert head.startswith(b"HTTP/1.1 200") and body == expected
+            sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _ = _read_answer(sock, with_body=False)  # the length of the answer, and no body after the head
+            assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(expected)
+            sock.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = _read_answer(sock)  # what follows the HEAD's head is the next answer
+            assert head.startswith(b"HTTP/1.1 200") and body == b""
+        assert len(sent_by_writer) == 2 and all(sent and sent > len(expected) for sent in sent_by_writer)
+    finally:
+        server.stop()
+    assert not [t for t in threading.enumerate() if t.name.startswith("web-writer")]
+
+
+def test_a_client_that_does_not_read_gets_the_rest_through_the_event_loop(monkeypatch):
+    from exporter import httpd
+
+    monkeypatch.setattr(httpd, "SLOW_CLIENT", 1)
+    server, expected, sent_by_writer = _big_answer_server(monkeypatch, 64 * 1024 * 1024)
+    try:
+        with socket.create_connection(server.address, timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            deadline = time.monotonic() + 10
+            while not sent_by_writer and time.monotonic() < deadline:  # the writer gives up after SLOW_CLIENT
+                time.sleep(0.05)
+            assert sent_by_writer and 0 < sent_by_writer[0] < len(expected)  # kernel buffers took a part
+            assert server._writing == 0  # the thread is free for other clients
+            head, body = _read_answer(sock)
+            assert head.startswith(b"HTTP/1.1 200") and body == expected
+            sock.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_answer(sock)[0].startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("sent", [0, 1, 5, 6, 7, 10, 11, 15, 16])
+def test_what_is_left_after_a_partial_send(sent):
+    from exporter.httpd import _after
+
+    head, chunks = b"HEAD\n", [b"abc", b"", b"defgh", b"ij"]
+    assert b"".join(_after(head, chunks, sent)) == (head + b"".join(chunks))[sent:]

@@ -283,3 +283,28 @@ def test_the_healthcheck_command_finds_plain_tls_and_basic_auth_listeners(certs,
         closed = f"127.0.0.1:{unused.getsockname()[1]}"
     assert main(["healthcheck", "--web.listen-address", closed]) == 1
     assert "unhealthy" in capsys.readouterr().err
+
+
+def test_a_large_answer_over_tls_is_sent_by_the_event_loop(certs, monkeypatch):
+    import random
+
+    from exporter import httpd
+
+    def never(*args):
+        raise AssertionError("a TLS answer must not bypass the TLS layer")
+
+    monkeypatch.setattr(httpd, "_send_blocking", never)
+    chunks = [random.Random(8).randbytes(40_000) for _ in range(100)]  # 4 MB, past BLOCKING_WRITE
+
+    async def handler(request):
+        return httpd.Response(200, chunks)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs / "server.crt", certs / "server.key")
+    server = httpd.HttpServer(handler, "127.0.0.1", 0, tls=lambda: context)
+    server.start()
+    try:
+        response = httpx.get(f"https://127.0.0.1:{server.address[1]}/", verify=trusting(certs), timeout=10)
+        assert response.status_code == 200 and response.content == b"".join(chunks)
+    finally:
+        server.stop()
