@@ -20,7 +20,7 @@ import ctypes
 import ctypes.util
 import operator
 import zlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 
@@ -96,10 +96,11 @@ crc32_combine: Callable[[int, int, int], int] = _libz_combine() or crc32_combine
 
 
 # ----- blocks ---------------------------------------------------------------------------------------------------
-def ends_block(key: Hashable) -> bool:
+def ends_block(key: bytes | str) -> bool:
     """Whether a block ends after the item of this key: a property of the item, not of its position, so an
-    item inserted or removed (a dataset discovered, a family empty for one dataset) moves only its own block."""
-    return not hash(key) & (BLOCK - 1)
+    item inserted or removed (a dataset discovered, a family empty for one dataset) moves only its own block.
+    A CRC, not hash(): the same blocks in every process (PYTHONHASHSEED), so bodies and tests are repeatable."""
+    return not zlib.crc32(key if isinstance(key, bytes) else key.encode()) & (BLOCK - 1)
 
 
 def block_ends(marks: Iterable[bool], count: int) -> list[int]:
@@ -135,9 +136,10 @@ def compress_block(pieces: tuple[bytes, ...]) -> Block:
 
 @dataclass(frozen=True, slots=True)
 class Compressed:
-    """A family's pieces as raw deflate segments, with the CRC-32 and length of the bytes they hold."""
+    """A family's pieces as one raw deflate segment (its blocks' joined: a scrape then sends a few large
+    chunks, not one per block), with the CRC-32 and length of the bytes it holds."""
 
-    segments: tuple[bytes, ...]
+    deflated: bytes
     crc: int
     size: int
 
@@ -185,7 +187,7 @@ class BlockDeflater:
             crc = 0
             for block in blocks:
                 crc = crc32_combine(crc, block.crc, block.size)
-            compressed = Compressed(tuple(block.deflated for block in blocks), crc, sum(b.size for b in blocks))
+            compressed = Compressed(b"".join(block.deflated for block in blocks), crc, sum(b.size for b in blocks))
         self._next_columns[name] = _Column(pieces, ends, found, compressed)
         return compressed
 

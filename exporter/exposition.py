@@ -208,7 +208,7 @@ class Publisher:
             tuple(f.lines for f in rest),  # type: ignore[misc]
             sum(f.count for f in quality),
             sum(f.count for f in offline),
-            ends_block(state.target.key),
+            ends_block("\0".join(state.target.key)),
         )
 
     def _within_budget(
@@ -291,8 +291,8 @@ class Publisher:
             om_crc = crc32_combine(om_crc, header_crc, len(header))
             om_size += len(header)
             compressed = self._deflater.family(family.name, pieces, ends)
-            text_gz += compressed.segments
-            om_gz += compressed.segments
+            text_gz.append(compressed.deflated)
+            om_gz.append(compressed.deflated)
             body_crc, body_size = compressed.crc, compressed.size
             data = list(filter(None, pieces))
             text.extend(data)

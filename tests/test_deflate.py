@@ -26,7 +26,7 @@ def member(*families: deflate.Compressed) -> bytes:
     crc = size = 0
     for family in families:
         crc, size = crc32_combine(crc, family.crc, family.size), size + family.size
-    body = b"".join(segment for family in families for segment in family.segments)
+    body = b"".join(family.deflated for family in families)
     return GZIP_HEADER + body + FINAL_BLOCK + struct.pack("<II", crc, size)
 
 
@@ -90,9 +90,11 @@ def test_a_changed_piece_costs_its_block_and_equal_bytes_cost_nothing():
 
 
 def test_blocks_found_by_contents_move_only_around_an_inserted_piece():
-    rng = random.Random(3)
+    rng = random.Random(13)
     data = pieces(rng, 60 * BLOCK)
     deflater = BlockDeflater()
+    ends = block_ends(map(deflate.ends_block, data), len(data))
+    assert max(b - a for a, b in zip([0, *ends], ends, strict=False)) < MAX_BLOCK  # no run cut by position
     deflater.family("f", data)
     deflater.finish()
     grown = [*data[: 30 * BLOCK], b"a dataset discovered\n", *data[30 * BLOCK :]]
