@@ -1,13 +1,14 @@
-"""One gzip member built from pieces compressed once each, so a body that changes in a few places is
+"""One gzip member built from blocks compressed once each, so a body that changes in a few places is
 compressed again only there.
 
-Each piece (one dataset's lines of one family) is a raw deflate segment that ends byte-aligned with a sync
-flush and no final block, so segments can follow one another. A piece is compressed with the piece before it
-as its preset dictionary: in the stream, that piece is exactly what precedes it, so a decoder resolves the
-back-references from its own output, and neighbouring datasets' lines (the same names, the same labels)
-compress nearly as well as one long stream. The dictionary is reset at every block of BLOCK pieces, so a
-changed piece costs its own compression, its successor's, and the CRC of its block; a piece whose bytes and
-predecessor's bytes are unchanged (a dataset fetched again with the same values) costs nothing.
+A family's pieces (one per dataset: its lines of that family) are grouped in blocks of about BLOCK pieces,
+and each block is compressed alone into a raw deflate segment that ends byte-aligned with a sync flush and no
+final block, so segments can follow one another in one stream. A block is kept while its pieces hold the
+same bytes: a dataset fetched again with the same values costs nothing, a changed one costs its block.
+Where blocks end is a property of the datasets (a mark from a CRC of the dataset's key), not of positions, so
+a dataset added or removed moves only its own block, and blocks end after the same datasets in every family.
+Blocks of about eight pieces balance a publish's two costs: compressing the blocks that changed (larger
+blocks cost more per changed dataset) and going over every block of the fleet (smaller ones are more).
 
 The gzip trailer needs the CRC-32 of the whole: each block's CRC is kept, and the blocks' CRCs are combined
 with zlib's crc32_combine (through ctypes; the same algorithm in Python where libz cannot be loaded).
@@ -24,20 +25,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 
-LEVEL = 1  # measured at 2,000 datasets: level 6 costs 15 % more publish time for 7 % fewer bytes
+LEVEL = 1  # measured at 2,000 datasets in blocks of 16: level 6 compresses 2.3 times slower for 13 % fewer bytes
 BLOCK = 8  # pieces per block on average (a power of two): a changed piece costs its block's compression
 MAX_BLOCK = 4 * BLOCK
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time, unknown OS
 FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed codes
-WINDOW = 32768
 
 
-def deflate(data: bytes, preceding: bytes = b"") -> bytes:
-    """`data` as a raw deflate segment that may follow `preceding` (or anything, when empty) in a stream."""
-    if preceding:
-        packer = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=preceding[-WINDOW:])
-    else:
-        packer = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+def deflate(data: bytes) -> bytes:
+    """`data` as a raw deflate segment that may follow any other in a stream, and be followed by any."""
+    packer = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
 
 

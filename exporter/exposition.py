@@ -2,8 +2,9 @@
 
 Publishing is incremental. Each dataset's lines are rendered once and kept until its data changes (a new
 fetch result, a failure, new metadata); a publish renders the datasets that changed and joins the rest. The
-gzip encoding is kept the same way (exporter.deflate): each dataset's piece of each family is compressed once,
-and a scrape sends one gzip member made of the kept segments. One member, not several concatenated ones: Go's
+gzip encoding is kept the same way (exporter.deflate): each family's pieces are compressed in blocks of about
+eight datasets, a block again only when one of its datasets changed, and a scrape sends one gzip member made
+of the kept segments. One member, not several concatenated ones: Go's
 reader (Prometheus) reads concatenated members, but httpx's and curl's decoders stop after the first.
 
 The text format wants each family's lines together: the exposition is family after family, each made of its
