@@ -2,7 +2,8 @@
 
 The first cycle runs as fast as `concurrency` allows so dashboards fill at once; later cycles spread their
 calls evenly over the interval, as Meta asks. A reload swaps the config between cycles; targets it adds are
-fetched at once, the rest keep their schedule.
+fetched at once, the rest keep their schedule. During a cycle a snapshot is published every PUBLISH_EVERY
+seconds, its exposition rendered on a thread of its own while the loop keeps fetching.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from exporter.targets import Target, configured_targets
 log = logging.getLogger(__name__)
 
 PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
-PUBLISH_EVERY = 5.0  # seconds between snapshots published during a cycle (each costs a pass over all targets)
+PUBLISH_EVERY = 5.0  # seconds between snapshots published during a cycle, at most (one renders at a time)
 PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
 PUBLISH_WAIT = 5.0  # seconds a reload waits for the loop to publish its outcome (a long parse may hold it)
 FREEZE_EVERY = 50  # targets between moves of what the cycle has built out of the garbage collector's sight
@@ -66,6 +67,7 @@ class Scheduler:
         self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None
         self._last_publish = 0.0
+        self._rendering: _Render | None = None  # a mid-cycle exposition being rendered while the loop fetches
         versions.warn_if_expiring(config.graph_api.version, time.time())
         self.snapshot: Snapshot = self._publish()
 
@@ -273,8 +275,10 @@ class Scheduler:
                 log.info(
                     "cycle progress: %d/%d targets fetched, %d failed, %.0fs elapsed", done, total, failed, elapsed
                 )
-            if now - self._last_publish >= PUBLISH_EVERY:
-                self.snapshot = self._publish()
+            self._swap_rendered(wait=False)
+            if now - self._last_publish >= PUBLISH_EVERY and self._rendering is None:
+                self._last_publish = now
+                self._rendering = _Render(self.publisher, self._recorded())
             if done % FREEZE_EVERY == 0:
                 gc.freeze()
 
@@ -323,7 +327,23 @@ class Scheduler:
         log.info("cycle finished: %d targets, %d failed, in %.1fs", total, failed, duration)
 
     def _publish(self) -> Snapshot:
+        """A snapshot of now with its exposition, rendered here (after any mid-cycle render: the publisher
+        serves one thread at a time)."""
+        self._swap_rendered(wait=True)
         self._last_publish = time.monotonic()
+        snapshot = self._recorded()
+        # Rendered here, on the loop's side, so that a scrape only copies bytes; only changed datasets render.
+        return replace(snapshot, exposition=self.publisher.publish(snapshot))
+
+    def _swap_rendered(self, wait: bool) -> None:
+        """Swap in the snapshot of a mid-cycle render once it is done (at once, with `wait`)."""
+        render = self._rendering
+        if render is not None and (wait or render.done()):
+            self._rendering = None
+            self.snapshot = render.result()
+
+    def _recorded(self) -> Snapshot:
+        """The recorder's snapshot of now, without its exposition."""
         hk = self.housekeeping
         extras = Extras(
             last_fired={i: (m.last_fired, hk.server_last_fired.get(i)) for i, m in hk.meta.items()}
@@ -347,8 +367,35 @@ class Scheduler:
             interval=self.config.collection.interval,
             extras=extras,
         )
-        # Rendered here, on the loop's side, so that a scrape only copies bytes; only changed datasets render.
-        return replace(snapshot, exposition=self.publisher.publish(snapshot))
+        return snapshot
+
+
+class _Render:
+    """A mid-cycle snapshot's exposition, rendered on a thread of its own so that the loop keeps its requests
+    in flight meanwhile: a render of thousands of datasets takes the loop's whole attention for a second or
+    more, and in that time the answers to its requests would wait unread and no new request would leave. The
+    thread ends with the render; the loop swaps the result in (exporter.scheduler.Scheduler._swap_rendered)."""
+
+    def __init__(self, publisher: Publisher, snapshot: Snapshot) -> None:
+        self._snapshot: Snapshot = snapshot
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(publisher,), name="render", daemon=True)
+        self._thread.start()
+
+    def _run(self, publisher: Publisher) -> None:
+        try:
+            self._snapshot = replace(self._snapshot, exposition=publisher.publish(self._snapshot))
+        except BaseException as exc:  # raised in the loop's thread, by result()
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> Snapshot:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._snapshot
 
 
 @contextlib.contextmanager

@@ -421,3 +421,28 @@ def test_no_answer_can_poison_the_fleet(start_simulator):
     for page in (status_html(snap), status_json(snap)):
         assert token.encode() not in page
         page.decode()
+
+
+def test_a_mid_cycle_render_runs_beside_the_fetching_not_in_its_way(start_simulator, monkeypatch):
+    from exporter.exposition import Publisher
+
+    sim = start_simulator(datasets=30, seed=7, latency=0.02)
+    monkeypatch.setattr(scheduler_module, "PUBLISH_EVERY", 0.0)  # publish whenever no render is running
+    ids = sim.world.dataset_ids
+    scheduler = Scheduler(make(sim, [{"id": i} for i in ids], concurrency=2, batch_size=1), secrets())
+    real = Publisher.publish
+    renders = []  # (thread, datasets fetched when the render began, when it ended)
+
+    def slow(self, snapshot):
+        before = scheduler.recorder.cycle_done
+        time.sleep(0.3)  # a long render, handing the GIL over as a render does
+        renders.append((threading.current_thread().name, before, scheduler.recorder.cycle_done))
+        return real(self, snapshot)
+
+    monkeypatch.setattr(Publisher, "publish", slow)
+    snap = run_cycle(scheduler)
+    mid_cycle = [(before, after) for thread, before, after in renders if thread == "render"]
+    assert mid_cycle and any(after > before for before, after in mid_cycle)  # fetching went on meanwhile
+    assert renders[-1][0] == threading.current_thread().name  # the cycle's last publish: every dataset in it
+    text = snap.exposition.get(openmetrics=False, compressed=False).bytes().decode()
+    assert all(f'dataset_id="{i}"' in text for i in ids) and all(s.fetch_success for s in snap.datasets)
