@@ -344,13 +344,15 @@ class HttpServer:
         await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
         if transport.get_write_buffer_size():
             return False
+        reading = transport.is_reading()  # not when the reader's buffer is full: it stays paused then
         transport.pause_reading()
         self._writing += 1
         try:
             sent = await asyncio.get_running_loop().run_in_executor(self._writers, _send_blocking, sock, head, chunks)
         finally:
             self._writing -= 1
-            transport.resume_reading()
+            if reading:
+                transport.resume_reading()
         rest = [head, *chunks] if sent is None else _after(head, chunks, sent)
         for piece in _slices(rest):
             writer.write(piece)

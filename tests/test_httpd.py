@@ -298,3 +298,44 @@ def test_what_is_left_after_a_partial_send(sent):
 
     head, chunks = b"HEAD\n", [b"abc", b"", b"defgh", b"ij"]
     assert b"".join(_after(head, chunks, sent)) == (head + b"".join(chunks))[sent:]
+
+
+@pytest.mark.parametrize("was_reading", [True, False])
+def test_a_writer_leaves_reading_as_it_found_it(monkeypatch, was_reading):
+    """Reading paused by the stream reader (its buffer full of pipelined bytes) stays paused after a large
+    answer; otherwise a client could push past the reader's bound while its answer is sent."""
+    import asyncio
+
+    from exporter import httpd
+
+    calls = []
+
+    class Transport:
+        def get_extra_info(self, name):
+            return object() if name == "socket" else None
+
+        def get_write_buffer_size(self):
+            return 0
+
+        def is_reading(self):
+            return was_reading
+
+        def pause_reading(self):
+            calls.append("pause")
+
+        def resume_reading(self):
+            calls.append("resume")
+
+    class Writer:
+        transport = Transport()
+
+        async def drain(self):
+            return None
+
+    monkeypatch.setattr(httpd, "_send_blocking", lambda sock, head, chunks: len(head) + sum(map(len, chunks)))
+    server = httpd.HttpServer(lambda request: None, "127.0.0.1", 0)
+    try:
+        assert asyncio.run(server._write_blocking(Writer(), b"head", [b"x" * 10]))
+    finally:
+        server.stop()
+    assert calls == (["pause", "resume"] if was_reading else ["pause"])
