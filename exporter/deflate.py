@@ -144,7 +144,7 @@ class Compressed:
 @dataclass(frozen=True, slots=True)
 class _Column:
     """A family's pieces at the last body, where its blocks ended, its blocks (None: nothing in it), and
-    their segments."""
+    what they made."""
 
     pieces: Sequence[bytes]
     ends: list[int]
@@ -173,10 +173,13 @@ class BlockDeflater:
             found = list(before.blocks)
             changed = compress(range(len(pieces)), map(operator.is_not, pieces, before.pieces))
             for index in sorted({bisect.bisect_right(ends, position) for position in changed}):
-                found[index] = self._block(_slice(pieces, ends, index), lambda _, old=found[index]: old)
+                found[index] = self._block(_slice(pieces, ends, index), found[index])
         else:  # blocks moved (datasets added or removed): known blocks are found by their first piece
             known = {_first(block.pieces): block for block in before.blocks if block} if before else {}
-            found = [self._block(_slice(pieces, ends, index), known.get) for index in range(len(ends))]
+            found = []
+            for index in range(len(ends)):
+                block = _slice(pieces, ends, index)
+                found.append(self._block(block, known.get(_first(block))))
         if before is not None and len(found) == len(before.blocks) and all(map(operator.is_, found, before.blocks)):
             compressed = before.compressed
         else:
@@ -188,14 +191,12 @@ class BlockDeflater:
         self._next_columns[name] = _Column(pieces, ends, found, compressed)
         return compressed
 
-    def _block(self, pieces: tuple[bytes, ...], known: Callable[[int], Block | None]) -> Block | None:
-        """A block of these pieces: the known one (by the id of its first piece) if its bytes are the same."""
-        first = _first(pieces)
-        if not first:
+    def _block(self, pieces: tuple[bytes, ...], known: Block | None) -> Block | None:
+        """A block of these pieces (None if they are all empty): `known` if it holds the same bytes."""
+        if not any(pieces):
             return None
-        block = known(first)
-        if block is not None and block.pieces == pieces:  # by identity first, then by bytes
-            return block
+        if known is not None and known.pieces == pieces:  # by identity first, then by bytes
+            return known
         self.compressed += len(pieces)
         return compress_block(pieces)
 
