@@ -150,6 +150,7 @@ class _Column:
     ends: list[int]
     blocks: list[Block | None]
     compressed: Compressed
+    aligned: bool  # one piece per dataset, with the caller's ends (see `family`)
 
 
 class BlockDeflater:
@@ -162,16 +163,22 @@ class BlockDeflater:
         self._next_columns: dict[str, _Column] = {}
         self.compressed = 0  # pieces compressed since the last `finish` (benchmarks and tests read it)
 
-    def family(self, name: str, pieces: Sequence[bytes], ends: list[int] | None = None) -> Compressed:
+    def family(
+        self, name: str, pieces: Sequence[bytes], ends: list[int] | None = None, changed: list[int] | None = None
+    ) -> Compressed:
         """A family's pieces (empty ones allowed) in the blocks that `ends` delimit (by default, by their
-        contents), each compressed or kept from the last body."""
+        contents), each compressed or kept from the last body. With `ends`, pieces are one per dataset, and
+        `changed` (if known) lists the datasets whose pieces may differ from the last body's, when that body
+        had this family one piece per dataset too: the caller knows them, and need not be compared here."""
+        aligned = ends is not None
         if ends is None:
             ends = block_ends(map(ends_block, pieces), len(pieces))
         before = self._columns.get(name)
         if before is not None and before.ends == ends and len(before.pieces) == len(pieces):
-            # The usual case: the same blocks, a few pieces changed. Found in C, without a loop over the fleet.
+            # The usual case: the same blocks, a few pieces changed. Found without a loop over the fleet.
             found = list(before.blocks)
-            changed = compress(range(len(pieces)), map(operator.is_not, pieces, before.pieces))
+            if changed is None or not (aligned and before.aligned):
+                changed = compress(range(len(pieces)), map(operator.is_not, pieces, before.pieces))  # type: ignore[assignment]
             for index in sorted({bisect.bisect_right(ends, position) for position in changed}):
                 found[index] = self._block(_slice(pieces, ends, index), found[index])
         else:  # blocks moved (datasets added or removed): known blocks are found by their first piece
@@ -188,7 +195,7 @@ class BlockDeflater:
             for block in blocks:
                 crc = crc32_combine(crc, block.crc, block.size)
             compressed = Compressed(b"".join(block.deflated for block in blocks), crc, sum(b.size for b in blocks))
-        self._next_columns[name] = _Column(pieces, ends, found, compressed)
+        self._next_columns[name] = _Column(pieces, ends, found, compressed, aligned)
         return compressed
 
     def _block(self, pieces: tuple[bytes, ...], known: Block | None) -> Block | None:

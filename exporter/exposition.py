@@ -21,6 +21,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress
 from typing import Any
 
 from prometheus_client import CollectorRegistry, gc_collector, platform_collector, process_collector
@@ -142,6 +143,8 @@ class Publisher:
 
     def __init__(self) -> None:
         self._lines: dict[tuple[str, str], _DatasetLines] = {}
+        self._aligned_rows: list[_DatasetLines] | None = None  # the last publish's datasets, if none was left out
+        self._kept_columns: dict[str, list[list[bytes]]] = {}  # the last publish's columns of aligned rows
         self._deflater = BlockDeflater()
         self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
         self.rendered = 0  # datasets rendered by the last publish (tests read it)
@@ -165,12 +168,16 @@ class Publisher:
         # Blocks end after the same datasets in every family, so a changed dataset costs one block per family.
         ends = block_ends(map(_ENDS_BLOCK, lines), len(lines))
         aligned = None if dropped else ends  # limits.max_series left datasets out: the families find their own
+        previous, self._aligned_rows = self._aligned_rows, None if dropped else lines
+        changed = None  # which datasets' lines are not those of the last publish: found once for every family
+        if previous is not None and len(previous) == len(lines):
+            changed = list(compress(range(len(lines)), map(operator.is_not, lines, previous)))
         sections: list[Section] = []
         # one column of pieces per family: zip transposes the datasets' rows in C
-        for templates, rows in ((template_quality, quality), (template_offline, offline)):
-            columns = _columns(rows, len(templates))
-            sections += ((family, column, aligned) for family, column in zip(templates, columns, strict=True))
-        sections += self._dataset_rest(template_rest, lines, ends)
+        for kind, templates, rows in (("quality", template_quality, quality), ("offline", template_offline, offline)):
+            columns = self._columns(kind, rows, len(templates), None if dropped else changed)
+            sections += ((f, column, aligned, changed) for f, column in zip(templates, columns, strict=True))
+        sections += self._dataset_rest(template_rest, lines, ends, changed)
         fleet = fleet_families(snapshot, dropped)
         if dropped:
             log.warning(
@@ -239,12 +246,13 @@ class Publisher:
                     left = 0
         return kept["quality"], kept["offline"], dropped
 
-    @staticmethod
-    def _dataset_rest(headers: list[Family], lines: list[_DatasetLines], ends: list[int]) -> list[Section]:
+    def _dataset_rest(
+        self, headers: list[Family], lines: list[_DatasetLines], ends: list[int], changed: list[int] | None
+    ) -> list[Section]:
         """Info and health families; a dataset watched with several agent filters is described once, and a
         diagnostic's text is the first seen for its slug."""
         sections: list[Section] = []
-        columns = _columns([entry.rest_lines for entry in lines], len(headers))
+        columns = self._columns("rest", [entry.rest_lines for entry in lines], len(headers), changed)
         unique_ids = len({entry.state.target.dataset_id for entry in lines}) == len(lines)
         for index, header in enumerate(headers):
             name = header.name
@@ -270,8 +278,25 @@ class Publisher:
                 pieces = kept
             else:
                 pieces, aligned = columns[index], ends
-            sections.append((header, pieces, aligned))
+            sections.append((header, pieces, aligned, changed if aligned else None))
         return sections
+
+    def _columns(
+        self, kind: str, rows: list[tuple[bytes, ...]], width: int, changed: list[int] | None
+    ) -> list[list[bytes]]:
+        """`_columns` of these rows, from the last publish's where only the `changed` rows differ (one row per
+        dataset in both): copying a column costs less than transposing the fleet again. `changed` None: the
+        rows are not known to match the last publish's."""
+        kept = self._kept_columns.get(kind)
+        if changed is None or kept is None or len(kept) != width or (kept and len(kept[0]) != len(rows)):
+            columns = _columns(rows, width)
+        else:
+            columns = [column.copy() for column in kept]  # the last ones were handed out: never changed in place
+            for index in changed:
+                for column, piece in zip(columns, rows[index], strict=True):
+                    column[index] = piece
+        self._kept_columns[kind] = columns
+        return columns
 
     # ----- the whole -------------------------------------------------------------------------------------
     def _assemble(self, sections: list[Section], fleet: list[Family]) -> Exposition:
@@ -280,7 +305,7 @@ class Publisher:
         text_gz: list[bytes] = []
         om_gz: list[bytes] = []
         text_crc = om_crc = text_size = om_size = 0
-        for family, pieces, ends in [*sections, *((f, [bytes(f.lines)], None) for f in fleet)]:
+        for family, pieces, ends, changed in [*sections, *((f, [bytes(f.lines)], None, None) for f in fleet)]:
             header, header_gz, header_crc = self._header(family, False)
             text.append(header)
             text_gz.append(header_gz)
@@ -291,7 +316,7 @@ class Publisher:
             om_gz.append(header_gz)
             om_crc = crc32_combine(om_crc, header_crc, len(header))
             om_size += len(header)
-            compressed = self._deflater.family(family.name, pieces, ends)
+            compressed = self._deflater.family(family.name, pieces, ends, changed)
             text_gz.append(compressed.deflated)
             om_gz.append(compressed.deflated)
             body_crc, body_size = compressed.crc, compressed.size
@@ -320,13 +345,14 @@ class Publisher:
         return known
 
 
-Section = tuple[Family, Sequence[bytes], list[int] | None]  # a family, its pieces, where its blocks end
+# a family, its pieces, where its blocks end if one per dataset, and which datasets changed since the last publish
+Section = tuple[Family, Sequence[bytes], list[int] | None, list[int] | None]
 _ENDS_BLOCK = operator.attrgetter("ends_block")
 
 
-def _columns(rows: list[tuple[bytes, ...]], width: int) -> list[tuple[bytes, ...]]:
-    """Rows of per-family pieces (one per dataset) as one column per family."""
-    return list(zip(*rows, strict=True)) if rows else [()] * width
+def _columns(rows: list[tuple[bytes, ...]], width: int) -> list[list[bytes]]:
+    """Rows of per-family pieces (one per dataset) as one column per family: zip transposes them in C."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def render_exposition(snapshot: Snapshot) -> Exposition:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import random
 import zlib
 from collections import Counter
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import Publisher, SnapshotCollector, render
+from exporter.exposition import Publisher, SnapshotCollector, render, render_exposition
 from exporter.parser import (
     DatasetQuality,
     DedupeKey,
@@ -269,6 +270,42 @@ def test_publish_renders_only_datasets_that_changed_and_gzip_is_the_same_text():
     assert b'dataset_id="107",event_name="Lead"} 1.5' in text
     publisher.publish(snap(*states))
     assert publisher.rendered == 0
+
+
+def test_every_incremental_publish_is_the_bytes_of_a_render_from_scratch():
+    """A seeded run of publishes that change values, fail, add and remove datasets, watch one with two agent
+    filters, and cut the fleet with limits.max_series: each exposition, plain and gzip, is a fresh render's."""
+    rng = random.Random(12)
+    publisher = Publisher()
+    events = [
+        FULL_EVENT,
+        *(EventQuality(f"E{i}", composite_score=i / 2, match_keys=(MatchKey("email", i),)) for i in range(6)),
+    ]
+    states = [state(Target(str(500 + i)), DatasetQuality(tuple(events[: 1 + i % 7]))) for i in range(120)]
+    for step in range(40):
+        for _ in range(rng.choice((0, 1, 3, 12))):
+            index = rng.randrange(len(states))
+            quality = DatasetQuality((EventQuality(f"R{step}", composite_score=rng.randrange(100) / 10),))
+            states[index] = state(states[index].target, quality)
+        move = rng.random()
+        if move < 0.15:
+            states.insert(rng.randrange(len(states) + 1), state(Target(str(900 + step)), DatasetQuality((FULL_EVENT,))))
+        elif move < 0.25 and len(states) > 60:
+            del states[rng.randrange(len(states))]
+        elif move < 0.35:
+            index = rng.randrange(len(states))
+            states[index] = state(states[index].target, None, success=False, last_reason="auth", failures={"auth": 1})
+        elif move < 0.45:  # the same dataset with an agent filter: described once in dataset_info
+            other = states[rng.randrange(len(states))].target
+            states.append(state(Target(other.dataset_id, agent_name=f"agent{step}"), DatasetQuality((FULL_EVENT,))))
+        limit = rng.choice((0, 0, 0, 900))  # now and then, series past the limit are left out
+        snapshot = snap(*states, max_series=limit)
+        exposition = publisher.publish(snapshot)
+        expected = render_exposition(snapshot)
+        for om in (False, True):
+            text = exposition.get(openmetrics=om, compressed=False).bytes()
+            assert text == expected.get(openmetrics=om, compressed=False).bytes(), step
+            assert gzip.decompress(exposition.get(openmetrics=om, compressed=True).bytes()) == text, step
 
 
 def rich_snapshot():
