@@ -41,7 +41,7 @@ WRITE_SLICE = 4 * 1024 * 1024
 BLOCKING_WRITE = 256 * 1024  # answers from this size on are sent from a thread (see _write_blocking)
 WRITERS = 4
 IOV_MAX = 1024  # buffers per sendmsg call (Linux's UIO_MAXIOV)
-SLOW_CLIENT = 2  # seconds a client may take to accept one slice before the event loop sends the rest
+SLOW_CLIENT = 2  # seconds a client may take over one sendmsg call before the event loop sends the rest
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S+) HTTP/(1\.[01])$")
 
