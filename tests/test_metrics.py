@@ -406,3 +406,14 @@ def test_remembered_numbers_keep_their_exact_text():
         assert number(value) == floatToGoString(value) and number(value) == floatToGoString(value)  # twice: memo
     assert ratio(99.9) == ratio(99.9) == 0.999 and ratio(50) == 0.5
     assert number(-0.0) == "-0.0" and number(0.0) == "0.0"  # equal as dict keys, printed apart
+
+
+def test_a_gzip_answer_is_a_few_chunks_per_family_whatever_the_fleet():
+    """Each family's compressed blocks are joined when it changes, so a scrape hands the kernel a few dozen
+    chunks (one sendmsg call) and never joins the answer itself."""
+    counts = []
+    for size in (50, 400):
+        states = [state(Target(str(1000 + i)), DatasetQuality((FULL_EVENT,))) for i in range(size)]
+        exposition = Publisher().publish(snap(*states))
+        counts.append(len(exposition.get(openmetrics=False, compressed=True).chunks))
+    assert counts[0] == counts[1] < 200
