@@ -161,7 +161,7 @@ class BlockDeflater:
     def __init__(self) -> None:
         self._columns: dict[str, _Column] = {}
         self._next_columns: dict[str, _Column] = {}
-        self.compressed = 0  # pieces compressed since the last `finish` (benchmarks and tests read it)
+        self.compressed = 0  # pieces compressed since the last `finish`, which returns it (tests read it)
 
     def family(
         self, name: str, pieces: Sequence[bytes], ends: list[int] | None = None, changed: list[int] | None = None

@@ -284,12 +284,12 @@ class Publisher:
     def _columns(
         self, kind: str, rows: list[tuple[bytes, ...]], width: int, changed: list[int] | None
     ) -> list[list[bytes]]:
-        """`_columns` of these rows, from the last publish's where only the `changed` rows differ (one row per
-        dataset in both): copying a column costs less than transposing the fleet again. `changed` None: the
-        rows are not known to match the last publish's."""
+        """The rows as one column per family (`_transpose`), copied from the last publish's columns where
+        only the `changed` rows differ (one row per dataset in both): copying a column costs less than
+        transposing the fleet again. `changed` None: the rows are not known to match the last publish's."""
         kept = self._kept_columns.get(kind)
         if changed is None or kept is None or len(kept) != width or (kept and len(kept[0]) != len(rows)):
-            columns = _columns(rows, width)
+            columns = _transpose(rows, width)
         else:
             columns = [column.copy() for column in kept]  # the last ones were handed out: never changed in place
             for index in changed:
@@ -350,7 +350,7 @@ Section = tuple[Family, Sequence[bytes], list[int] | None, list[int] | None]
 _ENDS_BLOCK = operator.attrgetter("ends_block")
 
 
-def _columns(rows: list[tuple[bytes, ...]], width: int) -> list[list[bytes]]:
+def _transpose(rows: list[tuple[bytes, ...]], width: int) -> list[list[bytes]]:
     """Rows of per-family pieces (one per dataset) as one column per family: zip transposes them in C."""
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
