@@ -137,45 +137,58 @@ class QualityCollector(_QualitySeries):
         for state in self.snapshot.datasets:
             if state.quality is None:
                 continue
-            for family in f.values():
-                family.new_scope()
+            samples: dict[str, list[Sample]] = {key: [] for key in f}
             dataset = pairs(EVENT_LABELS[:2], [state.target.dataset_id, state.target.agent_name])
             for event in state.quality.events:
-                _event_samples(f, dataset, pair("event_name", event.event_name), event)
+                _event_samples(samples, dataset, pair("event_name", event.event_name), event)
+            for key, family in f.items():
+                family.new_scope()
+                family.add_values(samples[key], percent=key in PERCENT_FIELDS)
         yield from f.values()
 
 
-def _event_samples(f: dict[str, Family], dataset: str, event_pair: str, event: EventQuality) -> None:
-    """One event's samples. `dataset` (agent_name, dataset_id) and `event_pair` are written once; the labels
-    are sorted by name, so `diagnostic` and `dedupe_key` go between them and `match_key` after."""
-    ratio = True
+Sample = tuple[str, float | None]  # (label pairs, value)
+PERCENT_FIELDS = frozenset(
+    {"key_cov", "key_acr", "diag_ratio", "coverage", "coverage_goal", "coverage_acr", "acr", "event_acr"}
+    | {"dedupe_browser", "dedupe_server", "dedupe_coverage"}
+)
+
+
+def _event_samples(samples: dict[str, list[Sample]], dataset: str, event_pair: str, event: EventQuality) -> None:
+    """One event's samples, by family. `dataset` (agent_name, dataset_id) and `event_pair` are written once;
+    the labels are sorted by name, so `diagnostic` and `dedupe_key` go between them and `match_key` after."""
     labels = f"{dataset},{event_pair}"
-    add_pairs(f["emq"], labels, event.composite_score)
+    samples["emq"].append((labels, event.composite_score))
+    key_cov, key_acr = samples["key_cov"].append, samples["key_acr"].append
     for key in event.match_keys:
         key_labels = f"{labels},{pair('match_key', key.identifier)}"
-        add_pairs(f["key_cov"], key_labels, key.coverage, ratio)
-        add_pairs(f["key_acr"], key_labels, key.potential_acr_increase, ratio)
+        key_cov((key_labels, key.coverage))
+        key_acr((key_labels, key.potential_acr_increase))
+    affected, total, share = samples["diag_affected"].append, samples["diag_total"].append, samples["diag_ratio"].append
     for diag in event.diagnostics:
         diag_labels = f"{dataset},{pair('diagnostic', diag.slug)},{event_pair}"
-        add_pairs(f["diag_affected"], diag_labels, diag.affected_event_count)
-        add_pairs(f["diag_total"], diag_labels, diag.total_event_count)
-        add_pairs(f["diag_ratio"], diag_labels, diag.percentage, ratio)
-    add_pairs(f["coverage"], labels, event.coverage, ratio)
-    add_pairs(f["coverage_goal"], labels, event.coverage_goal, ratio)
-    add_pairs(f["coverage_acr"], labels, event.coverage_potential_acr_increase, ratio)
-    for key in event.dedupe_keys:
-        key_labels = f"{dataset},{pair('dedupe_key', key.dedupe_key)},{event_pair}"
-        add_pairs(f["dedupe_browser"], key_labels, key.browser_events, ratio)
-        add_pairs(f["dedupe_server"], key_labels, key.server_events, ratio)
-        add_pairs(f["dedupe_coverage"], key_labels, key.browser_coverage, ratio)
-    if event.upload_frequency is not None:
+        affected((diag_labels, diag.affected_event_count))
+        total((diag_labels, diag.total_event_count))
+        share((diag_labels, diag.percentage))
+    samples["coverage"].append((labels, event.coverage))
+    samples["coverage_goal"].append((labels, event.coverage_goal))
+    samples["coverage_acr"].append((labels, event.coverage_potential_acr_increase))
+    browser, server, both = (samples[k].append for k in ("dedupe_browser", "dedupe_server", "dedupe_coverage"))
+    for dedupe in event.dedupe_keys:
+        key_labels = f"{dataset},{pair('dedupe_key', dedupe.dedupe_key)},{event_pair}"
+        browser((key_labels, dedupe.browser_events))
+        server((key_labels, dedupe.server_events))
+        both((key_labels, dedupe.browser_coverage))
+    current = event.upload_frequency
+    if current is not None:
+        frequency = samples["frequency"].append
         for known in UPLOAD_INTERVALS:
-            f["frequency"].add_pairs(f'{labels},upload_frequency="{known}"', float(known == event.upload_frequency))
-        # an unknown value gets its own series
-        f["frequency"].add_pairs(f"{labels},{pair('upload_frequency', event.upload_frequency)}", 1.0)
-        add_pairs(f["interval"], labels, UPLOAD_INTERVALS.get(event.upload_frequency))
-    add_pairs(f["acr"], labels, event.acr, ratio)
-    add_pairs(f["event_acr"], labels, event.potential_acr_increase, ratio)
+            frequency((f'{labels},upload_frequency="{known}"', 1.0 if known == current else 0.0))
+        if current not in UPLOAD_INTERVALS:  # an unknown value gets its own series
+            frequency((f"{labels},{pair('upload_frequency', current)}", 1.0))
+        samples["interval"].append((labels, UPLOAD_INTERVALS.get(current)))
+    samples["acr"].append((labels, event.acr))
+    samples["event_acr"].append((labels, event.potential_acr_increase))
 
 
 class OfflineCollector(_QualitySeries):

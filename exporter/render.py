@@ -9,7 +9,8 @@ repeated label set is ignored, so no input can produce a duplicate series; with 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 
 from prometheus_client.utils import floatToGoString
@@ -49,15 +50,28 @@ def pair(name: str, value: str) -> str:
 
 _NUMBERS: dict[float, str] = {}  # the same few thousand values recur across a fleet: format each once
 _RATIOS: dict[float, float] = {}
+_SHARES: dict[float, str] = {}  # a percentage -> its ratio as text
 _MEMO_LIMIT = 1 << 16
 
 
 def number(value: float) -> str:
     text = _NUMBERS.get(value)
     if text is None:
+        if value == 0:  # never remembered (0.0 == -0.0 as keys, printed apart), and common: 0 of 1 flags
+            return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
         text = floatToGoString(value)
-        if value and value == value and len(_NUMBERS) < _MEMO_LIMIT:  # not 0.0 == -0.0 (printed apart), not NaN
+        if value == value and len(_NUMBERS) < _MEMO_LIMIT:  # not NaN, which never finds itself
             _NUMBERS[value] = text
+    return text
+
+
+def share(percentage: float) -> str:
+    """A percentage as the text of its ratio (see `ratio`), formatted once per value."""
+    text = _SHARES.get(percentage)
+    if text is None:
+        text = number(ratio(percentage))
+        if percentage and percentage == percentage and len(_SHARES) < _MEMO_LIMIT:
+            _SHARES[percentage] = text
     return text
 
 
@@ -99,6 +113,24 @@ class Family:
             else:
                 self._parts.append(f"{self._sample_name} {number(value)}\n")
             self.count += 1
+
+    def add_values(self, samples: Sequence[tuple[str, float | None]], *, percent: bool = False) -> None:
+        """Add a scope's samples at once, each (label pairs as `pairs` writes them, value): the cheap way to
+        write many lines. A sample without a value is left out; `percent` values become ratios. With a
+        budget, an empty label set or a repeated one, they are added one by one (`add_pairs`), the first of
+        a label set winning."""
+        memo, text = (_SHARES, share) if percent else (_NUMBERS, number)
+        start = self._open
+        lines = [f"{start}{label_pairs}}} {memo.get(v) or text(v)}\n" for label_pairs, v in samples if v is not None]
+        seen = {label_pairs for label_pairs, v in samples if v is not None}
+        if self.budget is None and not self._seen and len(seen) == len(lines) and "" not in seen:
+            self._parts += lines
+            self._seen = seen
+            self.count += len(lines)
+            return
+        for label_pairs, value in samples:
+            if value is not None:
+                self.add_pairs(label_pairs, ratio(value) if percent else value)
 
     def add_histogram(self, labels: list[str], buckets: Iterable[tuple[str, int]], total: float, count: int) -> None:
         own = pairs(self.labelnames, labels)

@@ -417,3 +417,31 @@ def test_a_gzip_answer_is_a_few_chunks_per_family_whatever_the_fleet():
         exposition = Publisher().publish(snap(*states))
         counts.append(len(exposition.get(openmetrics=False, compressed=True).chunks))
     assert counts[0] == counts[1] < 200
+
+
+def test_samples_added_at_once_are_the_lines_added_one_by_one():
+    """Family.add_values (the quality families' way) writes what add_pairs writes sample by sample, whatever
+    the samples: missing values, repeated or empty label sets, percentages, zeros of both signs, a budget."""
+    from exporter.render import Family, SeriesBudget, ratio
+
+    rng = random.Random(12)
+    values = [None, 0.0, -0.0, 1.0, 99.9, 12.5, 7, float("inf"), 1e-7]
+    for trial in range(300):
+        label_sets = [f'k="{i}"' for i in range(rng.randint(0, 6))] + ([""] if trial % 10 == 0 else [])
+        samples = [(rng.choice(label_sets), rng.choice(values)) for _ in range(rng.randint(0, 8))] if label_sets else []
+        percent = rng.random() < 0.5
+        limit = rng.choice([0, 0, 1, 3])
+        scope_used = rng.random() < 0.2  # a sample already added in this scope
+
+        def family(limit=limit, scope_used=scope_used):
+            made = Family("x", "doc", ["k"], SeriesBudget(limit))
+            if scope_used:
+                made.add_pairs('k="0"', 5.0)
+            return made
+
+        at_once, one_by_one = family(), family()
+        at_once.add_values(samples, percent=percent)
+        for label_pairs, value in samples:
+            if value is not None:
+                one_by_one.add_pairs(label_pairs, ratio(value) if percent else value)
+        assert at_once.lines == one_by_one.lines and at_once.count == one_by_one.count, (trial, samples)
