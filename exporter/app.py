@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+from exporter import loop as collection_loop
 from exporter.config import Config, ConfigError, Secrets, load_config, resolve_secrets
 from exporter.logsetup import redact, register_secrets
 from exporter.scheduler import Progress, Scheduler
@@ -136,7 +137,7 @@ def run(source: ConfigSource, web_config: str | None = None, *, lifecycle: bool 
         await exporter.serve(asyncio.Event())
 
     try:
-        asyncio.run(main())
+        collection_loop.run(main())
     except OSError as exc:
         log.error("cannot serve on %s: %s", config.server.listen_address, exc)
         return 1

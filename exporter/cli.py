@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from exporter import __version__
+from exporter import loop as collection_loop
 from exporter.app import EXIT_CONFIG, ConfigSource, file_source, load_all
 from exporter.app import run as run_exporter
 from exporter.config import (
@@ -284,7 +285,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         return True
 
     try:
-        finished = asyncio.run(within_timeout())
+        finished = collection_loop.run(within_timeout())
         bar.finish()
     except KeyboardInterrupt:
         bar.finish()

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from exporter import loop as collection_loop
 from exporter.app import Exporter
 from exporter.config import (
     CollectionConfig,
@@ -127,7 +128,7 @@ def run_demo(datasets: int, host: str, port: int, interval: float, latency: floa
         await serving
 
     try:
-        asyncio.run(main())
+        collection_loop.run(main())
     finally:
         sim.stop()
     return 0

@@ -157,11 +157,13 @@ class Publisher:
             self._templates[key] = dataset_families(replace(snapshot, datasets=()), SeriesBudget(0))
         return self._templates[key]
 
-    def publish(self, snapshot: Snapshot) -> Exposition:
+    def publish(self, snapshot: Snapshot, defer: Callable[[], None] | None = None) -> Exposition:
+        """The snapshot's exposition; `defer` is called before each dataset that must be rendered (a render
+        thread uses it to give way to the collection loop)."""
         self.rendered = 0
         unique = {state.target.key: state for state in reversed(snapshot.datasets)}  # the first of a key wins
         states = [state for state in snapshot.datasets if unique[state.target.key] is state]
-        lines = [self._dataset(snapshot, state) for state in states]
+        lines = [self._dataset(snapshot, state, defer) for state in states]
         self._lines = {entry.state.target.key: entry for entry in lines}
         quality, offline, dropped = self._within_budget(snapshot, lines)
         template_quality, template_offline, template_rest = self._template(snapshot)
@@ -188,13 +190,15 @@ class Publisher:
         return self._assemble(sections, fleet)
 
     # ----- one dataset ------------------------------------------------------------------------------------
-    def _dataset(self, snapshot: Snapshot, state: DatasetState) -> _DatasetLines:
+    def _dataset(self, snapshot: Snapshot, state: DatasetState, defer: Callable[[], None] | None) -> _DatasetLines:
         cached = self._lines.get(state.target.key)
         if cached is not None and cached.state is state and cached.fingerprint[1] == snapshot.label_names:
             return cached  # the usual case: the loop kept the dataset's state as it was
         fingerprint = _fingerprint(state, snapshot.label_names)
         if cached is not None and cached.state.quality is state.quality and cached.fingerprint == fingerprint:
             return cached
+        if defer is not None:
+            defer()
         self.rendered += 1
         quality, offline, rest = dataset_families(_one(snapshot, state), SeriesBudget(0))
         for family in (*quality, *offline, *rest):

@@ -3,7 +3,8 @@
 The first cycle runs as fast as `concurrency` allows so dashboards fill at once; later cycles spread their
 calls evenly over the interval, as Meta asks. A reload swaps the config between cycles; targets it adds are
 fetched at once, the rest keep their schedule. During a cycle a snapshot is published every PUBLISH_EVERY
-seconds, its exposition rendered on a thread of its own while the loop keeps fetching.
+seconds (BURST_PUBLISH_EVERY in a burst), its exposition rendered on a thread of its own while the loop keeps
+fetching; on a CollectionLoop (exporter.loop) the render works only while the loop waits.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ from exporter.fetcher import Fetcher
 from exporter.governor import Governor
 from exporter.graph import GraphClient, versions
 from exporter.graph.fields import UnsupportedFields
+from exporter.loop import idle_signal
 from exporter.snapshot import Extras, Recorder, Snapshot
 from exporter.targets import Target, configured_targets
 
 log = logging.getLogger(__name__)
 
 PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
-PUBLISH_EVERY = 5.0  # seconds between snapshots published during a cycle, at most (one renders at a time)
+PUBLISH_EVERY = 5.0  # seconds between snapshots published during a paced cycle, at most (one renders at a time)
+# In a burst, datasets arrive faster than one render a second can keep up with only if renders follow each other
+# closely: the cycle's last publish renders whatever the last background render had not, and nothing overlaps it.
+BURST_PUBLISH_EVERY = 1.0
 PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
 PUBLISH_WAIT = 5.0  # seconds a reload waits for the loop to publish its outcome (a long parse may hold it)
+HURRY_POLL = 0.005  # seconds: how soon a render that defers to the loop notices that the loop waits for it
 FREEZE_EVERY = 50  # targets between moves of what the cycle has built out of the garbage collector's sight
 
 Progress = Callable[[int, int, int], None]  # (done, total, failed)
@@ -230,6 +236,7 @@ class Scheduler:
             await self.close()
 
     async def close(self) -> None:
+        self._swap_rendered(wait=True)  # a cycle cut short may leave a render running: no thread outlives us
         if self._client:
             await self._client.aclose()
             self._client = None
@@ -257,6 +264,8 @@ class Scheduler:
         calls = total * len(config.sources)
         requests = -(-calls // config.batch_size) if calls else 0
         spacing = config.interval * PACING_SHARE / requests if paced and requests else 0.0
+        publish_every = PUBLISH_EVERY if paced else BURST_PUBLISH_EVERY
+        loop_waiting = idle_signal()
         last_progress = started
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
         self.recorder.cycle_started = time.time()
@@ -276,9 +285,9 @@ class Scheduler:
                     "cycle progress: %d/%d targets fetched, %d failed, %.0fs elapsed", done, total, failed, elapsed
                 )
             self._swap_rendered(wait=False)
-            if now - self._last_publish >= PUBLISH_EVERY and self._rendering is None:
+            if now - self._last_publish >= publish_every and self._rendering is None:
                 self._last_publish = now
-                self._rendering = _Render(self.publisher, self._recorded())
+                self._rendering = _Render(self.publisher, self._recorded(), loop_waiting)
             if done % FREEZE_EVERY == 0:
                 gc.freeze()
 
@@ -374,24 +383,37 @@ class _Render:
     """A mid-cycle snapshot's exposition, rendered on a thread of its own so that the loop keeps its requests
     in flight meanwhile: a render of thousands of datasets takes the loop's whole attention for a second or
     more, and in that time the answers to its requests would wait unread and no new request would leave. The
-    thread ends with the render; the loop swaps the result in (exporter.scheduler.Scheduler._swap_rendered)."""
+    thread ends with the render; the loop swaps the result in (exporter.scheduler.Scheduler._swap_rendered).
 
-    def __init__(self, publisher: Publisher, snapshot: Snapshot) -> None:
+    With `loop_waiting` (exporter.loop) the render defers to the loop: before each dataset it renders, it waits
+    until the loop waits for I/O, unless the loop itself waits for the render (`result`)."""
+
+    def __init__(self, publisher: Publisher, snapshot: Snapshot, loop_waiting: threading.Event | None = None) -> None:
         self._snapshot: Snapshot = snapshot
         self._error: BaseException | None = None
+        self._loop_waiting = loop_waiting
+        self._hurry = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(publisher,), name="render", daemon=True)
         self._thread.start()
 
     def _run(self, publisher: Publisher) -> None:
+        defer = self._defer if self._loop_waiting is not None else None
         try:
-            self._snapshot = replace(self._snapshot, exposition=publisher.publish(self._snapshot))
+            self._snapshot = replace(self._snapshot, exposition=publisher.publish(self._snapshot, defer))
         except BaseException as exc:  # raised in the loop's thread, by result()
             self._error = exc
+
+    def _defer(self) -> None:
+        waiting, hurry = self._loop_waiting, self._hurry
+        assert waiting is not None
+        while not waiting.is_set() and not hurry.is_set():
+            waiting.wait(HURRY_POLL)
 
     def done(self) -> bool:
         return not self._thread.is_alive()
 
     def result(self) -> Snapshot:
+        self._hurry.set()  # the loop waits for us now, and not in its selector
         self._thread.join()
         if self._error is not None:
             raise self._error

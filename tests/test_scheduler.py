@@ -427,17 +427,17 @@ def test_a_mid_cycle_render_runs_beside_the_fetching_not_in_its_way(start_simula
     from exporter.exposition import Publisher
 
     sim = start_simulator(datasets=30, seed=7, latency=0.02)
-    monkeypatch.setattr(scheduler_module, "PUBLISH_EVERY", 0.0)  # publish whenever no render is running
+    monkeypatch.setattr(scheduler_module, "BURST_PUBLISH_EVERY", 0.0)  # publish whenever no render is running
     ids = sim.world.dataset_ids
     scheduler = Scheduler(make(sim, [{"id": i} for i in ids], concurrency=2, batch_size=1), secrets())
     real = Publisher.publish
     renders = []  # (thread, datasets fetched when the render began, when it ended)
 
-    def slow(self, snapshot):
+    def slow(self, snapshot, defer=None):
         before = scheduler.recorder.cycle_done
         time.sleep(0.3)  # a long render, handing the GIL over as a render does
         renders.append((threading.current_thread().name, before, scheduler.recorder.cycle_done))
-        return real(self, snapshot)
+        return real(self, snapshot, defer)
 
     monkeypatch.setattr(Publisher, "publish", slow)
     snap = run_cycle(scheduler)
@@ -446,3 +446,79 @@ def test_a_mid_cycle_render_runs_beside_the_fetching_not_in_its_way(start_simula
     assert renders[-1][0] == threading.current_thread().name  # the cycle's last publish: every dataset in it
     text = snap.exposition.get(openmetrics=False, compressed=False).bytes().decode()
     assert all(f'dataset_id="{i}"' in text for i in ids) and all(s.fetch_success for s in snap.datasets)
+
+
+def test_a_render_defers_to_a_busy_loop_until_the_loop_waits_for_it(simulator):
+    """Before each dataset it renders, a mid-cycle render waits while the loop has work (its selector is not
+    waiting); the loop's own wait for the render (`result`) hurries it."""
+    from exporter.exposition import Publisher
+    from exporter.snapshot import DatasetState, Snapshot
+    from exporter.targets import Target
+
+    quality = parse_dataset_quality(simulator.world.quality(simulator.world.dataset_ids[0], None))
+    states = tuple(DatasetState(Target(str(100 + i)), quality, True, 1.0) for i in range(20))
+    snapshot = Snapshot(generation=1, created=0.0, datasets=states)
+    loop_waiting = threading.Event()  # the loop is busy: not waiting in its selector
+
+    publisher = Publisher()
+    render = scheduler_module._Render(publisher, snapshot, loop_waiting)
+    time.sleep(0.2)
+    assert publisher.rendered == 0 and not render.done()  # no dataset rendered while the loop works
+    loop_waiting.set()  # the loop waits for I/O: the render goes on
+    deadline = time.monotonic() + 10
+    while not render.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert render.done() and publisher.rendered == 20
+    assert render.result().exposition is not None
+
+    loop_waiting.clear()
+    hurried = scheduler_module._Render(Publisher(), snapshot, loop_waiting)
+    time.sleep(0.1)
+    assert not hurried.done()
+    result = hurried.result()  # the loop waits for it, and not in its selector: it must not wait back
+    text = result.exposition.get(openmetrics=False, compressed=False).bytes()
+    assert text.count(b"meta_dataset_quality_fetch_success{") == 20
+
+
+def test_mid_cycle_renders_defer_to_a_collection_loop_only(start_simulator, monkeypatch):
+    """On the exporter's CollectionLoop (exporter.loop) mid-cycle renders get a way to give way to the loop;
+    on any other loop they render at once. Closing the scheduler leaves no render thread behind."""
+    from exporter import loop as collection_loop
+    from exporter.exposition import Publisher
+
+    sim = start_simulator(datasets=12, seed=3, latency=0.02)
+    monkeypatch.setattr(scheduler_module, "BURST_PUBLISH_EVERY", 0.0)
+    real = Publisher.publish
+    deferring: list[bool] = []  # per mid-cycle render: whether it was handed a `defer`
+
+    def watched(self, snapshot, defer=None):
+        if threading.current_thread().name == "render":
+            deferring.append(defer is not None)
+        return real(self, snapshot, defer)
+
+    monkeypatch.setattr(Publisher, "publish", watched)
+    for runner, expected in ((collection_loop.run, True), (asyncio.run, False)):
+        deferring.clear()
+        scheduler = Scheduler(make(sim, [{"id": i} for i in sim.world.dataset_ids], batch_size=1), secrets())
+
+        async def go(scheduler=scheduler):
+            try:
+                await scheduler.run_cycle(scheduler.targets, paced=False)
+            finally:
+                await scheduler.close()
+
+        runner(go())
+        assert deferring and set(deferring) == {expected}
+        assert all(s.fetch_success for s in scheduler.snapshot.datasets)
+    assert not [t for t in threading.enumerate() if t.name == "render"]
+
+
+def test_closing_the_scheduler_finishes_a_render_the_loop_never_waited_for(simulator):
+    """A cycle cut short can leave a render that defers to a loop which no longer runs: close() hurries it,
+    and swaps its snapshot in."""
+    scheduler = Scheduler(make(simulator, [{"id": i} for i in simulator.world.dataset_ids[:3]]), secrets())
+    never = threading.Event()
+    scheduler._rendering = scheduler_module._Render(scheduler.publisher, scheduler._recorded(), never)
+    asyncio.run(scheduler.close())
+    assert scheduler._rendering is None
+    assert not [t for t in threading.enumerate() if t.name == "render"]
