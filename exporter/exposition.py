@@ -158,8 +158,8 @@ class Publisher:
         return self._templates[key]
 
     def publish(self, snapshot: Snapshot, defer: Callable[[], None] | None = None) -> Exposition:
-        """The snapshot's exposition; `defer` is called before each dataset that must be rendered (a render
-        thread uses it to give way to the collection loop)."""
+        """The snapshot's exposition; `defer` is called before each dataset that must be rendered and before
+        each family is assembled (a render thread uses it to give way to the collection loop)."""
         self.rendered = 0
         unique = {state.target.key: state for state in reversed(snapshot.datasets)}  # the first of a key wins
         states = [state for state in snapshot.datasets if unique[state.target.key] is state]
@@ -187,7 +187,7 @@ class Publisher:
                 snapshot.max_series,
                 dropped,
             )
-        return self._assemble(sections, fleet)
+        return self._assemble(sections, fleet, defer)
 
     # ----- one dataset ------------------------------------------------------------------------------------
     def _dataset(self, snapshot: Snapshot, state: DatasetState, defer: Callable[[], None] | None) -> _DatasetLines:
@@ -303,13 +303,15 @@ class Publisher:
         return columns
 
     # ----- the whole -------------------------------------------------------------------------------------
-    def _assemble(self, sections: list[Section], fleet: list[Family]) -> Exposition:
+    def _assemble(self, sections: list[Section], fleet: list[Family], defer: Callable[[], None] | None) -> Exposition:
         text: list[bytes] = []
         om: list[bytes] = []
         text_gz: list[bytes] = []
         om_gz: list[bytes] = []
         text_crc = om_crc = text_size = om_size = 0
         for family, pieces, ends, changed in [*sections, *((f, [bytes(f.lines)], None, None) for f in fleet)]:
+            if defer is not None:
+                defer()
             header, header_gz, header_crc = self._header(family, False)
             text.append(header)
             text_gz.append(header_gz)

@@ -315,6 +315,9 @@ class BuildCollector:
         yield from (build, expiry)
 
 
+_REASONS = [(name, pair("reason", name)) for name in REASONS]
+
+
 class DatasetHealthCollector:
     """Fetch outcomes per dataset (and per source besides web).
 
@@ -333,13 +336,12 @@ class DatasetHealthCollector:
         last = gauge("last_success_timestamp_seconds", "When this dataset's data was last fetched successfully.", key)
         failures = counter("fetch_failures", "Failed fetches of this dataset, by reason.", [*key, "reason"])
         for state in snap.datasets:
-            labels = [state.target.dataset_id, state.target.agent_name]
+            dataset = pairs(key, [state.target.dataset_id, state.target.agent_name])
             if state.fetch_success is not None:
-                success.add(labels, 1.0 if state.fetch_success else 0.0)
-            if state.last_success is not None:
-                last.add(labels, state.last_success)
-            for reason in REASONS:
-                failures.add([*labels, reason], state.failures.get(reason, 0))
+                success.add_pairs(dataset, 1.0 if state.fetch_success else 0.0)
+            add_pairs(last, dataset, state.last_success)
+            # `reason` sorts after the dataset's labels
+            failures.add_values([(f"{dataset},{reason}", state.failures.get(name, 0)) for name, reason in _REASONS])
         yield from (success, last, failures)
         yield from self._other_sources(snap)
 
