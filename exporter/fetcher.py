@@ -72,7 +72,6 @@ class Fetcher:
         business_of: dict[str, str],
         rejected: dict[str, str],
         on_done: Done,
-        on_drained: Callable[[], None] | None = None,
         unsupported: UnsupportedFields | None = None,
         item_retries: int = 2,
         until_reload: str = "until the config is reloaded",
@@ -89,7 +88,6 @@ class Fetcher:
         self.business_of = business_of
         self.rejected = rejected
         self.on_done = on_done
-        self.on_drained = on_drained  # once per pass: every call sent, answers still on their way
         self.unsupported = unsupported or UnsupportedFields()
         self.item_retries = item_retries
         self.until_reload = until_reload
@@ -124,9 +122,6 @@ class Fetcher:
                     continue
                 semaphore.release()
                 if in_flight:
-                    if not self._queue and self.on_drained is not None:
-                        drained, self.on_drained = self.on_drained, None
-                        drained()
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 if not self._queue:

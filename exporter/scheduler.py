@@ -16,7 +16,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -265,7 +265,6 @@ class Scheduler:
         requests = -(-calls // config.batch_size) if calls else 0
         spacing = config.interval * PACING_SHARE / requests if paced and requests else 0.0
         publish_every = PUBLISH_EVERY if paced else BURST_PUBLISH_EVERY
-        garbage = _CycleGarbage()
         loop_waiting = idle_signal()
         last_progress = started
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
@@ -289,7 +288,8 @@ class Scheduler:
             if now - self._last_publish >= publish_every and self._rendering is None:
                 self._last_publish = now
                 self._rendering = _Render(self.publisher, self._recorded(), loop_waiting)
-            garbage.target_done(done)
+            if done % FREEZE_EVERY == 0:
+                gc.freeze()
 
         fetcher = Fetcher(
             self._graph_client(),
@@ -303,15 +303,12 @@ class Scheduler:
             business_of=self.business_of,
             rejected=self._rejected_credentials,
             on_done=target_done,
-            on_drained=garbage.collect,
             unsupported=self.unsupported_fields,
             until_reload="in this run" if self.one_shot else "until the config is reloaded",
             item_retries=self.config.graph_api.max_retries,
         )
-        try:
+        with _records_frozen_until_done():
             await fetcher.run(targets, spacing=spacing, deadline=started + config.interval)
-        finally:
-            garbage.collect()
         duration = time.monotonic() - started
         if count:
             rec = self.recorder
@@ -423,29 +420,19 @@ class _Render:
         return self._snapshot
 
 
-class _CycleGarbage:
+@contextlib.contextmanager
+def _records_frozen_until_done() -> Iterator[None]:
     """Keep a cycle's parsed records (millions of objects at 10,000 datasets) out of repeated full collections.
 
     Without it the collector rescans everything parsed so far each time the heap grows by a quarter: about a
     third of a burst cycle's CPU. Records hold no reference cycles, so refcounting frees them while frozen;
-    whatever cyclic garbage got frozen along the way is collected once: as soon as the last request has left
-    (a full collection takes the loop for about 0.4 s at 10,000 datasets, and the last answers then take the
-    network's time, not the cycle's), or when the cycle ends, whichever comes first. What is parsed after
-    that is left to the collector as usual.
+    whatever cyclic garbage got frozen along the way is collected once, when the cycle ends.
     """
-
-    def __init__(self) -> None:
-        self.collected = False
-
-    def target_done(self, done: int) -> None:
-        if not self.collected and done % FREEZE_EVERY == 0:
-            gc.freeze()
-
-    def collect(self) -> None:
-        if not self.collected:
-            self.collected = True
-            gc.unfreeze()
-            gc.collect()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.collect()
 
 
 async def _survive(what: str, work: Coroutine[Any, Any, None]) -> None:

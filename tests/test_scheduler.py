@@ -234,56 +234,11 @@ def test_a_cycle_leaves_nothing_frozen_and_its_cyclic_garbage_collected(simulato
         frozen_during.append(gc.get_freeze_count())
 
     ids = simulator.world.dataset_ids[:6]
-    config = make(simulator, [{"id": i} for i in ids], concurrency=1, batch_size=1)
-    scheduler = Scheduler(config, secrets(), progress=progress)
-    real_collect = gc.collect
-    before_collection: list[int] = []  # how many nodes existed when the cycle collected
-
-    def collect(*args):
-        before_collection.append(len(garbage))
-        return real_collect(*args)
-
-    monkeypatch.setattr(gc, "collect", collect)
+    scheduler = Scheduler(make(simulator, [{"id": i} for i in ids]), secrets(), progress=progress)
     run_cycle(scheduler)
     assert len(garbage) == 6 and max(frozen_during) > 0  # the freeze did happen during the cycle
     assert gc.get_freeze_count() == 0
-    assert before_collection and all(ref() is None for ref in garbage[: before_collection[0]])
-    monkeypatch.undo()
-    gc.collect()  # what was parsed after the cycle's collection is the collector's as usual: nothing frozen
     assert all(ref() is None for ref in garbage)
-
-
-def test_the_cycle_collects_its_garbage_once_its_last_request_has_left(simulator, monkeypatch):
-    """The full collection (about 0.4 s at 10,000 datasets) runs while the last answers are on their way,
-    not after them: here the last answer is held back until the collection has run."""
-    from exporter.fetcher import Fetcher
-
-    ids = simulator.world.dataset_ids[:5]
-    config = make(simulator, [{"id": i} for i in ids], concurrency=2, batch_size=1)
-    scheduler = Scheduler(config, secrets())
-    real_collect, real_send = gc.collect, Fetcher._send
-    done_at_collection: list[int] = []
-    collected = threading.Event()
-
-    def collect(*args):
-        done_at_collection.append(scheduler.recorder.cycle_done)
-        collected.set()
-        return real_collect(*args)
-
-    async def send(self, batch, semaphore):
-        if batch[0].target.dataset_id == ids[-1]:  # the last request: its answer waits for the collection
-            for _ in range(500):
-                if collected.is_set():
-                    break
-                await asyncio.sleep(0.01)
-        await real_send(self, batch, semaphore)
-
-    monkeypatch.setattr(gc, "collect", collect)
-    monkeypatch.setattr(Fetcher, "_send", send)
-    snap = run_cycle(scheduler)
-    monkeypatch.undo()
-    assert done_at_collection == [len(ids) - 1]  # once, before the last answer was read
-    assert all(s.fetch_success for s in snap.datasets) and gc.get_freeze_count() == 0
 
 
 def test_a_reload_outcome_is_published_on_the_loop_thread_and_visible_on_return(simulator):
