@@ -43,6 +43,7 @@ from exporter.deflate import (
 from exporter.families import dataset_families, fleet_families
 from exporter.render import Family, SeriesBudget
 from exporter.snapshot import DatasetState, Snapshot
+from exporter.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,10 @@ class Publisher:
     def __init__(self) -> None:
         self._lines: dict[tuple[str, str], _DatasetLines] = {}
         self._aligned_rows: list[_DatasetLines] | None = None  # the last publish's datasets, if none was left out
+        self._rows: list[_DatasetLines] = []  # the last publish's datasets, and their targets and label names
+        self._targets: list[Target] = []
+        self._label_names: tuple[str, ...] | None = None
+        self._unique_ids = True  # whether no dataset is watched twice (with several agent filters)
         self._kept_columns: dict[str, list[list[bytes]]] = {}  # the last publish's columns of aligned rows
         self._deflater = BlockDeflater()
         self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
@@ -161,10 +166,7 @@ class Publisher:
         """The snapshot's exposition; `defer` is called before each dataset that must be rendered and before
         each family is assembled (a render thread uses it to give way to the collection loop)."""
         self.rendered = 0
-        unique = {state.target.key: state for state in reversed(snapshot.datasets)}  # the first of a key wins
-        states = [state for state in snapshot.datasets if unique[state.target.key] is state]
-        lines = [self._dataset(snapshot, state, defer) for state in states]
-        self._lines = {entry.state.target.key: entry for entry in lines}
+        lines = self._rows = self._dataset_rows(snapshot, defer)
         quality, offline, dropped = self._within_budget(snapshot, lines)
         template_quality, template_offline, template_rest = self._template(snapshot)
         # Blocks end after the same datasets in every family, so a changed dataset costs one block per family.
@@ -188,6 +190,28 @@ class Publisher:
                 dropped,
             )
         return self._assemble(sections, fleet, defer)
+
+    def _dataset_rows(self, snapshot: Snapshot, defer: Callable[[], None] | None) -> list[_DatasetLines]:
+        """Each dataset's lines in snapshot order, the first of a key winning."""
+        datasets, previous = snapshot.datasets, self._rows
+        if (
+            len(datasets) == len(previous)
+            and snapshot.label_names == self._label_names
+            and all(map(operator.is_, map(_TARGET, datasets), self._targets))
+        ):
+            # The usual case: the last publish's targets (so no key twice), some with new states; found in C.
+            rows = previous.copy()
+            for index in compress(range(len(rows)), map(operator.is_not, map(_STATE, previous), datasets)):
+                rows[index] = entry = self._dataset(snapshot, datasets[index], defer)
+                self._lines[entry.state.target.key] = entry
+            return rows
+        unique = {state.target.key: state for state in reversed(datasets)}
+        states = [state for state in datasets if unique[state.target.key] is state]
+        rows = [self._dataset(snapshot, state, defer) for state in states]
+        self._lines = {entry.state.target.key: entry for entry in rows}
+        self._targets, self._label_names = [entry.state.target for entry in rows], snapshot.label_names
+        self._unique_ids = len({target.dataset_id for target in self._targets}) == len(rows)
+        return rows
 
     # ----- one dataset ------------------------------------------------------------------------------------
     def _dataset(self, snapshot: Snapshot, state: DatasetState, defer: Callable[[], None] | None) -> _DatasetLines:
@@ -257,7 +281,7 @@ class Publisher:
         diagnostic's text is the first seen for its slug."""
         sections: list[Section] = []
         columns = self._columns("rest", [entry.rest_lines for entry in lines], len(headers), changed)
-        unique_ids = len({entry.state.target.dataset_id for entry in lines}) == len(lines)
+        unique_ids = self._unique_ids
         for index, header in enumerate(headers):
             name = header.name
             pieces: Sequence[bytes]
@@ -354,6 +378,8 @@ class Publisher:
 # a family, its pieces, where its blocks end if one per dataset, and which datasets changed since the last publish
 Section = tuple[Family, Sequence[bytes], list[int] | None, list[int] | None]
 _ENDS_BLOCK = operator.attrgetter("ends_block")
+_TARGET = operator.attrgetter("target")
+_STATE = operator.attrgetter("state")
 
 
 def _transpose(rows: list[tuple[bytes, ...]], width: int) -> list[list[bytes]]:

@@ -9,6 +9,8 @@ them one dataset at a time and keeps each dataset's lines until its data changes
 
 from __future__ import annotations
 
+import operator
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.utils import floatToGoString
@@ -316,6 +318,7 @@ class BuildCollector:
 
 
 _REASONS = [(name, pair("reason", name)) for name in REASONS]
+_ORIGIN = operator.attrgetter("target.origin")
 
 
 class DatasetHealthCollector:
@@ -375,8 +378,7 @@ class FleetHealthCollector:
         snap = self.snapshot
         targets = gauge("targets", "Datasets (with agent filter) being watched, by origin.", ["origin"])
         by_origin: dict[str, int] = {"config": 0, "discovery": 0}
-        for state in snap.datasets:
-            by_origin[state.target.origin] = by_origin.get(state.target.origin, 0) + 1
+        by_origin.update(Counter(map(_ORIGIN, snap.datasets)))  # counted in C: it runs at every publish
         for origin, count in by_origin.items():
             targets.add([origin], count)
         yield targets
