@@ -28,6 +28,9 @@ from itertools import compress
 LEVEL = 1  # measured at 2,000 datasets in blocks of 16: level 6 compresses 2.3 times slower for 13 % fewer bytes
 BLOCK = 8  # pieces per block on average (a power of two): a changed piece costs its block's compression
 MAX_BLOCK = 4 * BLOCK
+# Blocks whose CRC-32 is combined and kept as one: a changed block costs its group's combination and one per
+# group, not one per block of the family (at 10,000 datasets, 1,250 calls into libz for each changed family).
+CRC_GROUP = 32
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time, unknown OS
 FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed codes
 
@@ -149,6 +152,7 @@ class _Column:
     pieces: Sequence[bytes]
     ends: list[int]
     blocks: list[Block | None]
+    groups: list[tuple[int, int]]  # CRC-32 and length of each CRC_GROUP blocks' bytes
     compressed: Compressed
     aligned: bool  # one piece per dataset, with the caller's ends (see `family`)
 
@@ -187,15 +191,23 @@ class BlockDeflater:
             for index in range(len(ends)):
                 block = _slice(pieces, ends, index)
                 found.append(self._block(block, known.get(_first(block))))
-        if before is not None and len(found) == len(before.blocks) and all(map(operator.is_, found, before.blocks)):
-            compressed = before.compressed
+        same_count = before is not None and len(found) == len(before.blocks)
+        moved = list(compress(range(len(found)), map(operator.is_not, found, before.blocks))) if same_count else []
+        if before is not None and same_count and not moved:
+            groups, compressed = before.groups, before.compressed
         else:
-            blocks = [block for block in found if block is not None]
+            if before is not None and same_count:
+                groups = before.groups.copy()
+                for group in {index // CRC_GROUP for index in moved}:
+                    groups[group] = _group_crc(found, group)
+            else:
+                groups = [_group_crc(found, group) for group in range(-(-len(found) // CRC_GROUP))]
             crc = 0
-            for block in blocks:
-                crc = crc32_combine(crc, block.crc, block.size)
-            compressed = Compressed(b"".join(block.deflated for block in blocks), crc, sum(b.size for b in blocks))
-        self._next_columns[name] = _Column(pieces, ends, found, compressed, aligned)
+            for group_crc, group_size in groups:
+                crc = crc32_combine(crc, group_crc, group_size)
+            deflated = b"".join([block.deflated for block in found if block is not None])
+            compressed = Compressed(deflated, crc, sum(size for _, size in groups))
+        self._next_columns[name] = _Column(pieces, ends, found, groups, compressed, aligned)
         return compressed
 
     def _block(self, pieces: tuple[bytes, ...], known: Block | None) -> Block | None:
@@ -212,6 +224,15 @@ class BlockDeflater:
         compressed, self.compressed = self.compressed, 0
         self._columns, self._next_columns = self._next_columns, {}
         return compressed
+
+
+def _group_crc(blocks: list[Block | None], group: int) -> tuple[int, int]:
+    """The CRC-32 and length of the bytes of the blocks in CRC group `group`."""
+    crc = size = 0
+    for block in blocks[group * CRC_GROUP : (group + 1) * CRC_GROUP]:
+        if block is not None:
+            crc, size = crc32_combine(crc, block.crc, block.size), size + block.size
+    return crc, size
 
 
 def _slice(pieces: Sequence[bytes], ends: list[int], index: int) -> tuple[bytes, ...]:

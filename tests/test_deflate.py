@@ -12,6 +12,7 @@ import pytest
 from exporter import deflate
 from exporter.deflate import (
     BLOCK,
+    CRC_GROUP,
     FINAL_BLOCK,
     GZIP_HEADER,
     MAX_BLOCK,
@@ -109,3 +110,23 @@ def test_families_not_in_a_body_are_forgotten():
     deflater.family("new", pieces(random.Random(5), 50))
     deflater.finish()
     assert list(deflater._columns) == ["new"]
+
+
+def test_a_family_of_many_crc_groups_keeps_its_crc_right_as_blocks_change():
+    """Each CRC_GROUP blocks' CRC-32 is kept: a changed block recombines its group only."""
+    rng = random.Random(5)
+    count = (3 * CRC_GROUP + 5) * BLOCK
+    data = pieces(rng, count)
+    ends = block_ends([index % BLOCK == BLOCK - 1 for index in range(count)], count)
+    deflater = BlockDeflater()
+    for step in range(6):
+        for index in rng.sample(range(count), 3):  # blocks in any group, the last one's too
+            data[index] = data[index].replace(b"0.", f"{step}.".encode(), 1) if step % 3 else b""
+        compressed = deflater.family("f", list(data), ends)
+        deflater.finish()
+        joined = b"".join(data)
+        assert (compressed.crc, compressed.size) == (zlib.crc32(joined), len(joined))
+        assert gzip.decompress(member(compressed)) == joined
+    data.append(b"x 1\n")  # one more block: the groups are made again
+    compressed = deflater.family("f", data, [*ends, count + 1])
+    assert compressed.crc == zlib.crc32(b"".join(data))
