@@ -144,7 +144,7 @@ class Publisher:
 
     def __init__(self) -> None:
         self._lines: dict[tuple[str, str], _DatasetLines] = {}
-        self._aligned_rows: list[_DatasetLines] | None = None  # the last publish's datasets, if none was left out
+        self._aligned = False  # whether the last publish left no dataset out (its rows are then one per dataset)
         self._rows: list[_DatasetLines] = []  # the last publish's datasets, and their targets and label names
         self._targets: list[Target] = []
         self._label_names: tuple[str, ...] | None = None
@@ -166,13 +166,14 @@ class Publisher:
         """The snapshot's exposition; `defer` is called before each dataset that must be rendered and before
         each family is assembled (a render thread uses it to give way to the collection loop)."""
         self.rendered = 0
+        previous = self._rows if self._aligned else None
         lines = self._rows = self._dataset_rows(snapshot, defer)
         quality, offline, dropped = self._within_budget(snapshot, lines)
         template_quality, template_offline, template_rest = self._template(snapshot)
         # Blocks end after the same datasets in every family, so a changed dataset costs one block per family.
         ends = block_ends(map(_ENDS_BLOCK, lines), len(lines))
         aligned = None if dropped else ends  # limits.max_series left datasets out: the families find their own
-        previous, self._aligned_rows = self._aligned_rows, None if dropped else lines
+        self._aligned = not dropped
         changed = None  # which datasets' lines are not those of the last publish: found once for every family
         if previous is not None and len(previous) == len(lines):
             changed = list(compress(range(len(lines)), map(operator.is_not, lines, previous)))
