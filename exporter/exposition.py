@@ -21,7 +21,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import compress
+from itertools import chain, compress
 from typing import Any
 
 from prometheus_client import CollectorRegistry, gc_collector, platform_collector, process_collector
@@ -72,15 +72,22 @@ class Deflated:
 
 @dataclass(frozen=True)
 class Body:
-    chunks: tuple[bytes, ...]
+    """An answer's bytes as runs of chunks: a family's header, then its pieces as the publisher keeps them
+    (one per dataset, some empty). A publish hands its columns over as they are; the chunks are laid end to
+    end when a scrape asks for them, not at every publish."""
+
+    parts: tuple[Sequence[bytes], ...]
     length: int
 
+    def chunks(self) -> list[bytes]:
+        return list(filter(None, chain.from_iterable(self.parts)))  # in C: a fleet is 300,000 pieces
+
     def bytes(self) -> bytes:
-        return b"".join(self.chunks)
+        return b"".join(chain.from_iterable(self.parts))
 
 
 def _body(chunks: list[bytes]) -> Body:
-    return Body(tuple(chunks), sum(map(len, chunks)))
+    return Body((tuple(chunks),), sum(map(len, chunks)))
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class Exposition:
         if compressed:
             return (self.openmetrics_deflated if openmetrics else self.text_deflated).gzip(tail)
         body = self.openmetrics if openmetrics else self.text
-        return Body((*body.chunks, tail), body.length + len(tail)) if tail else body
+        return Body((*body.parts, (tail,)), body.length + len(tail)) if tail else body
 
 
 @dataclass(slots=True)
@@ -329,8 +336,8 @@ class Publisher:
 
     # ----- the whole -------------------------------------------------------------------------------------
     def _assemble(self, sections: list[Section], fleet: list[Family], defer: Callable[[], None] | None) -> Exposition:
-        text: list[bytes] = []
-        om: list[bytes] = []
+        text: list[Sequence[bytes]] = []
+        om: list[Sequence[bytes]] = []
         text_gz: list[bytes] = []
         om_gz: list[bytes] = []
         text_crc = om_crc = text_size = om_size = 0
@@ -338,12 +345,12 @@ class Publisher:
             if defer is not None:
                 defer()
             header, header_gz, header_crc = self._header(family, False)
-            text.append(header)
+            text.append((header,))
             text_gz.append(header_gz)
             text_crc = crc32_combine(text_crc, header_crc, len(header))
             text_size += len(header)
             header, header_gz, header_crc = self._header(family, True)
-            om.append(header)
+            om.append((header,))
             om_gz.append(header_gz)
             om_crc = crc32_combine(om_crc, header_crc, len(header))
             om_size += len(header)
@@ -351,9 +358,8 @@ class Publisher:
             text_gz.append(compressed.deflated)
             om_gz.append(compressed.deflated)
             body_crc, body_size = compressed.crc, compressed.size
-            data = list(filter(None, pieces))
-            text.extend(data)
-            om.extend(data)
+            text.append(pieces)  # never changed in place once handed over (Publisher._columns copies)
+            om.append(pieces)
             text_crc = crc32_combine(text_crc, body_crc, body_size)
             om_crc = crc32_combine(om_crc, body_crc, body_size)
             text_size += body_size

@@ -163,7 +163,7 @@ class WebServer:
         headers = {"Vary": "Accept, Accept-Encoding"}
         if compressed:
             headers["Content-Encoding"] = "gzip"
-        return Response(200, body.chunks, OPENMETRICS if openmetrics else TEXT, headers)
+        return Response(200, body.chunks(), OPENMETRICS if openmetrics else TEXT, headers)
 
 
 def _quality_values(header: str) -> dict[str, float]:
