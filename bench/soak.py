@@ -38,6 +38,23 @@ def rss(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def memory_map(pid: int) -> dict[str, float]:
+    """Where the resident memory is, in MiB: glibc's main heap (`[heap]`), anonymous mappings (thread arenas,
+    Python's object arenas, large blocks), and the rest (code, libraries), with the process's thread count."""
+    kib = {"heap": 0, "anon": 0, "other": 0}
+    kind = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's header: address perms offset dev inode [path]
+            path = fields[5] if len(fields) > 5 else ""
+            kind = "heap" if path == "[heap]" else "anon" if not path else "other"
+        elif fields[0] == "Rss:":
+            kib[kind] += int(fields[1])
+    threads = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("Threads:"))  # fmt: skip
+    return {f"{k}_mib": round(v / 1024, 1) for k, v in kib.items()} | {"threads": threads}
+
+
 def get(url: str, headers: dict[str, str] | None = None) -> bytes:
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=60) as response:
         return response.read()
@@ -48,6 +65,11 @@ def metric(text: str, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return None
+
+
+def failing(text: str) -> int:
+    return sum(1 for line in text.splitlines()
+               if line.startswith("meta_dataset_quality_fetch_success{") and float(line.split()[-1]) == 0)  # fmt: skip
 
 
 def main() -> None:
@@ -101,9 +123,11 @@ def main() -> None:
         started = time.monotonic()
         end = started + args.minutes * 60
         next_sample = started
+        peak = 0
         while time.monotonic() < end:
             if exporter.poll() is not None:
                 raise RuntimeError(f"the exporter exited with {exporter.returncode}")
+            peak = max(peak, rss(exporter.pid))
             try:
                 asked = time.perf_counter()
                 get(url + "/metrics", {"Accept-Encoding": "gzip"})
@@ -116,9 +140,13 @@ def main() -> None:
                     {
                         "minute": round((time.monotonic() - started) / 60, 2),
                         "rss_mib": round(rss(exporter.pid) / 2**20, 1),
+                        "peak_mib": round(peak / 2**20, 1),  # the highest seen since the last sample
                         "cycles": metric(text, "meta_dataset_quality_cycles_total") or 0,
+                        "failed": failing(text),
                     }
+                    | memory_map(exporter.pid)
                 )
+                peak = 0
                 next_sample += args.sample_every
             time.sleep(2)
     finally:
@@ -150,9 +178,13 @@ def main() -> None:
         f"{args.minutes:g} min, {args.datasets} datasets, flaky (fault rate {args.fault_rate}), "
         f"interval {args.interval}"
     )
-    print("| minute | RSS MiB | cycles |\n|---|---|---|")
+    print("| minute | RSS MiB | peak MiB | heap MiB | anonymous MiB | threads | cycles | datasets failing |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in samples:
-        print(f"| {s['minute']} | {s['rss_mib']} | {s['cycles']:.0f} |")
+        print(
+            f"| {s['minute']} | {s['rss_mib']} | {s['peak_mib']} | {s['heap_mib']} | {s['anon_mib']} | "
+            f"{s['threads']} | {s['cycles']:.0f} | {s['failed']} |"
+        )
     print({k: v for k, v in verdict.items() if k != "samples"})
 
 
