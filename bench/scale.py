@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from exporter import loop as collection_loop
-from exporter.app import prefer_short_gil_waits
+from exporter.app import prepare_process
 from exporter.config import Secrets, validate
 from exporter.exposition import Publisher
 from exporter.graph.fields import BLOCKS, web_fields
@@ -282,7 +282,6 @@ def cycle_scrapes(sim: Simulator, sizes: list[int], cycle_seconds: float) -> lis
 
 
 def _cycle_one(sim: Simulator, n: int, cycle_seconds: float) -> dict:
-    prefer_short_gil_waits()  # as `run` does
     _, scheduler = burst_cycle(sim, n)  # the first cycle is a burst; the paced one follows
 
     class App:
@@ -501,6 +500,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown tables")
     args = parser.parse_args()
     chosen = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    prepare_process()  # as `run` does, for every part: the threads here are the exporter's
     results: dict[str, list[dict]] = {}
     sim = Simulator(max(chosen or [10_000]))
     try:

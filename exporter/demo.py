@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from exporter import loop as collection_loop
-from exporter.app import Exporter
+from exporter.app import Exporter, prepare_process
 from exporter.config import (
     CollectionConfig,
     Config,
@@ -84,6 +84,7 @@ def _free(host: str, port: int) -> bool:
 
 
 def run_demo(datasets: int, host: str, port: int, interval: float, latency: float) -> int:
+    prepare_process()  # as `run` does, before the simulator's threads start
     # The simulator always adds Meta's documented example dataset: --datasets N serves N in all.
     sim = Simulator(
         SimulatorSettings(
