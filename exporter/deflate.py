@@ -30,7 +30,9 @@ BLOCK = 8  # pieces per block on average (a power of two): a changed piece costs
 MAX_BLOCK = 4 * BLOCK
 # Blocks whose CRC-32 is combined and kept as one: a changed block costs its group's combination and one per
 # group, not one per block of the family (at 10,000 datasets, 1,250 calls into libz for each changed family).
-CRC_GROUP = 32
+# At 10,000 datasets, the combinations of a publish took 1.3 / 14.9 ms (one changed dataset / 100 scattered)
+# in groups of 32, 2.4 / 9.9 ms in groups of 8, and 4.0 / 9.1 ms in groups of 4.
+CRC_GROUP = 8
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time, unknown OS
 FINAL_BLOCK = b"\x03\x00"  # an empty final block with fixed codes
 
