@@ -131,12 +131,12 @@ M_ARENA_MAX = -8  # glibc's malloc.h
 def share_one_malloc_arena() -> bool:
     """Have every thread allocate from glibc's main arena, as MALLOC_ARENA_MAX=1 would (unless the user set
     that variable). Left alone, glibc gives threads arenas of their own. A mid-cycle render runs on a thread
-    that ends with it, and the next render's thread takes over its arena, until a new long-lived thread (an
-    HTTP writer) takes that arena first: the next renders then fill a new one, and the old one stays resident,
-    fragmented. A 30-minute soak at 1,000 datasets (bench/README.md) stepped from 171 to 205 MiB of resident
-    memory, all of it in anonymous mappings, in the minute after its fourth thread appeared, and stayed there.
-    The threads take turns under the GIL, so one arena costs them little waiting. False where the C library
-    is not glibc."""
+    that ends with it, and the next render's thread takes over its arena, until a new long-lived thread (the
+    web server starts writer threads as scrapes need them) takes that arena first: the next renders then fill
+    a new one, and the old one stays resident, fragmented. A 30-minute soak at 1,000 datasets
+    (bench/README.md) stepped from 171 to 205 MiB of resident memory, all of it in anonymous mappings, in the
+    minute after its fourth thread appeared, and stayed there. The threads take turns under the GIL, so one
+    arena costs them little waiting. False where the C library is not glibc."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:
