@@ -267,11 +267,13 @@ class Scheduler:
         publish_every = PUBLISH_EVERY if paced else BURST_PUBLISH_EVERY
         loop_waiting = idle_signal()
         last_progress = started
+        in_flight = config.concurrency * config.batch_size // max(1, len(config.sources))  # targets, at most
+        tail_rendered = False
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
         self.recorder.cycle_started = time.time()
 
         def target_done(_: Target, ok: bool) -> None:
-            nonlocal done, failed, last_progress
+            nonlocal done, failed, last_progress, tail_rendered
             done += 1
             failed += not ok
             self.recorder.cycle_done = done
@@ -285,7 +287,11 @@ class Scheduler:
                     "cycle progress: %d/%d targets fetched, %d failed, %.0fs elapsed", done, total, failed, elapsed
                 )
             self._swap_rendered(wait=False)
-            if now - self._last_publish >= publish_every and self._rendering is None:
+            # In a burst, once every request left, render what has come so far: the loop mostly waits for the
+            # last answers then, and the cycle's last publish is left with only those.
+            tail = not paced and not tail_rendered and total - done <= in_flight
+            if self._rendering is None and (tail or now - self._last_publish >= publish_every):
+                tail_rendered = tail_rendered or tail
                 self._last_publish = now
                 self._rendering = _Render(self.publisher, self._recorded(), loop_waiting)
             if done % FREEZE_EVERY == 0:

@@ -448,6 +448,34 @@ def test_a_mid_cycle_render_runs_beside_the_fetching_not_in_its_way(start_simula
     assert all(f'dataset_id="{i}"' in text for i in ids) and all(s.fetch_success for s in snap.datasets)
 
 
+def test_a_burst_renders_once_its_last_requests_are_out(start_simulator, monkeypatch):
+    """In a burst, once what is left to fetch fits in the requests in flight, a render begins without waiting
+    for the clock: the cycle's last publish is left with the last answers only. A paced cycle does not."""
+    from exporter.exposition import Publisher
+
+    sim = start_simulator(datasets=30, seed=7, latency=0.02)
+    monkeypatch.setattr(scheduler_module, "BURST_PUBLISH_EVERY", 3600.0)  # no mid-cycle render by the clock
+    real = Publisher.publish
+    fetched_at_render: list[int] = []  # per mid-cycle render: the datasets its snapshot has results for
+
+    def watched(self, snapshot, defer=None):
+        if threading.current_thread().name == "render":
+            fetched_at_render.append(sum(1 for s in snapshot.datasets if s.fetch_success is not None))
+        return real(self, snapshot, defer)
+
+    monkeypatch.setattr(Publisher, "publish", watched)
+    datasets = [{"id": i} for i in sim.world.dataset_ids]
+    burst = Scheduler(make(sim, datasets, concurrency=2, batch_size=2), secrets())  # 4 datasets in flight
+    run_cycle(burst)
+    total = len(burst.targets)
+    assert len(fetched_at_render) == 1 and total - 4 <= fetched_at_render[0] < total
+    assert all(s.fetch_success for s in burst.snapshot.datasets)
+    fetched_at_render.clear()
+    paced = Scheduler(make(sim, datasets, interval="2s", concurrency=2, batch_size=2), secrets())
+    run_cycle(paced, paced=True)
+    assert fetched_at_render == [] and all(s.fetch_success for s in paced.snapshot.datasets)
+
+
 def test_a_render_defers_to_a_busy_loop_until_the_loop_waits_for_it(simulator):
     """Before each dataset it renders, a mid-cycle render waits while the loop has work (its selector is not
     waiting); the loop's own wait for the render (`result`) hurries it."""
