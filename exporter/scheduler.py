@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
 PUBLISH_EVERY = 5.0  # seconds between snapshots published during a paced cycle, at most (one renders at a time)
 # A burst's last publish renders what no mid-cycle render reached, and overlaps nothing: publishing every second
-# keeps that to about a second's datasets (at 10,000, the burst went from 12.4 s to 10.5 s with the deferral).
+# (and once the last requests are out, see run_cycle) keeps that to the last answers (at 10,000, the burst went
+# from 12.4 s to 10.5 s with the deferral, and to 10.3 s with the render once the last requests are out).
 BURST_PUBLISH_EVERY = 1.0
 PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
 PUBLISH_WAIT = 5.0  # seconds a reload waits for the loop to publish its outcome (a long parse may hold it)
