@@ -19,8 +19,9 @@ import operator
 import struct
 import threading
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import chain, compress
 from typing import Any
 
@@ -40,8 +41,17 @@ from exporter.deflate import (
     deflate,
     ends_block,
 )
-from exporter.families import dataset_families, fleet_families
-from exporter.render import Family, SeriesBudget
+from exporter.families import (
+    DatasetHealthFamilies,
+    DatasetInfoFamilies,
+    Lines,
+    OfflineFamilies,
+    QualityFamilies,
+    dataset_headers,
+    fleet_families,
+    origins,
+)
+from exporter.render import Family
 from exporter.snapshot import DatasetState, Snapshot
 from exporter.targets import Target
 
@@ -139,8 +149,18 @@ def _fingerprint(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Any
     )
 
 
-def _one(snapshot: Snapshot, state: DatasetState) -> Snapshot:
-    return Snapshot(generation=0, created=0, datasets=(state,), label_names=snapshot.label_names)
+def _encoded(groups: Lines) -> tuple[bytes, ...]:
+    # "replace": whatever got past the parser, one label value can never make a family unrenderable
+    return tuple("".join(lines).encode("utf-8", "replace") for lines in groups)
+
+
+def _first_series(groups: Lines, limit: int) -> Lines:
+    """The first `limit` series, family after family, as they would have been counted while written."""
+    kept = []
+    for lines in groups:
+        kept.append(lines[:limit])
+        limit -= len(kept[-1])
+    return kept
 
 
 class Publisher:
@@ -156,6 +176,7 @@ class Publisher:
         self._targets: list[Target] = []
         self._label_names: tuple[str, ...] | None = None
         self._unique_ids = True  # whether no dataset is watched twice (with several agent filters)
+        self._origins: Counter[str] = Counter()  # the last publish's targets by origin
         self._kept_columns: dict[str, list[list[bytes]]] = {}  # the last publish's columns of aligned rows
         self._deflater = BlockDeflater()
         self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
@@ -166,7 +187,7 @@ class Publisher:
         """The per-dataset families' headers, in order: they depend on the user's label names only."""
         key = snapshot.label_names
         if key not in self._templates:
-            self._templates[key] = dataset_families(replace(snapshot, datasets=()), SeriesBudget(0))
+            self._templates[key] = dataset_headers(key)
         return self._templates[key]
 
     def publish(self, snapshot: Snapshot, defer: Callable[[], None] | None = None) -> Exposition:
@@ -190,7 +211,7 @@ class Publisher:
             columns = self._columns(kind, rows, len(templates), None if dropped else changed)
             sections += ((f, column, aligned, changed) for f, column in zip(templates, columns, strict=True))
         sections += self._dataset_rest(template_rest, lines, ends, changed)
-        fleet = fleet_families(snapshot, dropped)
+        fleet = fleet_families(snapshot, dropped, self._origins)
         if dropped:
             log.warning(
                 "limits.max_series (%d) reached: %d quality series left out of this snapshot",
@@ -213,6 +234,7 @@ class Publisher:
                 rows[index] = entry = self._dataset(snapshot, datasets[index], defer)
                 self._lines[entry.state.target.key] = entry
             return rows
+        self._origins = origins(snapshot)
         unique = {state.target.key: state for state in reversed(datasets)}
         states = [state for state in datasets if unique[state.target.key] is state]
         rows = [self._dataset(snapshot, state, defer) for state in states]
@@ -232,26 +254,19 @@ class Publisher:
         if defer is not None:
             defer()
         self.rendered += 1
-        quality, offline, rest = dataset_families(_one(snapshot, state), SeriesBudget(0))
-        for family in (*quality, *offline, *rest):
-            family.freeze()  # one immutable copy, which every exposition built from it shares
-        diagnostics = []
-        for family in rest:
-            if family.name.endswith("diagnostic_info") and family.lines:
-                slugs = [d.slug for e in state.quality.events for d in e.diagnostics] if state.quality else []
-                seen = list(dict.fromkeys(slugs))
-                rows = [row + b"\n" for row in bytes(family.lines).split(b"\n")[:-1]]  # \r may be in a label
-                diagnostics = list(zip(seen, rows, strict=False))
+        quality, offline = QualityFamilies.lines(state), OfflineFamilies.lines(state)
+        info, described = DatasetInfoFamilies.lines(state, snapshot.label_names)
+        diagnostics = [(slug, line.encode("utf-8", "replace")) for slug, line in described]
         return _DatasetLines(
             state,
             fingerprint,
             diagnostics,
             frozenset(slug for slug, _ in diagnostics),
-            tuple(f.lines for f in quality),  # type: ignore[misc]
-            tuple(f.lines for f in offline),  # type: ignore[misc]
-            tuple(f.lines for f in rest),  # type: ignore[misc]
-            sum(f.count for f in quality),
-            sum(f.count for f in offline),
+            _encoded(quality),
+            _encoded(offline),
+            _encoded(info + DatasetHealthFamilies.lines(state)),
+            sum(map(len, quality)),
+            sum(map(len, offline)),
             ends_block("\0".join(state.target.key)),
         )
 
@@ -276,8 +291,8 @@ class Publisher:
                 elif left == 0:
                     dropped += count
                 else:
-                    partial = dataset_families(_one(snapshot, entry.state), SeriesBudget(left))
-                    kept[part].append(tuple(bytes(f.lines) for f in partial[0 if part == "quality" else 1]))
+                    group = QualityFamilies if part == "quality" else OfflineFamilies
+                    kept[part].append(_encoded(_first_series(group.lines(entry.state), left)))
                     dropped += count - left
                     left = 0
         return kept["quality"], kept["offline"], dropped

@@ -1,290 +1,449 @@
-"""What the metric families are: the metric contract (../shared/reference/metrics.md), one collector class per
-group, each filling `render.Family` writers from the snapshot it is given. Nothing here calls the API.
+"""What the metric families are: the metric contract (../shared/reference/metrics.md), one class per group.
+Nothing here calls the API.
 
-The groups split along what a publish can reuse: the per-dataset collectors (quality, offline, the
-dataset's info and health) read only the datasets of the snapshot they are given, so exporter.exposition runs
-them one dataset at a time and keeps each dataset's lines until its data changes; the fleet collectors
-(build, API, rate limits, cycles) are small and run at every publish.
+The groups split along what a publish can reuse. The per-dataset groups (quality, offline, the dataset's info
+and health) name their families (`Spec`) and write one dataset's sample lines at a time, straight from its
+records: exporter.exposition keeps each dataset's lines until its data changes, and a burst cycle at 10,000
+datasets writes two million of them. The fleet collectors (build, API, rate limits, cycles) are small and fill
+`render.Family` writers at every publish.
 """
 
 from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.graph import versions
 from exporter.graph.errors import REASONS
-from exporter.parser import EventQuality
-from exporter.render import Family, SeriesBudget, add, add_pairs, counter, gauge, pair, pairs, single
-from exporter.snapshot import DURATION_BUCKETS, Snapshot
+from exporter.render import (
+    _NUMBERS,
+    _SHARES,
+    Family,
+    add,
+    counter,
+    gauge,
+    number,
+    pair,
+    pairs,
+    sample_start,
+    share,
+    single,
+)
+from exporter.snapshot import DURATION_BUCKETS, DatasetState, Snapshot
 
 CACHED = "Cached from the last successful fetch."
 UPLOAD_INTERVALS = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
-EVENT_LABELS = ["dataset_id", "agent_name", "event_name"]
+DATASET_LABELS = ("dataset_id", "agent_name")
+EVENT_LABELS = (*DATASET_LABELS, "event_name")
+DIAGNOSTIC_LABELS = ("diagnostic", "name", "description", "solution")
 
 
-class _QualitySeries:
-    """A group of quality families; their series count against the snapshot's series budget."""
+class Spec(NamedTuple):
+    """A family's name (without the prefix), help text, label names and type."""
 
-    def __init__(self, snapshot: Snapshot, budget: SeriesBudget | None = None) -> None:
-        self.snapshot = snapshot
-        self.budget = budget or SeriesBudget(0)
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+    kind: str = "gauge"
 
-    def gauge(self, name: str, doc: str, labels: list[str]) -> Family:
-        return gauge(name, doc, labels, self.budget)
+    def family(self) -> Family:
+        """The family with no samples: its header."""
+        return Family(self.name, self.doc, list(self.labels), kind=self.kind)
+
+    @property
+    def start(self) -> str:
+        """How each of its sample lines begins."""
+        return sample_start(self.name, self.kind)
 
 
-class QualityCollector(_QualitySeries):
+Lines = list[list[str]]  # a dataset's sample lines, one list per family of a group, in the group's order
+
+
+def _pct(field: str, doc: str) -> str:
+    return f"{doc} API field {field}, as a ratio (percentage / 100). {CACHED}"
+
+
+class QualityFamilies:
     """Per-event quality gauges from `web[]`, one family per API field.
 
-    meta_dataset_quality_event_match_quality_score{dataset_id="123",agent_name="",event_name="Purchase"} 7.2
-    meta_dataset_quality_match_key_coverage_ratio{dataset_id="123",...,match_key="email"} 0.999
-    meta_dataset_quality_upload_frequency{dataset_id="123",agent_name="",event_name="Lead",upload_frequency="hourly"} 1
+    meta_dataset_quality_event_match_quality_score{agent_name="",dataset_id="123",event_name="Purchase"} 7.2
+    meta_dataset_quality_match_key_coverage_ratio{...,event_name="Purchase",match_key="email"} 0.999
+    meta_dataset_quality_upload_frequency{...,event_name="Lead",upload_frequency="hourly"} 1.0
     """
 
-    def collect(self) -> Iterator[Family]:
-        gauge = self.gauge
+    specs = (
+        Spec(
+            "event_match_quality_score",
+            f"Event Match Quality, 0 to 10. API field event_match_quality.composite_score. {CACHED}",
+            EVENT_LABELS,
+        ),
+        Spec(
+            "match_key_coverage_ratio",
+            _pct("match_key_feedback[].coverage.percentage", "Share of events carrying this match key."),
+            (*EVENT_LABELS, "match_key"),
+        ),
+        Spec(
+            "match_key_potential_acr_increase_ratio",
+            _pct("match_key_feedback[].potential_aly_acr_increase.percentage", "Potential ACR lift from this key."),
+            (*EVENT_LABELS, "match_key"),
+        ),
+        Spec(
+            "diagnostic_affected_events",
+            f"Events affected by the diagnostic. API field diagnostics[].affected_event_count. {CACHED}",
+            (*EVENT_LABELS, "diagnostic"),
+        ),
+        Spec(
+            "diagnostic_events",
+            f"Events checked by the diagnostic. API field diagnostics[].total_event_count. {CACHED}",
+            (*EVENT_LABELS, "diagnostic"),
+        ),
+        Spec(
+            "diagnostic_affected_ratio",
+            _pct("diagnostics[].percentage", "Share of events affected by the diagnostic."),
+            (*EVENT_LABELS, "diagnostic"),
+        ),
+        Spec(
+            "event_coverage_ratio",
+            _pct("event_coverage.percentage", "Share of Pixel events covered by the Conversions API (7 days)."),
+            EVENT_LABELS,
+        ),
+        Spec(
+            "event_coverage_goal_ratio",
+            _pct("event_coverage.goal_percentage", "Meta's goal for event coverage."),
+            EVENT_LABELS,
+        ),
+        Spec(
+            "event_coverage_potential_acr_increase_ratio",
+            _pct("event_coverage.potential_aly_acr_increase.percentage", "Potential ACR lift from coverage."),
+            EVENT_LABELS,
+        ),
+        Spec(
+            "dedupe_key_browser_events_ratio",
+            _pct("browser_events_with_dedupe_key.percentage", "Share of browser events with this dedupe key."),
+            (*EVENT_LABELS, "dedupe_key"),
+        ),
+        Spec(
+            "dedupe_key_server_events_ratio",
+            _pct("server_events_with_dedupe_key.percentage", "Share of server events with this dedupe key."),
+            (*EVENT_LABELS, "dedupe_key"),
+        ),
+        Spec(
+            "dedupe_key_browser_coverage_ratio",
+            _pct("overall_browser_coverage_from_dedupe_key.percentage", "Browser events deduplicated by this key."),
+            (*EVENT_LABELS, "dedupe_key"),
+        ),
+        Spec(
+            "upload_frequency",
+            f"1 for the current upload frequency, 0 for the other known ones. API field "
+            f"data_freshness.upload_frequency. {CACHED}",
+            (*EVENT_LABELS, "upload_frequency"),
+        ),
+        Spec(
+            "upload_interval_seconds",
+            f"Upload frequency as seconds between uploads (real_time 0). API field data_freshness.upload_frequency. "
+            f"{CACHED}",
+            EVENT_LABELS,
+        ),
+        Spec(
+            "acr_ratio",
+            _pct("acr.percentage", "Additional conversions reported thanks to the Conversions API (7 days)."),
+            EVENT_LABELS,
+        ),
+        Spec(
+            "event_potential_acr_increase_ratio",
+            _pct("event_potential_aly_acr_increase.percentage", "Potential ACR lift for an event not yet sent."),
+            EVENT_LABELS,
+        ),
+    )
+    _starts = tuple(spec.start for spec in specs)
+    _frequencies = tuple((known, pair("upload_frequency", known)) for known in UPLOAD_INTERVALS)
 
-        def pct(field: str, doc: str) -> str:
-            return f"{doc} API field {field}, as a ratio (percentage / 100). {CACHED}"
-
-        f = {
-            "emq": gauge(
-                "event_match_quality_score",
-                f"Event Match Quality, 0 to 10. API field event_match_quality.composite_score. {CACHED}",
-                EVENT_LABELS,
-            ),
-            "key_cov": gauge(
-                "match_key_coverage_ratio",
-                pct("match_key_feedback[].coverage.percentage", "Share of events carrying this match key."),
-                [*EVENT_LABELS, "match_key"],
-            ),
-            "key_acr": gauge(
-                "match_key_potential_acr_increase_ratio",
-                pct("match_key_feedback[].potential_aly_acr_increase.percentage", "Potential ACR lift from this key."),
-                [*EVENT_LABELS, "match_key"],
-            ),
-            "diag_affected": gauge(
-                "diagnostic_affected_events",
-                f"Events affected by the diagnostic. API field diagnostics[].affected_event_count. {CACHED}",
-                [*EVENT_LABELS, "diagnostic"],
-            ),
-            "diag_total": gauge(
-                "diagnostic_events",
-                f"Events checked by the diagnostic. API field diagnostics[].total_event_count. {CACHED}",
-                [*EVENT_LABELS, "diagnostic"],
-            ),
-            "diag_ratio": gauge(
-                "diagnostic_affected_ratio",
-                pct("diagnostics[].percentage", "Share of events affected by the diagnostic."),
-                [*EVENT_LABELS, "diagnostic"],
-            ),
-            "coverage": gauge(
-                "event_coverage_ratio",
-                pct("event_coverage.percentage", "Share of Pixel events covered by the Conversions API (7 days)."),
-                EVENT_LABELS,
-            ),
-            "coverage_goal": gauge(
-                "event_coverage_goal_ratio",
-                pct("event_coverage.goal_percentage", "Meta's goal for event coverage."),
-                EVENT_LABELS,
-            ),
-            "coverage_acr": gauge(
-                "event_coverage_potential_acr_increase_ratio",
-                pct("event_coverage.potential_aly_acr_increase.percentage", "Potential ACR lift from coverage."),
-                EVENT_LABELS,
-            ),
-            "dedupe_browser": gauge(
-                "dedupe_key_browser_events_ratio",
-                pct("browser_events_with_dedupe_key.percentage", "Share of browser events with this dedupe key."),
-                [*EVENT_LABELS, "dedupe_key"],
-            ),
-            "dedupe_server": gauge(
-                "dedupe_key_server_events_ratio",
-                pct("server_events_with_dedupe_key.percentage", "Share of server events with this dedupe key."),
-                [*EVENT_LABELS, "dedupe_key"],
-            ),
-            "dedupe_coverage": gauge(
-                "dedupe_key_browser_coverage_ratio",
-                pct("overall_browser_coverage_from_dedupe_key.percentage", "Browser events deduplicated by this key."),
-                [*EVENT_LABELS, "dedupe_key"],
-            ),
-            "frequency": gauge(
-                "upload_frequency",
-                f"1 for the current upload frequency, 0 for the other known ones. API field "
-                f"data_freshness.upload_frequency. {CACHED}",
-                [*EVENT_LABELS, "upload_frequency"],
-            ),
-            "interval": gauge(
-                "upload_interval_seconds",
-                f"Upload frequency as seconds between uploads (real_time 0). API field "
-                f"data_freshness.upload_frequency. {CACHED}",
-                EVENT_LABELS,
-            ),
-            "acr": gauge(
-                "acr_ratio",
-                pct("acr.percentage", "Additional conversions reported thanks to the Conversions API (7 days)."),
-                EVENT_LABELS,
-            ),
-            "event_acr": gauge(
-                "event_potential_acr_increase_ratio",
-                pct("event_potential_aly_acr_increase.percentage", "Potential ACR lift for an event not yet sent."),
-                EVENT_LABELS,
-            ),
-        }
-        for state in self.snapshot.datasets:
-            if state.quality is None:
-                continue
-            samples: dict[str, list[Sample]] = {key: [] for key in f}
-            dataset = pairs(EVENT_LABELS[:2], [state.target.dataset_id, state.target.agent_name])
-            for event in state.quality.events:
-                _event_samples(samples, dataset, pair("event_name", event.event_name), event)
-            for key, family in f.items():
-                family.new_scope()
-                family.add_values(samples[key], percent=key in PERCENT_FIELDS)
-        yield from f.values()
+    @classmethod
+    def lines(cls, state: DatasetState) -> Lines:
+        """The dataset's lines: written in one pass over its events, each value formatted once (the hot path of
+        a publish). Labels are sorted by name: `diagnostic` and `dedupe_key` go between the dataset's labels
+        and `event_name`, `match_key` and `upload_frequency` after it."""
+        out: Lines = [[] for _ in cls.specs]
+        if state.quality is None:
+            return out
+        (emq, key_cov, key_acr, affected, checked, diag_share, coverage, goal, coverage_acr, browser, server,
+         both, frequency, interval, acr, event_acr) = (lines.append for lines in out)  # fmt: skip
+        (emq_at, key_cov_at, key_acr_at, affected_at, checked_at, diag_share_at, coverage_at, goal_at,
+         coverage_acr_at, browser_at, server_at, both_at, frequency_at, interval_at, acr_at,
+         event_acr_at) = cls._starts  # fmt: skip
+        as_number, as_share = _NUMBERS.get, _SHARES.get  # a miss (or a zero) falls through to number/share
+        dataset = _dataset_pairs(state)
+        for event in state.quality.events:
+            event_pair = pair("event_name", event.event_name)
+            labels = f"{dataset},{event_pair}"
+            end = labels + "} "
+            if (v := event.composite_score) is not None:
+                emq(f"{emq_at}{end}{as_number(v) or number(v)}\n")
+            for key in event.match_keys:
+                key_end = f"{labels},{pair('match_key', key.identifier)}}} "
+                if (v := key.coverage) is not None:
+                    key_cov(f"{key_cov_at}{key_end}{as_share(v) or share(v)}\n")
+                if (v := key.potential_acr_increase) is not None:
+                    key_acr(f"{key_acr_at}{key_end}{as_share(v) or share(v)}\n")
+            for diag in event.diagnostics:
+                diag_end = f"{dataset},{pair('diagnostic', diag.slug)},{event_pair}}} "
+                if (v := diag.affected_event_count) is not None:
+                    affected(f"{affected_at}{diag_end}{as_number(v) or number(v)}\n")
+                if (v := diag.total_event_count) is not None:
+                    checked(f"{checked_at}{diag_end}{as_number(v) or number(v)}\n")
+                if (v := diag.percentage) is not None:
+                    diag_share(f"{diag_share_at}{diag_end}{as_share(v) or share(v)}\n")
+            if (v := event.coverage) is not None:
+                coverage(f"{coverage_at}{end}{as_share(v) or share(v)}\n")
+            if (v := event.coverage_goal) is not None:
+                goal(f"{goal_at}{end}{as_share(v) or share(v)}\n")
+            if (v := event.coverage_potential_acr_increase) is not None:
+                coverage_acr(f"{coverage_acr_at}{end}{as_share(v) or share(v)}\n")
+            for dedupe in event.dedupe_keys:
+                key_end = f"{dataset},{pair('dedupe_key', dedupe.dedupe_key)},{event_pair}}} "
+                if (v := dedupe.browser_events) is not None:
+                    browser(f"{browser_at}{key_end}{as_share(v) or share(v)}\n")
+                if (v := dedupe.server_events) is not None:
+                    server(f"{server_at}{key_end}{as_share(v) or share(v)}\n")
+                if (v := dedupe.browser_coverage) is not None:
+                    both(f"{both_at}{key_end}{as_share(v) or share(v)}\n")
+            current = event.upload_frequency
+            if current is not None:
+                for known, known_pair in cls._frequencies:
+                    frequency(f"{frequency_at}{labels},{known_pair}}} {'1.0' if known == current else '0.0'}\n")
+                if current in UPLOAD_INTERVALS:
+                    interval(f"{interval_at}{end}{number(UPLOAD_INTERVALS[current])}\n")
+                else:  # an unknown value gets its own series, and no interval
+                    frequency(f"{frequency_at}{labels},{pair('upload_frequency', current)}}} 1.0\n")
+            if (v := event.acr) is not None:
+                acr(f"{acr_at}{end}{as_share(v) or share(v)}\n")
+            if (v := event.potential_acr_increase) is not None:
+                event_acr(f"{event_acr_at}{end}{as_share(v) or share(v)}\n")
+        events = state.quality.events
+        if _distinct(events, _EVENT_NAME) and all(map(_keys_distinct, events)):
+            return out  # the parser's records always: no label set twice
+        return [_first_of_each(lines) for lines in out]
 
 
-Sample = tuple[str, float | None]  # (label pairs, value)
-PERCENT_FIELDS = frozenset(
-    {"key_cov", "key_acr", "diag_ratio", "coverage", "coverage_goal", "coverage_acr", "acr", "event_acr"}
-    | {"dedupe_browser", "dedupe_server", "dedupe_coverage"}
-)
-
-
-def _event_samples(samples: dict[str, list[Sample]], dataset: str, event_pair: str, event: EventQuality) -> None:
-    """One event's samples, by family. `dataset` (agent_name, dataset_id) and `event_pair` are written once;
-    the labels are sorted by name, so `diagnostic` and `dedupe_key` go between them and `match_key` after."""
-    labels = f"{dataset},{event_pair}"
-    samples["emq"].append((labels, event.composite_score))
-    key_cov, key_acr = samples["key_cov"].append, samples["key_acr"].append
-    for key in event.match_keys:
-        key_labels = f"{labels},{pair('match_key', key.identifier)}"
-        key_cov((key_labels, key.coverage))
-        key_acr((key_labels, key.potential_acr_increase))
-    affected, total, share = samples["diag_affected"].append, samples["diag_total"].append, samples["diag_ratio"].append
-    for diag in event.diagnostics:
-        diag_labels = f"{dataset},{pair('diagnostic', diag.slug)},{event_pair}"
-        affected((diag_labels, diag.affected_event_count))
-        total((diag_labels, diag.total_event_count))
-        share((diag_labels, diag.percentage))
-    samples["coverage"].append((labels, event.coverage))
-    samples["coverage_goal"].append((labels, event.coverage_goal))
-    samples["coverage_acr"].append((labels, event.coverage_potential_acr_increase))
-    browser, server, both = (samples[k].append for k in ("dedupe_browser", "dedupe_server", "dedupe_coverage"))
-    for dedupe in event.dedupe_keys:
-        key_labels = f"{dataset},{pair('dedupe_key', dedupe.dedupe_key)},{event_pair}"
-        browser((key_labels, dedupe.browser_events))
-        server((key_labels, dedupe.server_events))
-        both((key_labels, dedupe.browser_coverage))
-    current = event.upload_frequency
-    if current is not None:
-        frequency = samples["frequency"].append
-        for known in UPLOAD_INTERVALS:
-            frequency((f'{labels},upload_frequency="{known}"', 1.0 if known == current else 0.0))
-        if current not in UPLOAD_INTERVALS:  # an unknown value gets its own series
-            frequency((f"{labels},{pair('upload_frequency', current)}", 1.0))
-        samples["interval"].append((labels, UPLOAD_INTERVALS.get(current)))
-    samples["acr"].append((labels, event.acr))
-    samples["event_acr"].append((labels, event.potential_acr_increase))
-
-
-class OfflineCollector(_QualitySeries):
+class OfflineFamilies:
     """Beta offline-event scores (only present when the `offline` source is enabled).
 
-    meta_dataset_quality_offline_composite_score{dataset_id="123",agent_name="",event_name="Purchase"} 8.7
+    meta_dataset_quality_offline_composite_score{agent_name="",dataset_id="123",event_name="Purchase"} 8.7
     meta_dataset_quality_offline_match_key_coverage_ratio{...,event_name="Purchase",match_key="email"} 0.88
     """
 
-    def collect(self) -> Iterator[Family]:
-        gauge = self.gauge
-
-        def score(name: str, field: str) -> Family:
-            doc = f"Offline events (beta), 28-day score 0 to 10. API field offline[].{field}.score. {CACHED}"
-            return gauge(f"offline_{name}_score", doc, EVENT_LABELS)
-
-        composite, match_key = score("composite", "composite"), score("match_key", "match_key")
-        frequency, freshness = score("frequency", "frequency"), score("freshness", "freshness")
-        coverage = gauge(
+    specs = (
+        *(
+            Spec(
+                f"offline_{name}_score",
+                f"Offline events (beta), 28-day score 0 to 10. API field offline[].{name}.score. {CACHED}",
+                EVENT_LABELS,
+            )
+            for name in ("composite", "match_key", "frequency", "freshness")
+        ),
+        Spec(
             "offline_match_key_coverage_ratio",
             f"Offline events (beta): match key coverage as a ratio. API field offline[].match_key.coverage. {CACHED}",
-            [*EVENT_LABELS, "match_key"],
-        )
-        offline = (composite, match_key, frequency, freshness, coverage)
-        for state in self.snapshot.datasets:
-            if state.quality is None:
-                continue
-            for family in offline:
-                family.new_scope()
-            dataset = pairs(EVENT_LABELS[:2], [state.target.dataset_id, state.target.agent_name])
-            for event in state.quality.offline:
-                labels = f"{dataset},{pair('event_name', event.event_name)}"
-                add_pairs(composite, labels, event.composite_score)
-                add_pairs(match_key, labels, event.match_key_score)
-                add_pairs(frequency, labels, event.frequency_score)
-                add_pairs(freshness, labels, event.freshness_score)
-                for key, value in event.match_key_coverage:
-                    add_pairs(coverage, f"{labels},{pair('match_key', key)}", value, percent=True)
-        yield from offline
+            (*EVENT_LABELS, "match_key"),
+        ),
+    )
+    _starts = tuple(spec.start for spec in specs)
+
+    @classmethod
+    def lines(cls, state: DatasetState) -> Lines:
+        out: Lines = [[] for _ in cls.specs]
+        if state.quality is None or not state.quality.offline:
+            return out
+        composite, match_key, frequency, freshness, coverage = out
+        composite_at, match_key_at, frequency_at, freshness_at, coverage_at = cls._starts
+        dataset = _dataset_pairs(state)
+        for event in state.quality.offline:
+            labels = f"{dataset},{pair('event_name', event.event_name)}"
+            for lines, start, value in (
+                (composite, composite_at, event.composite_score),
+                (match_key, match_key_at, event.match_key_score),
+                (frequency, frequency_at, event.frequency_score),
+                (freshness, freshness_at, event.freshness_score),
+            ):
+                if value is not None:
+                    lines.append(f"{start}{labels}}} {number(value)}\n")
+            for key, value in event.match_key_coverage:
+                coverage.append(f"{coverage_at}{labels},{pair('match_key', key)}}} {share(value)}\n")
+        offline = state.quality.offline
+        if not _distinct(offline, _EVENT_NAME) or not all(_distinct(e.match_key_coverage, _FIRST) for e in offline):
+            return [_first_of_each(lines) for lines in out]
+        return out
 
 
-class DatasetInfoCollector:
-    """Descriptive series of datasets: which datasets, which diagnostics, when their pixels last fired.
+class DatasetInfoFamilies:
+    """Descriptive series of a dataset: which dataset, which diagnostics, when its pixel last fired.
 
-    meta_dataset_quality_dataset_info{dataset_id="123",dataset_name="Acme",...,origin="config",customer="acme"} 1
-    meta_dataset_quality_diagnostic_info{diagnostic="server_sending_mismatched_ip_addresses",name="...",...} 1
-    meta_dataset_quality_build_info{version="0.1.0",graph_api_version="v25.0"} 1
+    meta_dataset_quality_dataset_last_fired_timestamp_seconds{dataset_id="123"} 1.7e+09
+    meta_dataset_quality_dataset_info{business_id="9",business_name="Acme",customer="acme",dataset_id="123",...} 1.0
+    meta_dataset_quality_diagnostic_info{description="...",diagnostic="server_sending_mismatched_ip_addresses",...} 1.0
+
+    A dataset watched with several agent filters is described once, and a diagnostic's text is the first seen
+    for its slug: exporter.exposition picks those across the fleet.
     """
 
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
+    @staticmethod
+    def specs(label_names: tuple[str, ...]) -> tuple[Spec, ...]:
+        return (
+            Spec(
+                "dataset_last_fired_timestamp_seconds",
+                "When the pixel last received an event (pixel field last_fired_time), where known.",
+                ("dataset_id",),
+            ),
+            Spec(
+                "dataset_server_last_fired_timestamp_seconds",
+                "When the dataset last received a server (Conversions API) event (server_last_fired_time), where "
+                "known.",
+                ("dataset_id",),
+            ),
+            Spec(
+                "dataset_info",
+                "A watched dataset, with its name, business and the user's labels; always 1.",
+                ("dataset_id", "dataset_name", "business_id", "business_name", "origin", *label_names),
+            ),
+            Spec(
+                "diagnostic_info",
+                "A diagnostic seen in the fleet, with Meta's title, description and solution text; always 1.",
+                ("diagnostic", "name", "description", "solution"),
+            ),
+        )
 
-    def collect(self) -> Iterator[Family]:
-        snap = self.snapshot
-        names = ["dataset_id", "dataset_name", "business_id", "business_name", "origin", *snap.label_names]
-        info = gauge(
-            "dataset_info", "A watched dataset, with its name, business and the user's labels; always 1.", names
+    @staticmethod
+    def lines(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Lines, list[tuple[str, str]]]:
+        """The lines, and the diagnostic_info lines as (slug, line), the first of each slug."""
+        fired_at, server_fired_at, info_at, diagnostic_at = (s.start for s in DatasetInfoFamilies.specs(()))
+        t = state.target
+        dataset = pair("dataset_id", t.dataset_id)
+        fired = [f"{fired_at}{dataset}}} {number(state.last_fired)}\n"] if state.last_fired is not None else []
+        server_fired = (
+            [f"{server_fired_at}{dataset}}} {number(state.server_last_fired)}\n"]
+            if state.server_last_fired is not None
+            else []
         )
-        diagnostics = gauge(
-            "diagnostic_info",
-            "A diagnostic seen in the fleet, with Meta's title, description and solution text; always 1.",
-            ["diagnostic", "name", "description", "solution"],
+        own = dict(t.labels)
+        info = pairs(
+            ("dataset_id", "dataset_name", "business_id", "business_name", "origin", *label_names),
+            (t.dataset_id, t.name, t.business_id, t.business_name, t.origin, *(own.get(n, "") for n in label_names)),
         )
-        seen_datasets: set[str] = set()
-        seen_diagnostics: set[str] = set()
-        for state in snap.datasets:
-            t = state.target
-            if t.dataset_id not in seen_datasets:  # one info series per dataset, whatever its agent filters
-                seen_datasets.add(t.dataset_id)
-                own = dict(t.labels)
-                info.add(
-                    [t.dataset_id, t.name, t.business_id, t.business_name, t.origin]
-                    + [own.get(n, "") for n in snap.label_names],
-                    1,
-                )
-            for event in state.quality.events if state.quality else ():
-                for diag in event.diagnostics:
-                    if diag.slug not in seen_diagnostics:  # the first text seen for a slug wins
-                        seen_diagnostics.add(diag.slug)
-                        diagnostics.add([diag.slug, diag.name, diag.description, diag.solution], 1)
-        fired = gauge(
-            "dataset_last_fired_timestamp_seconds",
-            "When the pixel last received an event (pixel field last_fired_time), where known.",
-            ["dataset_id"],
-        )
-        server_fired = gauge(
-            "dataset_server_last_fired_timestamp_seconds",
-            "When the dataset last received a server (Conversions API) event (server_last_fired_time), where known.",
-            ["dataset_id"],
-        )
-        for state in snap.datasets:
-            add(fired, [state.target.dataset_id], state.last_fired)
-            add(server_fired, [state.target.dataset_id], state.server_last_fired)
-        yield from (fired, server_fired, info, diagnostics)
+        diagnostics: dict[str, str] = {}
+        for event in state.quality.events if state.quality else ():
+            for diag in event.diagnostics:
+                if diag.slug not in diagnostics:  # the first text seen for a slug wins
+                    text = pairs(DIAGNOSTIC_LABELS, (diag.slug, diag.name, diag.description, diag.solution))
+                    diagnostics[diag.slug] = f"{diagnostic_at}{text}}} 1.0\n"
+        described = list(diagnostics.items())
+        return [fired, server_fired, [f"{info_at}{info}}} 1.0\n"], [line for _, line in described]], described
+
+
+class DatasetHealthFamilies:
+    """Fetch outcomes per dataset (and per source besides web, which alone sets fetch_success).
+
+    meta_dataset_quality_fetch_success{agent_name="",dataset_id="123"} 1.0
+    meta_dataset_quality_fetch_failures_total{agent_name="",dataset_id="123",reason="auth"} 0.0
+    meta_dataset_quality_source_fetch_success{agent_name="",dataset_id="123",source="offline"} 0.0
+    """
+
+    specs = (
+        Spec("fetch_success", "1 if the latest fetch of this dataset succeeded, else 0.", DATASET_LABELS),
+        Spec(
+            "last_success_timestamp_seconds",
+            "When this dataset's data was last fetched successfully.",
+            DATASET_LABELS,
+        ),
+        Spec("fetch_failures", "Failed fetches of this dataset, by reason.", (*DATASET_LABELS, "reason"), "counter"),
+        Spec(
+            "source_fetch_success",
+            "1 if the latest fetch of this source (offline) succeeded.",
+            (*DATASET_LABELS, "source"),
+        ),
+        Spec(
+            "source_fetch_failures",
+            "Failed fetches of this source (offline), by reason.",
+            (*DATASET_LABELS, "source", "reason"),
+            "counter",
+        ),
+    )
+    _starts = tuple(spec.start for spec in specs)
+
+    @classmethod
+    def lines(cls, state: DatasetState) -> Lines:
+        success_at, last_at, failures_at, source_success_at, source_failures_at = cls._starts
+        dataset = _dataset_pairs(state)
+        success = [] if state.fetch_success is None else [f"{success_at}{dataset}}} {_flag(state.fetch_success)}\n"]
+        last = [] if state.last_success is None else [f"{last_at}{dataset}}} {number(state.last_success)}\n"]
+        failures = [  # `reason` sorts after the dataset's labels
+            f"{failures_at}{dataset},{reason}}} {number(state.failures.get(name, 0))}\n" for name, reason in _REASONS
+        ]
+        source_success = [
+            f"{source_success_at}{dataset},{pair('source', source)}}} {_flag(ok)}\n"
+            for source, ok in sorted(state.source_success.items())
+        ]
+        source_failures = [
+            f"{source_failures_at}{dataset},{pair('reason', reason)},{pair('source', source)}}} {number(count)}\n"
+            for (source, reason), count in sorted(state.source_failures.items())
+        ]
+        return [success, last, failures, source_success, source_failures]
+
+
+def dataset_headers(label_names: tuple[str, ...]) -> tuple[list[Family], list[Family], list[Family]]:
+    """The per-dataset families with no samples, in order (quality, offline, the rest): their headers."""
+    rest = (*DatasetInfoFamilies.specs(label_names), *DatasetHealthFamilies.specs)
+    return (
+        [s.family() for s in QualityFamilies.specs],
+        [s.family() for s in OfflineFamilies.specs],
+        [s.family() for s in rest],
+    )
+
+
+def _dataset_pairs(state: DatasetState) -> str:
+    return f"{pair('agent_name', state.target.agent_name)},{pair('dataset_id', state.target.dataset_id)}"
+
+
+def _flag(ok: bool) -> str:
+    return "1.0" if ok else "0.0"
+
+
+def _distinct(records: Sequence[Any], key: Callable[[Any], Any]) -> bool:
+    return len(records) < 2 or len(set(map(key, records))) == len(records)
+
+
+def _keys_distinct(event: Any) -> bool:
+    return (
+        _distinct(event.match_keys, _IDENTIFIER)
+        and _distinct(event.diagnostics, _SLUG)
+        and _distinct(event.dedupe_keys, _DEDUPE)
+    )
+
+
+def _first_of_each(lines: list[str]) -> list[str]:
+    """The first line of each label set: records the parser did not build may repeat a key. A line's labels
+    end at its last `} `, since the number after them holds neither character."""
+    seen: set[str] = set()
+    kept = []
+    for line in lines:
+        labels = line.rpartition("} ")[0]
+        if labels not in seen:
+            seen.add(labels)
+            kept.append(line)
+    return kept
+
+
+_EVENT_NAME = operator.attrgetter("event_name")
+_IDENTIFIER = operator.attrgetter("identifier")
+_SLUG = operator.attrgetter("slug")
+_DEDUPE = operator.attrgetter("dedupe_key")
+_FIRST = operator.itemgetter(0)
+_REASONS = [(name, pair("reason", name)) for name in REASONS]
+_ORIGIN = operator.attrgetter("target.origin")
 
 
 class BuildCollector:
@@ -317,53 +476,6 @@ class BuildCollector:
         yield from (build, expiry)
 
 
-_REASONS = [(name, pair("reason", name)) for name in REASONS]
-_ORIGIN = operator.attrgetter("target.origin")
-
-
-class DatasetHealthCollector:
-    """Fetch outcomes per dataset (and per source besides web).
-
-    meta_dataset_quality_fetch_success{dataset_id="123",agent_name=""} 1
-    meta_dataset_quality_fetch_failures_total{dataset_id="123",agent_name="",reason="auth"} 0
-    meta_dataset_quality_source_fetch_success{dataset_id="123",agent_name="",source="offline"} 0
-    """
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-
-    def collect(self) -> Iterator[Family]:
-        snap = self.snapshot
-        key = ["dataset_id", "agent_name"]
-        success = gauge("fetch_success", "1 if the latest fetch of this dataset succeeded, else 0.", key)
-        last = gauge("last_success_timestamp_seconds", "When this dataset's data was last fetched successfully.", key)
-        failures = counter("fetch_failures", "Failed fetches of this dataset, by reason.", [*key, "reason"])
-        for state in snap.datasets:
-            dataset = pairs(key, [state.target.dataset_id, state.target.agent_name])
-            if state.fetch_success is not None:
-                success.add_pairs(dataset, 1.0 if state.fetch_success else 0.0)
-            add_pairs(last, dataset, state.last_success)
-            # `reason` sorts after the dataset's labels
-            failures.add_values([(f"{dataset},{reason}", state.failures.get(name, 0)) for name, reason in _REASONS])
-        yield from (success, last, failures)
-        yield from self._other_sources(snap)
-
-    def _other_sources(self, snap: Snapshot) -> Iterable[Family]:
-        """Sources besides web (the offline beta) succeed and fail on their own; web alone sets fetch_success."""
-        key = ["dataset_id", "agent_name", "source"]
-        success = gauge("source_fetch_success", "1 if the latest fetch of this source (offline) succeeded.", key)
-        failures = counter(
-            "source_fetch_failures", "Failed fetches of this source (offline), by reason.", [*key, "reason"]
-        )
-        for state in snap.datasets:
-            labels = [state.target.dataset_id, state.target.agent_name]
-            for source, ok in sorted(state.source_success.items()):
-                success.add([*labels, source], 1.0 if ok else 0.0)
-            for (source, reason), count in sorted(state.source_failures.items()):
-                failures.add([*labels, source, reason], count)
-        yield from (success, failures)
-
-
 class FleetHealthCollector:
     """The exporter's own health: targets, API requests, rate-limit usage, housekeeping, cycles, reloads.
 
@@ -371,14 +483,15 @@ class FleetHealthCollector:
     meta_dataset_quality_cycle_duration_seconds 12.5
     """
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, origins: Counter[str] | None = None) -> None:
         self.snapshot = snapshot
+        self.origins = origins  # the snapshot's targets by origin, if already counted
 
     def collect(self) -> Iterator[Family]:
         snap = self.snapshot
         targets = gauge("targets", "Datasets (with agent filter) being watched, by origin.", ["origin"])
         by_origin: dict[str, int] = {"config": 0, "discovery": 0}
-        by_origin.update(Counter(map(_ORIGIN, snap.datasets)))  # counted in C: it runs at every publish
+        by_origin.update(self.origins if self.origins is not None else origins(snap))
         for origin, count in by_origin.items():
             targets.add([origin], count)
         yield targets
@@ -489,19 +602,15 @@ class FleetHealthCollector:
         )
 
 
-def dataset_families(snapshot: Snapshot, budget: SeriesBudget) -> tuple[list[Family], list[Family], list[Family]]:
-    """The per-dataset families of the snapshot's datasets: (quality, offline, the rest), each in order. Quality
-    and offline series count against `budget`."""
-    quality = list(QualityCollector(snapshot, budget).collect())
-    offline = list(OfflineCollector(snapshot, budget).collect())
-    rest = [*DatasetInfoCollector(snapshot).collect(), *DatasetHealthCollector(snapshot).collect()]
-    return quality, offline, rest
+def origins(snapshot: Snapshot) -> Counter[str]:
+    """The snapshot's targets by origin: counted in C, yet 8 ms at 10,000 (a publisher counts once per fleet)."""
+    return Counter(map(_ORIGIN, snapshot.datasets))
 
 
-def fleet_families(snapshot: Snapshot, dropped: int) -> list[Family]:
-    """The families of the exporter as a whole, `series_dropped` last."""
+def fleet_families(snapshot: Snapshot, dropped: int, by_origin: Counter[str] | None = None) -> list[Family]:
+    """The families of the exporter as a whole, `series_dropped` last; `by_origin`: the snapshot's `origins`."""
     return [
         *BuildCollector(snapshot).collect(),
-        *FleetHealthCollector(snapshot).collect(),
+        *FleetHealthCollector(snapshot, by_origin).collect(),
         *single("series_dropped", "Quality series left out of the last snapshot by limits.max_series.", dropped),
     ]

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exposition import Publisher, SnapshotCollector, render, render_exposition
+from exporter.graph.errors import REASONS
 from exporter.parser import (
     DatasetQuality,
     DedupeKey,
@@ -424,29 +425,133 @@ def test_a_gzip_answer_is_a_few_chunks_per_family_whatever_the_fleet():
     assert counts[0] == counts[1] < 200
 
 
-def test_samples_added_at_once_are_the_lines_added_one_by_one():
-    """Family.add_values (the quality families' way) writes what add_pairs writes sample by sample, whatever
-    the samples: missing values, repeated or empty label sets, percentages, zeros of both signs, a budget."""
-    from exporter.render import Family, SeriesBudget, ratio
+def test_a_datasets_lines_are_what_a_family_writes_sample_by_sample():
+    """The per-dataset groups write their lines in one pass, with hand-sorted labels and inline number
+    formatting. Each must write what the plain `Family` writer writes when given the same samples one by one:
+    labels sorted by name and escaped, numbers as prometheus_client writes them, percentages as ratios, no
+    line for a missing value, and the first of a repeated label set (records the parser did not build)."""
+    from exporter.families import DatasetHealthFamilies, DatasetInfoFamilies, OfflineFamilies, QualityFamilies
+    from exporter.render import Family, ratio
 
     rng = random.Random(12)
-    values = [None, 0.0, -0.0, 1.0, 99.9, 12.5, 7, float("inf"), 1e-7]
-    for trial in range(300):
-        label_sets = [f'k="{i}"' for i in range(rng.randint(0, 6))] + ([""] if trial % 10 == 0 else [])
-        samples = [(rng.choice(label_sets), rng.choice(values)) for _ in range(rng.randint(0, 8))] if label_sets else []
-        percent = rng.random() < 0.5
-        limit = rng.choice([0, 0, 1, 3])
-        scope_used = rng.random() < 0.2  # a sample already added in this scope
+    names = ["Purchase", "Lead", 'q"uote', "back\\slash", "new\nline", "購入", ""]
+    values = [None, 0.0, -0.0, 1.0, 99.9, 12.5, 7, 1e-7, 150.0]
 
-        def family(limit=limit, scope_used=scope_used):
-            made = Family("x", "doc", ["k"], SeriesBudget(limit))
-            if scope_used:
-                made.add_pairs('k="0"', 5.0)
-            return made
+    def value():
+        return rng.choice(values)
 
-        at_once, one_by_one = family(), family()
-        at_once.add_values(samples, percent=percent)
-        for label_pairs, value in samples:
-            if value is not None:
-                one_by_one.add_pairs(label_pairs, ratio(value) if percent else value)
-        assert at_once.lines == one_by_one.lines and at_once.count == one_by_one.count, (trial, samples)
+    def written(specs, samples):
+        families = [Family(s.name, s.doc, list(s.labels), kind=s.kind) for s in specs]
+        for index, labels, v in samples:
+            if v is not None:
+                families[index].add(labels, v)
+        return [f.lines for f in families]
+
+    for trial in range(200):
+        events = []
+        for _ in range(rng.randint(0, 4)):  # names, keys and slugs repeat now and then
+            events.append(
+                EventQuality(
+                    rng.choice(names[:3]),
+                    composite_score=value(),
+                    match_keys=tuple(MatchKey(rng.choice(names), value(), value()) for _ in range(rng.randint(0, 3))),
+                    diagnostics=tuple(
+                        Diagnostic(rng.choice(["a", "b"]), rng.choice(names), "d", "s", value(), value(), value())
+                        for _ in range(rng.randint(0, 2))
+                    ),
+                    coverage=value(),
+                    coverage_goal=value(),
+                    coverage_potential_acr_increase=value(),
+                    dedupe_keys=tuple(DedupeKey(rng.choice(names), value(), value(), value()) for _ in range(2)),
+                    upload_frequency=rng.choice([None, "hourly", "real_time", "monthly", 'we"ird']),
+                    acr=value(),
+                    potential_acr_increase=value(),
+                )
+            )
+        offline = tuple(
+            OfflineEvent(
+                rng.choice(names[:2]),
+                value(),
+                value(),
+                value(),
+                value(),
+                tuple((rng.choice(names), rng.choice([0.0, 50.0, 88.8])) for _ in range(2)),
+            )
+            for _ in range(rng.randint(0, 2))
+        )
+        target = Target(rng.choice(["111", 'i"d']), agent_name=rng.choice(["", "agent\\1"]), labels=(("team", "t\n"),))
+        quality = DatasetQuality(tuple(events), offline) if trial % 9 else None
+        st = state(target, quality, success=rng.choice([True, False, None]), last_fired=value(),
+                   failures={"auth": trial % 3}, source_success={"offline": trial % 2 == 0},
+                   source_failures={("offline", "timeout"): trial % 4})  # fmt: skip
+        ids = [target.dataset_id, target.agent_name]
+        samples = []
+
+        def pct(v):
+            return None if v is None else ratio(v)
+
+        for e in events if quality else ():
+            ev = [*ids, e.event_name]
+            samples.append((0, ev, e.composite_score))
+            for k in e.match_keys:
+                samples += [(1, [*ev, k.identifier], pct(k.coverage)),
+                            (2, [*ev, k.identifier], pct(k.potential_acr_increase))]  # fmt: skip
+            for d in e.diagnostics:
+                samples += [(3, [*ev, d.slug], d.affected_event_count), (4, [*ev, d.slug], d.total_event_count),
+                            (5, [*ev, d.slug], pct(d.percentage))]  # fmt: skip
+            samples += [(6, ev, pct(e.coverage)), (7, ev, pct(e.coverage_goal)),
+                        (8, ev, pct(e.coverage_potential_acr_increase))]  # fmt: skip
+            for k in e.dedupe_keys:
+                samples += [(9 + i, [*ev, k.dedupe_key], pct(v))
+                            for i, v in enumerate((k.browser_events, k.server_events, k.browser_coverage))]  # fmt: skip
+            if e.upload_frequency is not None:
+                known = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
+                samples += [(12, [*ev, k], 1.0 if k == e.upload_frequency else 0.0) for k in known]
+                samples.append((12, [*ev, e.upload_frequency], 1.0))  # a known value: a repeat, ignored
+                samples.append((13, ev, known.get(e.upload_frequency)))
+            samples += [
+                (14, ev, pct(e.acr)),
+                (15, ev, pct(e.potential_acr_increase)),
+            ]
+        lines = [b"".join(x.encode() for x in group) for group in QualityFamilies.lines(st)]
+        assert lines == written(QualityFamilies.specs, samples), trial
+
+        samples = []
+        for e in offline if quality else ():
+            ev = [*ids, e.event_name]
+            scores = (e.composite_score, e.match_key_score, e.frequency_score, e.freshness_score)
+            samples += [(i, ev, v) for i, v in enumerate(scores)]
+            samples += [(4, [*ev, key], pct(v)) for key, v in e.match_key_coverage]
+        lines = [b"".join(x.encode() for x in group) for group in OfflineFamilies.lines(st)]
+        assert lines == written(OfflineFamilies.specs, samples), trial
+
+        (info, *_), _ = DatasetInfoFamilies.lines(st, ("team",)), None
+        t = target
+        samples = [(0, [t.dataset_id], st.last_fired), (2, [t.dataset_id, t.name, t.business_id, t.business_name,
+                    t.origin, "t\n"], 1.0)]  # fmt: skip
+        seen_slugs = set()
+        for e in events if quality else ():
+            for d in e.diagnostics:
+                if d.slug not in seen_slugs:
+                    seen_slugs.add(d.slug)
+                    samples.append((3, [d.slug, d.name, d.description, d.solution], 1.0))
+        lines = [b"".join(x.encode() for x in group) for group in info]
+        assert lines == written(DatasetInfoFamilies.specs(("team",)), samples), trial
+
+        samples = [(0, ids, None if st.fetch_success is None else float(st.fetch_success)), (1, ids, st.last_success)]
+        samples += [(2, [*ids, reason], st.failures.get(reason, 0)) for reason in REASONS]
+        samples += [(3, [*ids, "offline"], float(trial % 2 == 0)), (4, [*ids, "offline", "timeout"], trial % 4)]
+        lines = [b"".join(x.encode() for x in group) for group in DatasetHealthFamilies.lines(st)]
+        assert lines == written(DatasetHealthFamilies.specs, samples), trial
+
+
+def test_series_limit_counts_offline_series_of_a_dataset_with_quality_series_once():
+    """The dataset that crosses limits.max_series in its offline series keeps as many as are left: its quality
+    series, already counted, are not counted again."""
+    web = (EventQuality("Purchase", composite_score=7.0, acr=10.0, coverage=20.0),)  # three quality series
+    offline = (OfflineEvent("Purchase", 8.7, 7.5, 9, 6.5, ()),)  # four offline series
+    limited = snap(state(T1, DatasetQuality(web, offline)), max_series=5)
+    families = {f.name: f for f in text_string_to_metric_families(render(limited).decode())}
+    kept = sum(len(f.samples) for name, f in families.items() if name.startswith(P + "offline_"))
+    assert kept == 2
+    assert registry_for(limited).get_sample_value(P + "series_dropped") == 2
