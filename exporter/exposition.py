@@ -234,10 +234,10 @@ class Publisher:
                 rows[index] = entry = self._dataset(snapshot, datasets[index], defer)
                 self._lines[entry.state.target.key] = entry
             return rows
-        self._origins = origins(snapshot)
         unique = {state.target.key: state for state in reversed(datasets)}
         states = [state for state in datasets if unique[state.target.key] is state]
         rows = [self._dataset(snapshot, state, defer) for state in states]
+        self._origins = origins(snapshot)
         self._lines = {entry.state.target.key: entry for entry in rows}
         self._targets, self._label_names = [entry.state.target for entry in rows], snapshot.label_names
         self._unique_ids = len({target.dataset_id for target in self._targets}) == len(rows)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 NULL_RETRIES = 2
 THROTTLE_RETRIES = 3
+PARSE_STEP = 5  # answers parsed between two turns of the loop
 FIELD_RETRIES = 5  # fields left out for one call: more would mean Meta refuses what we no longer ask for
 BLOCKED_WAIT = 900.0  # a policy block (code 368) lasts minutes to days: the credential rests at least this long
 Done = Callable[[Target, bool], None]
@@ -200,37 +201,64 @@ class Fetcher:
                 self._fail(call, "other", _unexpected(exc), quiet=True)
 
     async def _send_and_settle(self, batch: list[_Call], semaphore: asyncio.Semaphore) -> None:
-        outcomes: list[GraphResponse | GraphError | None]
+        """Send one request; settle what it teaches the pass (errors, retries, rate-limit usage) before the slot
+        is free, so the next batch reflects it; parse the answers after, while the next request is on its way."""
+        answers: list[tuple[_Call, GraphResponse]] = []
         try:
-            if len(batch) == 1:
-                call = batch[0]
-                try:
-                    params, token = self._params(call), self._token(call)
-                    outcomes = [await self.client.get("dataset_quality", params, token, endpoint="dataset_quality")]
-                except GraphError as exc:
-                    outcomes = [exc]
-            else:
-                try:
-                    answer: BatchAnswer = await self.client.batch(
-                        [BatchCall("dataset_quality", self._params(c), self._token(c)) for c in batch]
-                    )
-                    outcomes = answer.outcomes
-                    self._observe(batch[0], answer.usage, calls=len(batch), learn=False)
-                except GraphError as exc:
-                    log.warning("a batch of %d requests failed as a whole: %s", len(batch), exc)
-                    outcomes = [exc] * len(batch)
+            outcomes = await self._request(batch)
+            whole = len(batch) > 1 and outcomes.count(outcomes[0]) == len(batch) and isinstance(outcomes[0], GraphError)
+            for call in batch:
+                self.governor.release(call.keys)
+                call.keys = ()
+            for call, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, GraphResponse):
+                    self._observe(call, outcome.usage)
+                    answers.append((call, outcome))
+                else:
+                    self._guarded(self._settle, call, outcome, quiet=whole, retried=whole or len(batch) == 1)
         finally:
             semaphore.release()
-        whole = len(batch) > 1 and outcomes.count(outcomes[0]) == len(batch) and isinstance(outcomes[0], GraphError)
-        for call in batch:
-            self.governor.release(call.keys)
-            call.keys = ()
-        for call, outcome in zip(batch, outcomes, strict=True):
+        await self._parse_answers(answers)
+
+    async def _request(self, batch: list[_Call]) -> list[GraphResponse | GraphError | None]:
+        if len(batch) == 1:
+            call = batch[0]
             try:
-                self._settle(call, outcome, quiet=whole, retried=whole or len(batch) == 1)
-            except Exception as exc:
-                log.exception("%s: its answer could not be handled", call.target.describe())
-                self._fail(call, "other", _unexpected(exc), quiet=True)
+                params, token = self._params(call), self._token(call)
+                return [await self.client.get("dataset_quality", params, token, endpoint="dataset_quality")]
+            except GraphError as exc:
+                return [exc]
+        try:
+            answer: BatchAnswer = await self.client.batch(
+                [BatchCall("dataset_quality", self._params(c), self._token(c)) for c in batch]
+            )
+        except GraphError as exc:
+            log.warning("a batch of %d requests failed as a whole: %s", len(batch), exc)
+            return [exc] * len(batch)
+        self._observe(batch[0], answer.usage, calls=len(batch), learn=False)
+        return answer.outcomes
+
+    async def _parse_answers(self, answers: list[tuple[_Call, GraphResponse]]) -> None:
+        """Parse a few answers at a time, letting the loop send the next request and read other answers in
+        between (a batch of 50 takes the loop about 10 ms). An answer once received is always recorded: a
+        cancellation (a reload, shutdown) waits until the rest are parsed."""
+        cancelled = False
+        for index, (call, response) in enumerate(answers):
+            if index % PARSE_STEP == 0 and not cancelled:
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    cancelled = True
+            self._guarded(self._accept, call, response)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _guarded(self, settle: Callable[..., None], call: _Call, *args: Any, **kwargs: Any) -> None:
+        try:
+            settle(call, *args, **kwargs)
+        except Exception as exc:
+            log.exception("%s: its answer could not be handled", call.target.describe())
+            self._fail(call, "other", _unexpected(exc), quiet=True)
 
     def _token(self, call: _Call) -> str:
         return self.tokens[call.target.credential]
@@ -279,8 +307,12 @@ class Fetcher:
                 log.error("the configured Graph API version is no longer served: %s", outcome)
             self._fail(call, outcome.reason, str(outcome), quiet=quiet)
             return
+        self._accept(call, outcome)
+
+    def _accept(self, call: _Call, response: GraphResponse) -> None:
+        """A successful answer: parsed, and the dataset's part of it recorded."""
         try:
-            quality = parse_dataset_quality(outcome.body)
+            quality = parse_dataset_quality(response.body)
         except ResponseFormatError as exc:
             self._fail(call, "invalid_response", str(exc))
             return
