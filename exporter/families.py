@@ -21,8 +21,8 @@ from exporter import __version__
 from exporter.graph import versions
 from exporter.graph.errors import REASONS
 from exporter.render import (
-    _NUMBERS,
-    _SHARES,
+    NUMBERS,
+    SHARES,
     Family,
     add,
     counter,
@@ -176,7 +176,7 @@ class QualityFamilies:
         (emq_at, key_cov_at, key_acr_at, affected_at, checked_at, diag_share_at, coverage_at, goal_at,
          coverage_acr_at, browser_at, server_at, both_at, frequency_at, interval_at, acr_at,
          event_acr_at) = cls._starts  # fmt: skip
-        as_number, as_share = _NUMBERS.get, _SHARES.get  # a miss (or a zero) falls through to number/share
+        as_number, as_share = NUMBERS.get, SHARES.get  # a miss (or a zero) falls through to number/share
         dataset = _dataset_pairs(state)
         for event in state.quality.events:
             event_pair = pair("event_name", event.event_name)
@@ -320,7 +320,7 @@ class DatasetInfoFamilies:
     @staticmethod
     def lines(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Lines, list[tuple[str, str]]]:
         """The lines, and the diagnostic_info lines as (slug, line), the first of each slug."""
-        fired_at, server_fired_at, info_at, diagnostic_at = (s.start for s in DatasetInfoFamilies.specs(()))
+        fired_at, server_fired_at, info_at, diagnostic_at = _INFO_STARTS
         t = state.target
         dataset = pair("dataset_id", t.dataset_id)
         fired = [f"{fired_at}{dataset}}} {number(state.last_fired)}\n"] if state.last_fired is not None else []
@@ -342,6 +342,9 @@ class DatasetInfoFamilies:
                     diagnostics[diag.slug] = f"{diagnostic_at}{text}}} 1.0\n"
         described = list(diagnostics.items())
         return [fired, server_fired, [f"{info_at}{info}}} 1.0\n"], [line for _, line in described]], described
+
+
+_INFO_STARTS = tuple(spec.start for spec in DatasetInfoFamilies.specs(()))
 
 
 class DatasetHealthFamilies:

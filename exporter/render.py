@@ -37,30 +37,30 @@ def pair(name: str, value: str) -> str:
     return f'{name}="{_escape(value)}"'
 
 
-_NUMBERS: dict[float, str] = {}  # the same few thousand values recur across a fleet: format each once
+NUMBERS: dict[float, str] = {}  # the same few thousand values recur across a fleet: format each once
 _RATIOS: dict[float, float] = {}
-_SHARES: dict[float, str] = {}  # a percentage -> its ratio as text
+SHARES: dict[float, str] = {}  # a percentage -> its ratio as text (a hot loop may look here before `share`)
 _MEMO_LIMIT = 1 << 16
 
 
 def number(value: float) -> str:
-    text = _NUMBERS.get(value)
+    text = NUMBERS.get(value)
     if text is None:
         if value == 0:  # never remembered (0.0 == -0.0 as keys, printed apart), and common: 0 of 1 flags
             return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
         text = floatToGoString(value)
-        if value == value and len(_NUMBERS) < _MEMO_LIMIT:  # not NaN, which never finds itself
-            _NUMBERS[value] = text
+        if value == value and len(NUMBERS) < _MEMO_LIMIT:  # not NaN, which never finds itself
+            NUMBERS[value] = text
     return text
 
 
 def share(percentage: float) -> str:
     """A percentage as the text of its ratio (see `ratio`), formatted once per value."""
-    text = _SHARES.get(percentage)
+    text = SHARES.get(percentage)
     if text is None:
         text = number(ratio(percentage))
-        if percentage and percentage == percentage and len(_SHARES) < _MEMO_LIMIT:
-            _SHARES[percentage] = text
+        if percentage and percentage == percentage and len(SHARES) < _MEMO_LIMIT:
+            SHARES[percentage] = text
     return text
 
 
