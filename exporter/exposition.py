@@ -48,9 +48,8 @@ from exporter.families import (
     OfflineFamilies,
     QualityFamilies,
     dataset_headers,
-    fleet_families,
-    origins,
 )
+from exporter.fleet import fleet_families, origins
 from exporter.render import Family
 from exporter.snapshot import DatasetState, Snapshot
 from exporter.targets import Target
