@@ -212,8 +212,8 @@ class Fetcher:
                 call.keys = ()
             for call, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, GraphResponse):
-                    self._observe(call, outcome.usage)
-                    answers.append((call, outcome))
+                    self._guarded(self._observe, call, outcome.usage)  # a failure fails the call: its answer,
+                    answers.append((call, outcome))  # parsed, is then left out (Fetcher._accept)
                 else:
                     self._guarded(self._settle, call, outcome, quiet=whole, retried=whole or len(batch) == 1)
         finally:

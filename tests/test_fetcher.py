@@ -500,3 +500,22 @@ def test_answers_already_received_are_recorded_when_the_pass_is_cancelled(start_
     done, task = asyncio.run(go())
     assert task.cancelled() and sent and sent[0] > PARSE_STEP
     assert len(done) == sent[0] and all(ok for _, ok in done)
+
+
+def test_a_bug_in_reading_one_answers_headers_fails_that_dataset_only(start_simulator, monkeypatch):
+    """Rate-limit headers are read before the slot is free, apart from the parsing: a bug there still costs
+    one dataset, not its batch."""
+    sim = start_simulator(datasets=10)
+    ids = sim.world.dataset_ids[:6]
+    real = Fetcher._observe
+
+    def observe(self, call, usage, calls=1, learn=True):
+        if calls == 1 and call.target.dataset_id == ids[2]:
+            raise KeyError("a bug")
+        return real(self, call, usage, calls, learn)
+
+    monkeypatch.setattr(Fetcher, "_observe", observe)
+    snap = cycle(Scheduler(config_for(sim, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})))
+    failed = [s for s in snap.datasets if not s.fetch_success]
+    assert [s.target.dataset_id for s in failed] == [ids[2]] and failed[0].last_reason == "other"
+    assert "KeyError" in failed[0].last_message and sum(s.fetch_success for s in snap.datasets) == 5
