@@ -419,28 +419,37 @@ def _fetcher_against(sim, recorder, done, **kw):
     return client, fetcher
 
 
-def test_the_next_request_leaves_before_a_batchs_answers_are_all_parsed(start_simulator, monkeypatch):
-    """A batch's answers take the loop about 10 ms to parse at 50 per batch: the slot they came through is
-    free first, so the next request is on its way meanwhile (one slot here: it could not be otherwise)."""
+def _watch(monkeypatch, on_send, on_parse):
+    """Call `on_send(items)` as each batch request is made, and `on_parse()` before each answer is parsed."""
     import exporter.fetcher as fetcher_module
     from exporter.graph import GraphClient
 
-    sim = start_simulator(datasets=40, latency=0.01)
-    events: list[str] = []
-    sizes: list[int] = []
     real_parse, real_batch = fetcher_module.parse_dataset_quality, GraphClient.batch
 
     def parse(body):
-        events.append("parse")
+        on_parse()
         return real_parse(body)
 
     async def batch(self, calls, **kw):
-        events.append("send")
-        sizes.append(len(calls))
+        on_send(len(calls))
         return await real_batch(self, calls, **kw)
 
     monkeypatch.setattr(fetcher_module, "parse_dataset_quality", parse)
     monkeypatch.setattr(GraphClient, "batch", batch)
+
+
+def test_the_next_request_leaves_before_a_batchs_answers_are_all_parsed(start_simulator, monkeypatch):
+    """A batch's answers take the loop about 10 ms to parse at 50 per batch: the slot they came through is
+    free first, so the next request is on its way meanwhile (one slot here: it could not be otherwise)."""
+    sim = start_simulator(datasets=40, latency=0.01)
+    events: list[str] = []
+    sizes: list[int] = []
+
+    def sent(items):
+        events.append("send")
+        sizes.append(items)
+
+    _watch(monkeypatch, sent, lambda: events.append("parse"))
 
     async def go():
         recorder, done = Recorder(), []
@@ -464,25 +473,15 @@ def test_answers_already_received_are_recorded_when_the_pass_is_cancelled(start_
     (parsing gives way to the loop between answers, and a cancellation lands there)."""
     import contextlib
 
-    import exporter.fetcher as fetcher_module
-    from exporter.graph import GraphClient
-
     sim = start_simulator(datasets=20, latency=0.01)
-    real_parse, real_batch = fetcher_module.parse_dataset_quality, GraphClient.batch
     pass_task: list[asyncio.Task] = []
     sent: list[int] = []
 
-    def parse(body):
+    def cancel_the_pass():
         if pass_task:
             pass_task.pop().cancel()  # at the first answer of the first batch
-        return real_parse(body)
 
-    async def batch(self, calls, **kw):
-        sent.append(len(calls))
-        return await real_batch(self, calls, **kw)
-
-    monkeypatch.setattr(fetcher_module, "parse_dataset_quality", parse)
-    monkeypatch.setattr(GraphClient, "batch", batch)
+    _watch(monkeypatch, sent.append, cancel_the_pass)
 
     async def go():
         recorder, done = Recorder(), []
@@ -494,11 +493,14 @@ def test_answers_already_received_are_recorded_when_the_pass_is_cancelled(start_
             pass_task.append(task)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await asyncio.sleep(0.05)  # the batch's task finishes its parsing, then ends cancelled
-        return done, task
+            batches = list(fetcher._in_flight)  # cancelled by the pass on its way out, still parsing
+            assert batches
+            results = await asyncio.gather(*batches, return_exceptions=True)
+        return done, task, results
 
-    done, task = asyncio.run(go())
-    assert task.cancelled() and sent and sent[0] > PARSE_STEP
+    done, task, results = asyncio.run(go())
+    assert task.cancelled() and all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert sent and sent[0] > PARSE_STEP
     assert len(done) == sent[0] and all(ok for _, ok in done)
 
 
