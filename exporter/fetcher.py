@@ -269,10 +269,9 @@ class Fetcher:
             params["agent_name"] = call.target.agent_name
         return params
 
-    def _settle(
-        self, call: _Call, outcome: GraphResponse | GraphError | None, *, quiet: bool = False, retried: bool = False
-    ) -> None:
-        """Record one call's outcome or send it again. `retried`: the client already retried transient errors."""
+    def _settle(self, call: _Call, outcome: GraphError | None, *, quiet: bool = False, retried: bool = False) -> None:
+        """Record a call's failure or send it again (an answer is `_accept`'s). `retried`: the client already
+        retried transient errors."""
         if outcome is None:
             call.attempts += 1
             if call.attempts > NULL_RETRIES:
@@ -281,33 +280,30 @@ class Fetcher:
                 self._queue.append(call)  # Meta ran out of time: retry in a later batch
             return
         self._observe(call, outcome.usage)
-        if isinstance(outcome, GraphError):
-            if outcome.reason == "throttled":
-                self._throttled(call, outcome)
-                return
-            if outcome.retryable and not retried and call.transient_attempts < self.item_retries:
-                self._retry_later(call, outcome)
-                return
-            if outcome.reason == "blocked":
-                self._blocked(call, outcome)
-                return
-            refused = nonexisting_field(str(outcome)) if outcome.code == 100 else None
-            if refused and call.field_attempts < FIELD_RETRIES:
-                self._without_field(call, *refused, outcome)
-                return
-            if outcome.reason == "auth" and call.target.credential not in self.rejected:
-                self.rejected[call.target.credential] = str(outcome)
-                log.error(
-                    "credential %r was rejected (%s); no more calls with it %s",
-                    call.target.credential,
-                    outcome,
-                    self.until_reload,
-                )
-            elif outcome.reason == "version":
-                log.error("the configured Graph API version is no longer served: %s", outcome)
-            self._fail(call, outcome.reason, str(outcome), quiet=quiet)
+        if outcome.reason == "throttled":
+            self._throttled(call, outcome)
             return
-        self._accept(call, outcome)
+        if outcome.retryable and not retried and call.transient_attempts < self.item_retries:
+            self._retry_later(call, outcome)
+            return
+        if outcome.reason == "blocked":
+            self._blocked(call, outcome)
+            return
+        refused = nonexisting_field(str(outcome)) if outcome.code == 100 else None
+        if refused and call.field_attempts < FIELD_RETRIES:
+            self._without_field(call, *refused, outcome)
+            return
+        if outcome.reason == "auth" and call.target.credential not in self.rejected:
+            self.rejected[call.target.credential] = str(outcome)
+            log.error(
+                "credential %r was rejected (%s); no more calls with it %s",
+                call.target.credential,
+                outcome,
+                self.until_reload,
+            )
+        elif outcome.reason == "version":
+            log.error("the configured Graph API version is no longer served: %s", outcome)
+        self._fail(call, outcome.reason, str(outcome), quiet=quiet)
 
     def _accept(self, call: _Call, response: GraphResponse) -> None:
         """A successful answer: parsed, and the dataset's part of it recorded."""
