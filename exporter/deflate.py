@@ -138,10 +138,10 @@ def compress_block(pieces: tuple[bytes, ...]) -> Block:
 
 @dataclass(frozen=True, slots=True)
 class Compressed:
-    """A family's pieces as one raw deflate segment (its blocks' joined: a scrape then sends a few large
-    chunks, not one per block), with the CRC-32 and length of the bytes it holds."""
+    """A family's pieces as raw deflate segments, one per CRC group of blocks (a changed block costs joining
+    its group's segments again, not the family's), with the CRC-32 and length of the bytes they hold."""
 
-    deflated: bytes
+    segments: tuple[bytes, ...]
     crc: int
     size: int
 
@@ -154,7 +154,7 @@ class _Column:
     pieces: Sequence[bytes]
     ends: list[int]
     blocks: list[Block | None]
-    groups: list[tuple[int, int]]  # CRC-32 and length of each CRC_GROUP blocks' bytes
+    groups: list[tuple[int, int, bytes]]  # CRC-32, length and joined segments of each CRC_GROUP blocks
     compressed: Compressed
     aligned: bool  # one piece per dataset, with the caller's ends (see `family`)
 
@@ -201,14 +201,13 @@ class BlockDeflater:
             if before is not None and same_count:
                 groups = before.groups.copy()
                 for group in {index // CRC_GROUP for index in moved}:
-                    groups[group] = _group_crc(found, group)
+                    groups[group] = _group(found, group)
             else:
-                groups = [_group_crc(found, group) for group in range(-(-len(found) // CRC_GROUP))]
-            crc = 0
-            for group_crc, group_size in groups:
-                crc = crc32_combine(crc, group_crc, group_size)
-            deflated = b"".join([block.deflated for block in found if block is not None])
-            compressed = Compressed(deflated, crc, sum(size for _, size in groups))
+                groups = [_group(found, group) for group in range(-(-len(found) // CRC_GROUP))]
+            crc = size = 0
+            for group_crc, group_size, _ in groups:
+                crc, size = crc32_combine(crc, group_crc, group_size), size + group_size
+            compressed = Compressed(tuple(segments for _, _, segments in groups if segments), crc, size)
         self._next_columns[name] = _Column(pieces, ends, found, groups, compressed, aligned)
         return compressed
 
@@ -228,13 +227,13 @@ class BlockDeflater:
         return compressed
 
 
-def _group_crc(blocks: list[Block | None], group: int) -> tuple[int, int]:
-    """The CRC-32 and length of the bytes of the blocks in CRC group `group`."""
+def _group(blocks: list[Block | None], group: int) -> tuple[int, int, bytes]:
+    """The CRC-32, length and joined segments of the blocks in CRC group `group`."""
     crc = size = 0
-    for block in blocks[group * CRC_GROUP : (group + 1) * CRC_GROUP]:
-        if block is not None:
-            crc, size = crc32_combine(crc, block.crc, block.size), size + block.size
-    return crc, size
+    members = [block for block in blocks[group * CRC_GROUP : (group + 1) * CRC_GROUP] if block is not None]
+    for block in members:
+        crc, size = crc32_combine(crc, block.crc, block.size), size + block.size
+    return crc, size, b"".join([block.deflated for block in members])
 
 
 def _slice(pieces: Sequence[bytes], ends: list[int], index: int) -> tuple[bytes, ...]:

@@ -369,8 +369,8 @@ class Publisher:
             om_crc = crc32_combine(om_crc, header_crc, len(header))
             om_size += len(header)
             compressed = self._deflater.family(family.name, pieces, ends, changed)
-            text_gz.append(compressed.deflated)
-            om_gz.append(compressed.deflated)
+            text_gz += compressed.segments
+            om_gz += compressed.segments
             body_crc, body_size = compressed.crc, compressed.size
             text.append(pieces)  # never changed in place once handed over (Publisher._columns copies)
             om.append(pieces)

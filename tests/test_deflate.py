@@ -27,7 +27,7 @@ def member(*families: deflate.Compressed) -> bytes:
     crc = size = 0
     for family in families:
         crc, size = crc32_combine(crc, family.crc, family.size), size + family.size
-    body = b"".join(family.deflated for family in families)
+    body = b"".join(segment for family in families for segment in family.segments)
     return GZIP_HEADER + body + FINAL_BLOCK + struct.pack("<II", crc, size)
 
 
