@@ -180,6 +180,9 @@ class BlockDeflater:
         if ends is None:
             ends = block_ends(map(ends_block, pieces), len(pieces))
         before = self._columns.get(name)
+        if before is not None and before.pieces is pieces and before.ends == ends and before.aligned == aligned:
+            self._next_columns[name] = before  # the last body's pieces, which are never changed in place
+            return before.compressed
         if before is not None and before.ends == ends and len(before.pieces) == len(pieces):
             # The usual case: the same blocks, a few pieces changed. Found without a loop over the fleet.
             found = list(before.blocks)

@@ -52,7 +52,6 @@ from exporter.families import (
 from exporter.fleet import fleet_families, origins
 from exporter.render import Family
 from exporter.snapshot import DatasetState, Snapshot
-from exporter.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +131,10 @@ class _DatasetLines:
     offline_count: int = 0
     ends_block: bool = False  # whether a compressed block ends after this dataset (exporter.deflate)
 
+    @property
+    def series(self) -> int:
+        return self.quality_count + self.offline_count
+
 
 def _fingerprint(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Any, ...]:
     """Everything a dataset's lines depend on besides its quality record, which is compared by identity."""
@@ -171,12 +174,14 @@ class Publisher:
     def __init__(self) -> None:
         self._lines: dict[tuple[str, str], _DatasetLines] = {}
         self._aligned = False  # whether the last publish left no dataset out (its rows are then one per dataset)
-        self._rows: list[_DatasetLines] = []  # the last publish's datasets, and their targets and label names
-        self._targets: list[Target] = []
+        self._rows: list[_DatasetLines] = []  # the last publish's datasets, and their label names
         self._label_names: tuple[str, ...] | None = None
         self._unique_ids = True  # whether no dataset is watched twice (with several agent filters)
         self._origins: Counter[str] = Counter()  # the last publish's targets by origin
         self._kept_columns: dict[str, list[list[bytes]]] = {}  # the last publish's columns of aligned rows
+        self._series = 0  # the last publish's quality and offline series
+        self._ends: list[int] | None = None  # where the last publish's blocks ended
+        self._diagnostics: list[bytes] = []  # the last publish's diagnostic_info pieces
         self._deflater = BlockDeflater()
         self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
         self.rendered = 0  # datasets rendered by the last publish (tests read it)
@@ -193,23 +198,26 @@ class Publisher:
         """The snapshot's exposition; `defer` is called before each dataset that must be rendered and before
         each family is assembled (a render thread uses it to give way to the collection loop)."""
         self.rendered = 0
-        previous = self._rows if self._aligned else None
-        lines = self._rows = self._dataset_rows(snapshot, defer)
-        quality, offline, dropped = self._within_budget(snapshot, lines)
+        was_aligned, previous = self._aligned, self._rows
+        lines, changed = self._dataset_rows(snapshot, defer)
+        self._rows = lines
+        if not was_aligned:
+            changed = None  # which datasets' lines are not those of the last publish: found once for every family
+        budget = self._within_budget(snapshot, lines)
         template_quality, template_offline, template_rest = self._template(snapshot)
         # Blocks end after the same datasets in every family, so a changed dataset costs one block per family.
-        ends = block_ends(map(_ENDS_BLOCK, lines), len(lines))
+        if changed is None or self._ends is None:
+            self._ends = block_ends(map(_ENDS_BLOCK, lines), len(lines))
+        ends = self._ends  # the same targets as the last publish: the same ends
+        dropped = budget[2] if budget else 0
         aligned = None if dropped else ends  # limits.max_series left datasets out: the families find their own
         self._aligned = not dropped
-        changed = None  # which datasets' lines are not those of the last publish: found once for every family
-        if previous is not None and len(previous) == len(lines):
-            changed = list(compress(range(len(lines)), map(operator.is_not, lines, previous)))
         sections: list[Section] = []
-        # one column of pieces per family: zip transposes the datasets' rows in C
-        for kind, templates, rows in (("quality", template_quality, quality), ("offline", template_offline, offline)):
-            columns = self._columns(kind, rows, len(templates), None if dropped else changed)
+        for kind, templates in (("quality", template_quality), ("offline", template_offline)):
+            rows = None if budget is None else budget[0 if kind == "quality" else 1]
+            columns = self._columns(kind, lines, rows, len(templates), None if dropped else changed)
             sections += ((f, column, aligned, changed) for f, column in zip(templates, columns, strict=True))
-        sections += self._dataset_rest(template_rest, lines, ends, changed)
+        sections += self._dataset_rest(template_rest, lines, ends, changed, previous)
         fleet = fleet_families(snapshot, dropped, self._origins)
         if dropped:
             log.warning(
@@ -219,28 +227,34 @@ class Publisher:
             )
         return self._assemble(sections, fleet, defer)
 
-    def _dataset_rows(self, snapshot: Snapshot, defer: Callable[[], None] | None) -> list[_DatasetLines]:
-        """Each dataset's lines in snapshot order, the first of a key winning."""
+    def _dataset_rows(
+        self, snapshot: Snapshot, defer: Callable[[], None] | None
+    ) -> tuple[list[_DatasetLines], list[int] | None]:
+        """Each dataset's lines in snapshot order, the first of a key winning, and which rows are not the last
+        publish's (None: not known, the targets changed)."""
         datasets, previous = snapshot.datasets, self._rows
-        if (
-            len(datasets) == len(previous)
-            and snapshot.label_names == self._label_names
-            and all(map(operator.is_, map(_TARGET, datasets), self._targets))
-        ):
-            # The usual case: the last publish's targets (so no key twice), some with new states; found in C.
-            rows = previous.copy()
-            for index in compress(range(len(rows)), map(operator.is_not, map(_STATE, previous), datasets)):
-                rows[index] = entry = self._dataset(snapshot, datasets[index], defer)
-                self._lines[entry.state.target.key] = entry
-            return rows
+        if len(datasets) == len(previous) and snapshot.label_names == self._label_names:
+            # The usual case: the last publish's targets, some with new states. A state kept as it was has its
+            # target; those of new states are checked one by one. Found in C.
+            new_states = list(compress(range(len(previous)), map(operator.is_not, map(_STATE, previous), datasets)))
+            if all(datasets[index].target is previous[index].state.target for index in new_states):
+                rows, changed = previous.copy(), []
+                for index in new_states:
+                    entry = self._dataset(snapshot, datasets[index], defer)
+                    if entry is not rows[index]:
+                        self._series += entry.series - rows[index].series
+                        rows[index] = self._lines[entry.state.target.key] = entry
+                        changed.append(index)
+                return rows, changed
         unique = {state.target.key: state for state in reversed(datasets)}
         states = [state for state in datasets if unique[state.target.key] is state]
         rows = [self._dataset(snapshot, state, defer) for state in states]
         self._origins = origins(snapshot)
         self._lines = {entry.state.target.key: entry for entry in rows}
-        self._targets, self._label_names = [entry.state.target for entry in rows], snapshot.label_names
-        self._unique_ids = len({target.dataset_id for target in self._targets}) == len(rows)
-        return rows
+        self._label_names = snapshot.label_names
+        self._unique_ids = len({entry.state.target.dataset_id for entry in rows}) == len(rows)
+        self._series = sum(entry.series for entry in rows)
+        return rows, None
 
     # ----- one dataset ------------------------------------------------------------------------------------
     def _dataset(self, snapshot: Snapshot, state: DatasetState, defer: Callable[[], None] | None) -> _DatasetLines:
@@ -271,14 +285,12 @@ class Publisher:
 
     def _within_budget(
         self, snapshot: Snapshot, lines: list[_DatasetLines]
-    ) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]], int]:
+    ) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]], int] | None:
         """Quality then offline series in snapshot order, as long as limits.max_series allows (0: no limit);
-        the dataset that crosses the limit is rendered again with what is left, and the rest are left out."""
-        quality = [entry.quality_lines for entry in lines]
-        offline = [entry.offline_lines for entry in lines]
-        total = sum(entry.quality_count + entry.offline_count for entry in lines)
-        if snapshot.max_series <= 0 or total <= snapshot.max_series:
-            return quality, offline, 0  # the usual case: no per-dataset accounting
+        the dataset that crosses the limit is rendered again with what is left, and the rest are left out.
+        None when every series fits (the usual case: no per-dataset accounting)."""
+        if snapshot.max_series <= 0 or self._series <= snapshot.max_series:
+            return None
         left, dropped = snapshot.max_series, 0
         kept: dict[str, list[tuple[bytes, ...]]] = {"quality": [], "offline": []}
         for part in ("quality", "offline"):
@@ -297,27 +309,24 @@ class Publisher:
         return kept["quality"], kept["offline"], dropped
 
     def _dataset_rest(
-        self, headers: list[Family], lines: list[_DatasetLines], ends: list[int], changed: list[int] | None
+        self,
+        headers: list[Family],
+        lines: list[_DatasetLines],
+        ends: list[int],
+        changed: list[int] | None,
+        previous: list[_DatasetLines],
     ) -> list[Section]:
         """Info and health families; a dataset watched with several agent filters is described once, and a
         diagnostic's text is the first seen for its slug."""
         sections: list[Section] = []
-        columns = self._columns("rest", [entry.rest_lines for entry in lines], len(headers), changed)
+        columns = self._columns("rest", lines, None, len(headers), changed)
         unique_ids = self._unique_ids
         for index, header in enumerate(headers):
             name = header.name
             pieces: Sequence[bytes]
             aligned: list[int] | None = None  # pieces that are not one per dataset find their own blocks
             if name.endswith("diagnostic_info"):
-                seen_slugs: set[str] = set()
-                kept: list[bytes] = []
-                for entry in lines:
-                    if entry.slugs <= seen_slugs:
-                        continue  # most datasets: every diagnostic already described
-                    fresh = [line for slug, line in entry.diagnostics if slug not in seen_slugs]
-                    seen_slugs.update(entry.slugs)
-                    kept.append(b"".join(fresh))
-                pieces = kept
+                pieces = self._diagnostics = self._described(lines, changed, previous)
             elif name.endswith(("dataset_info", "last_fired_timestamp_seconds")) and not unique_ids:
                 seen_ids: set[str] = set()
                 kept = []
@@ -331,20 +340,49 @@ class Publisher:
             sections.append((header, pieces, aligned, changed if aligned else None))
         return sections
 
+    def _described(
+        self, lines: list[_DatasetLines], changed: list[int] | None, previous: list[_DatasetLines]
+    ) -> list[bytes]:
+        """diagnostic_info's pieces: each diagnostic described once, by the first dataset that has it. The
+        last publish's, when the datasets that changed describe the same diagnostics as before."""
+        if changed is not None and all(lines[index].diagnostics == previous[index].diagnostics for index in changed):
+            return self._diagnostics
+        seen_slugs: set[str] = set()
+        kept: list[bytes] = []
+        for entry in lines:
+            if entry.slugs <= seen_slugs:
+                continue  # most datasets: every diagnostic already described
+            fresh = [line for slug, line in entry.diagnostics if slug not in seen_slugs]
+            seen_slugs.update(entry.slugs)
+            kept.append(b"".join(fresh))
+        return kept
+
     def _columns(
-        self, kind: str, rows: list[tuple[bytes, ...]], width: int, changed: list[int] | None
+        self,
+        kind: str,
+        lines: list[_DatasetLines],
+        rows: list[tuple[bytes, ...]] | None,
+        width: int,
+        changed: list[int] | None,
     ) -> list[list[bytes]]:
-        """The rows as one column per family (`_transpose`), copied from the last publish's columns where
-        only the `changed` rows differ (one row per dataset in both): copying a column costs less than
-        transposing the fleet again. `changed` None: the rows are not known to match the last publish's."""
+        """The datasets' pieces of `kind` (or `rows` of them, when limits.max_series cut some) as one column
+        per family (`_transpose`), copied from the last publish's columns where only the `changed` rows
+        differ (one row per dataset in both): copying a column costs less than transposing the fleet again.
+        `changed` None: the rows are not known to match the last publish's."""
+        pieces_of = _PIECES[kind]
         kept = self._kept_columns.get(kind)
-        if changed is None or kept is None or len(kept) != width or (kept and len(kept[0]) != len(rows)):
-            columns = _transpose(rows, width)
+        if changed is None or kept is None or len(kept) != width or (kept and len(kept[0]) != len(lines)):
+            columns = _transpose(list(map(pieces_of, lines)) if rows is None else rows, width)
         else:
-            columns = [column.copy() for column in kept]  # the last ones were handed out: never changed in place
-            for index in changed:
-                for column, piece in zip(columns, rows[index], strict=True):
-                    column[index] = piece
+            rows_changed = [(index, pieces_of(lines[index])) for index in changed]
+            columns = []
+            for position, column in enumerate(kept):
+                moved = [(index, row[position]) for index, row in rows_changed if row[position] != column[index]]
+                if moved:
+                    column = column.copy()  # the last one was handed out: never changed in place
+                    for index, piece in moved:
+                        column[index] = piece
+                columns.append(column)  # a column whose pieces hold the same bytes is kept as it was
         self._kept_columns[kind] = columns
         return columns
 
@@ -399,6 +437,7 @@ class Publisher:
 # a family, its pieces, where its blocks end if one per dataset, and which datasets changed since the last publish
 Section = tuple[Family, Sequence[bytes], list[int] | None, list[int] | None]
 _ENDS_BLOCK = operator.attrgetter("ends_block")
+_PIECES = {kind: operator.attrgetter(f"{kind}_lines") for kind in ("quality", "offline", "rest")}
 _TARGET = operator.attrgetter("target")
 _STATE = operator.attrgetter("state")
 

@@ -436,6 +436,44 @@ def test_a_changed_dataset_costs_a_group_of_blocks_of_each_gzip_family_not_the_f
     assert len(after) < families * 800 / 32  # one chunk per group of about 64 datasets, not per block or dataset
 
 
+def test_diagnostics_stay_described_once_as_the_datasets_describing_them_change():
+    """diagnostic_info describes each diagnostic once, by the first dataset that has it. A publish keeps the
+    last one's pieces only while the datasets that changed describe the same diagnostics as before."""
+    other = Diagnostic("missing_fbp", "Missing fbp", "d2", "s2", 5.0, 1, 20)
+    with_other = EventQuality("Lead", composite_score=3.0, diagnostics=(other,))
+    plain = EventQuality("Lead", composite_score=3.0)
+    states = [state(Target(str(200 + i)), DatasetQuality((FULL_EVENT,) if i % 3 else (plain,))) for i in range(30)]
+    publisher = Publisher()
+    steps = [
+        (1, DatasetQuality((FULL_EVENT,), ())),  # the first describer fetched again, the same diagnostics
+        (1, DatasetQuality((plain,))),  # the first describer loses it: the next dataset describes it
+        (6, DatasetQuality((with_other,))),  # a new diagnostic
+        (6, DatasetQuality((plain,))),  # and gone again
+        (4, DatasetQuality((FULL_EVENT, plain))),  # a dataset that is not the first describer
+    ]
+    publisher.publish(snap(*states))
+    for index, quality in steps:
+        states[index] = state(states[index].target, quality)
+        text = publisher.publish(snap(*states)).get(openmetrics=False, compressed=False).bytes()
+        assert text == render(snap(*states)), (index, quality)
+
+
+def test_a_publish_that_changes_one_dataset_cuts_the_fleet_at_the_series_limit():
+    """The fleet's series count is kept from publish to publish: a dataset that grows past limits.max_series
+    cuts the fleet, and one that shrinks back lifts the cut."""
+    small = DatasetQuality((EventQuality("Lead", composite_score=3.0),))
+    states = [state(Target(str(300 + i)), small) for i in range(20)]
+    publisher = Publisher()
+    limit = 30
+    publisher.publish(snap(*states, max_series=limit))
+    for quality, dropped in ((DatasetQuality((FULL_EVENT,)), True), (small, False)):
+        states[5] = state(states[5].target, quality)
+        changed = snap(*states, max_series=limit)
+        text = publisher.publish(changed).get(openmetrics=False, compressed=False).bytes()
+        assert text == render(changed)
+        assert (registry_for(changed).get_sample_value(P + "series_dropped") > 0) == dropped
+
+
 def test_a_datasets_lines_are_what_a_family_writes_sample_by_sample():
     """The per-dataset groups write their lines in one pass, with hand-sorted labels and inline number
     formatting. Each must write what the plain `Family` writer writes when given the same samples one by one:
