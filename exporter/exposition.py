@@ -172,6 +172,13 @@ class Publisher:
     """
 
     def __init__(self) -> None:
+        self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
+        self.rendered = 0  # datasets rendered by the last publish (tests read it)
+        self._templates: dict[tuple[str, ...], tuple[list[Family], list[Family], list[Family]]] = {}
+        self._forget()
+
+    def _forget(self) -> None:
+        """Forget every publish: the next one renders from scratch."""
         self._lines: dict[tuple[str, str], _DatasetLines] = {}
         self._aligned = False  # whether the last publish left no dataset out (its rows are then one per dataset)
         self._rows: list[_DatasetLines] = []  # the last publish's datasets, and their label names
@@ -183,9 +190,6 @@ class Publisher:
         self._ends: list[int] | None = None  # where the last publish's blocks ended
         self._diagnostics: list[bytes] = []  # the last publish's diagnostic_info pieces
         self._deflater = BlockDeflater()
-        self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
-        self.rendered = 0  # datasets rendered by the last publish (tests read it)
-        self._templates: dict[tuple[str, ...], tuple[list[Family], list[Family], list[Family]]] = {}
 
     def _template(self, snapshot: Snapshot) -> tuple[list[Family], list[Family], list[Family]]:
         """The per-dataset families' headers, in order: they depend on the user's label names only."""
@@ -197,6 +201,13 @@ class Publisher:
     def publish(self, snapshot: Snapshot, defer: Callable[[], None] | None = None) -> Exposition:
         """The snapshot's exposition; `defer` is called before each dataset that must be rendered and before
         each family is assembled (a render thread uses it to give way to the collection loop)."""
+        try:
+            return self._publish(snapshot, defer)
+        except BaseException:
+            self._forget()  # a publish that raised midway may have kept part of what it did: start afresh
+            raise
+
+    def _publish(self, snapshot: Snapshot, defer: Callable[[], None] | None) -> Exposition:
         self.rendered = 0
         was_aligned, previous = self._aligned, self._rows
         lines, changed = self._dataset_rows(snapshot, defer)
@@ -238,13 +249,14 @@ class Publisher:
             # target; those of new states are checked one by one. Found in C.
             new_states = list(compress(range(len(previous)), map(operator.is_not, map(_STATE, previous), datasets)))
             if all(datasets[index].target is previous[index].state.target for index in new_states):
-                rows, changed = previous.copy(), []
+                rows, changed, series = previous.copy(), [], self._series
                 for index in new_states:
                     entry = self._dataset(snapshot, datasets[index], defer)
                     if entry is not rows[index]:
-                        self._series += entry.series - rows[index].series
+                        series += entry.series - rows[index].series
                         rows[index] = self._lines[entry.state.target.key] = entry
                         changed.append(index)
+                self._series = series
                 return rows, changed
         unique = {state.target.key: state for state in reversed(datasets)}
         states = [state for state in datasets if unique[state.target.key] is state]

@@ -474,6 +474,78 @@ def test_a_publish_that_changes_one_dataset_cuts_the_fleet_at_the_series_limit()
         assert (registry_for(changed).get_sample_value(P + "series_dropped") > 0) == dropped
 
 
+def test_a_publish_that_raised_midway_leaves_the_next_one_right(monkeypatch):
+    """A dataset whose rendering raises fails the publish; the next publish of the same snapshot counts the
+    series of the datasets rendered before the failure once, not twice, and so still cuts at the limit."""
+    from exporter.families import QualityFamilies
+
+    small = DatasetQuality((EventQuality("Lead", composite_score=3.0),))  # one series
+    grown = DatasetQuality(  # four series
+        (
+            EventQuality(
+                "Lead",
+                composite_score=3.0,
+                match_keys=(MatchKey("email", 50.0), MatchKey("phone", 40.0)),
+                coverage=30.0,
+            ),
+        )
+    )
+    states = [state(Target(str(300 + i)), grown if i == 3 else small) for i in range(20)]
+    publisher = Publisher()
+    publisher.publish(snap(*states, max_series=22))  # 23 series: one left out
+    states[3] = state(states[3].target, small)  # rendered before the failure: 23 to 20
+    states[7] = state(states[7].target, DatasetQuality((EventQuality("Lead", composite_score=4.0),)))  # raises
+    states[12] = state(states[12].target, grown)  # never reached by the failed publish: back to 23
+    changed = snap(*states, max_series=22)
+    lines = QualityFamilies.lines.__func__
+
+    def broken(cls, dataset_state):
+        if dataset_state.target.dataset_id == "307":
+            raise RuntimeError("a bug in one dataset's lines")
+        return lines(cls, dataset_state)
+
+    monkeypatch.setattr(QualityFamilies, "lines", classmethod(broken))
+    try:
+        publisher.publish(changed)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the publish should have raised")
+    monkeypatch.undo()
+    text = publisher.publish(changed).get(openmetrics=False, compressed=False).bytes()
+    assert text == render(changed)
+    assert registry_for(changed).get_sample_value(P + "series_dropped") == 1
+
+
+def test_a_publish_that_raised_while_assembling_leaves_the_next_one_right(monkeypatch):
+    """A publish that raises after its datasets' lines are in (here, in the exporter's own families) must not
+    leave the next one comparing against half of what it did: the next publish's gzip is its text."""
+    import exporter.exposition
+
+    states = [state(Target(str(400 + i)), DatasetQuality((FULL_EVENT,))) for i in range(40)]
+    publisher = Publisher()
+    publisher.publish(snap(*states))
+    states[3] = state(states[3].target, DatasetQuality((EventQuality("Lead", composite_score=1.5),)))
+    fleet_families = exporter.exposition.fleet_families
+
+    def broken(*args):
+        raise RuntimeError("a bug in the exporter's own families")
+
+    monkeypatch.setattr(exporter.exposition, "fleet_families", broken)
+    try:
+        publisher.publish(snap(*states))
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the publish should have raised")
+    monkeypatch.setattr(exporter.exposition, "fleet_families", fleet_families)
+    states[35] = state(states[35].target, DatasetQuality((EventQuality("Lead", composite_score=2.5),)))
+    exposition = publisher.publish(snap(*states))
+    text = exposition.get(openmetrics=False, compressed=False).bytes()
+    assert text == render(snap(*states))
+    assert gzip.decompress(exposition.get(openmetrics=False, compressed=True).bytes()) == text
+
+
 def test_a_datasets_lines_are_what_a_family_writes_sample_by_sample():
     """The per-dataset groups write their lines in one pass, with hand-sorted labels and inline number
     formatting. Each must write what the plain `Family` writer writes when given the same samples one by one:
