@@ -22,7 +22,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, compress
+from itertools import chain, compress, repeat
 from typing import Any
 
 from prometheus_client import CollectorRegistry, gc_collector, platform_collector, process_collector
@@ -34,12 +34,13 @@ from prometheus_client.registry import Collector
 
 from exporter.deflate import (
     FINAL_BLOCK,
+    FINE_BLOCK,
     GZIP_HEADER,
     BlockDeflater,
     block_ends,
+    block_mark,
     crc32_combine,
     deflate,
-    ends_block,
 )
 from exporter.families import (
     DatasetHealthFamilies,
@@ -50,7 +51,7 @@ from exporter.families import (
     dataset_headers,
 )
 from exporter.fleet import fleet_families, origins
-from exporter.render import Family
+from exporter.render import PREFIX, Family
 from exporter.snapshot import DatasetState, Snapshot
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class _DatasetLines:
     rest_lines: tuple[bytes, ...] = ()
     quality_count: int = 0
     offline_count: int = 0
-    ends_block: bool = False  # whether a compressed block ends after this dataset (exporter.deflate)
+    block_mark: int = 1  # where compressed blocks may end after this dataset (exporter.deflate.block_mark)
 
     @property
     def series(self) -> int:
@@ -174,6 +175,7 @@ class Publisher:
     def __init__(self) -> None:
         self._headers: dict[tuple[str, bool], tuple[bytes, bytes, int]] = {}  # (family, om) -> raw, deflated, crc
         self.rendered = 0  # datasets rendered by the last publish (tests read it)
+        self.compressed = 0  # pieces compressed by the last publish, in every family (tests read it)
         self._templates: dict[tuple[str, ...], tuple[list[Family], list[Family], list[Family]]] = {}
         self._forget()
 
@@ -187,7 +189,7 @@ class Publisher:
         self._origins: Counter[str] = Counter()  # the last publish's targets by origin
         self._kept_columns: dict[str, list[list[bytes]]] = {}  # the last publish's columns of aligned rows
         self._series = 0  # the last publish's quality and offline series
-        self._ends: list[int] | None = None  # where the last publish's blocks ended
+        self._ends: tuple[list[int], list[int]] | None = None  # where the last publish's blocks ended, and finer ones
         self._diagnostics: list[bytes] = []  # the last publish's diagnostic_info pieces
         self._deflater = BlockDeflater()
 
@@ -216,18 +218,27 @@ class Publisher:
             changed = None  # which datasets' lines are not those of the last publish: found once for every family
         budget = self._within_budget(snapshot, lines)
         template_quality, template_offline, template_rest = self._template(snapshot)
-        # Blocks end after the same datasets in every family, so a changed dataset costs one block per family.
+        # Blocks end after the same datasets in every family (after more of them in FINE_FAMILIES), so a changed
+        # dataset costs one block per family.
         if changed is None or self._ends is None:
-            self._ends = block_ends(map(_ENDS_BLOCK, lines), len(lines))
-        ends = self._ends  # the same targets as the last publish: the same ends
+            marks = [entry.block_mark for entry in lines]
+            self._ends = (
+                block_ends(map(operator.not_, marks), len(lines)),
+                block_ends(
+                    map(operator.not_, map(operator.mod, marks, repeat(FINE_BLOCK))), len(lines), FINE_BLOCK * 4
+                ),
+            )
+        ends, fine_ends = self._ends  # the same targets as the last publish: the same ends
         dropped = budget[2] if budget else 0
-        aligned = None if dropped else ends  # limits.max_series left datasets out: the families find their own
         self._aligned = not dropped
         sections: list[Section] = []
         for kind, templates in (("quality", template_quality), ("offline", template_offline)):
             rows = None if budget is None else budget[0 if kind == "quality" else 1]
             columns = self._columns(kind, lines, rows, len(templates), None if dropped else changed)
-            sections += ((f, column, aligned, changed) for f, column in zip(templates, columns, strict=True))
+            for family, column in zip(templates, columns, strict=True):
+                # limits.max_series left datasets out: the families find their own blocks
+                blocks = None if dropped else fine_ends if family.name in FINE_FAMILIES else ends
+                sections.append((family, column, blocks, changed))
         sections += self._dataset_rest(template_rest, lines, ends, changed, previous)
         fleet = fleet_families(snapshot, dropped, self._origins)
         if dropped:
@@ -292,7 +303,7 @@ class Publisher:
             _encoded(info + DatasetHealthFamilies.lines(state)),
             sum(map(len, quality)),
             sum(map(len, offline)),
-            ends_block("\0".join(state.target.key)),
+            block_mark("\0".join(state.target.key)),
         )
 
     def _within_budget(
@@ -428,7 +439,7 @@ class Publisher:
             om_crc = crc32_combine(om_crc, body_crc, body_size)
             text_size += body_size
             om_size += body_size
-        self._deflater.finish()
+        self.compressed = self._deflater.finish()
         plain, openmetrics = Body(tuple(text), text_size), Body(tuple(om), om_size)
         return Exposition(
             plain,
@@ -448,7 +459,10 @@ class Publisher:
 
 # a family, its pieces, where its blocks end if one per dataset, and which datasets changed since the last publish
 Section = tuple[Family, Sequence[bytes], list[int] | None, list[int] | None]
-_ENDS_BLOCK = operator.attrgetter("ends_block")
+# (exporter.deflate.FINE_BLOCK)
+FINE_FAMILIES = frozenset(
+    PREFIX + name for name in ("match_key_coverage_ratio", "match_key_potential_acr_increase_ratio")
+)
 _PIECES = {kind: operator.attrgetter(f"{kind}_lines") for kind in ("quality", "offline", "rest")}
 _TARGET = operator.attrgetter("target")
 _STATE = operator.attrgetter("state")

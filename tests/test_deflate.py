@@ -14,6 +14,7 @@ from exporter.deflate import (
     BLOCK,
     CRC_GROUP,
     FINAL_BLOCK,
+    FINE_BLOCK,
     GZIP_HEADER,
     MAX_BLOCK,
     BlockDeflater,
@@ -70,6 +71,17 @@ def test_block_ends_follow_the_marks_and_cap_long_runs():
     assert block_ends([False, True, False, False, True], 5) == [2, 5]
     assert block_ends([False] * (2 * MAX_BLOCK + 3), 2 * MAX_BLOCK + 3) == [MAX_BLOCK, 2 * MAX_BLOCK, 2 * MAX_BLOCK + 3]
     assert block_ends([], 0) == []
+
+
+def test_finer_blocks_split_the_coarser_ones():
+    """A finer block ends wherever a coarse one does, and about twice as often, so the two sizes of blocks
+    of one fleet move together when a dataset comes or goes."""
+    marks = [deflate.block_mark(f"dataset-{index}") for index in range(4000)]
+    coarse = block_ends([not mark for mark in marks], len(marks))
+    fine = block_ends([not mark % FINE_BLOCK for mark in marks], len(marks), 4 * FINE_BLOCK)
+    assert set(coarse) <= set(fine)
+    assert 1.6 < len(fine) / len(coarse) < 2.4
+    assert deflate.ends_block("dataset-7") == (deflate.block_mark("dataset-7") == 0)
 
 
 def test_a_changed_piece_costs_its_block_and_equal_bytes_cost_nothing():

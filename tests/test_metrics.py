@@ -6,6 +6,7 @@ import gzip
 import random
 import zlib
 from collections import Counter
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -434,6 +435,34 @@ def test_a_changed_dataset_costs_a_group_of_blocks_of_each_gzip_family_not_the_f
     assert fresh < 0.2 * sum(map(len, after))  # one group of each changed family, not the families
     families = len(exposition.text.parts) // 2
     assert len(after) < families * 800 / 32  # one chunk per group of about 64 datasets, not per block or dataset
+
+
+def test_match_key_families_are_compressed_in_finer_blocks():
+    """The match key families hold several kilobytes per dataset: their blocks hold about half as many
+    datasets as the other families', so a dataset whose match keys changed compresses about half as much."""
+    keys = tuple(MatchKey(f"key{k}", 10.0 + k, 5.0 + k) for k in range(12))
+    events = tuple(EventQuality(f"E{i}", composite_score=5.0, match_keys=keys) for i in range(3))
+    states = [state(Target(str(2000 + i)), DatasetQuality(events)) for i in range(800)]
+    publisher = Publisher()
+    publisher.publish(snap(*states))
+    rng = random.Random(3)
+    costs: dict[str, list[int]] = {"match keys": [], "scores": []}
+    for index in rng.sample(range(len(states)), 40):
+        for kind in costs:
+            first, *rest = events
+            if kind == "match keys":  # only match_key_coverage_ratio's lines differ
+                changed = replace(first, match_keys=(MatchKey("key0", 99.0, 5.0), *keys[1:]))
+            else:  # only event_match_quality_score's lines differ
+                changed = replace(first, composite_score=9.5)
+            states[index] = state(states[index].target, DatasetQuality((changed, *rest)))
+            publisher.publish(snap(*states))
+            costs[kind].append(publisher.compressed)
+            states[index] = state(states[index].target, DatasetQuality(events))
+            publisher.publish(snap(*states))
+    assert sum(costs["match keys"]) < 0.7 * sum(costs["scores"])
+    assert gzip.decompress(publisher.publish(snap(*states)).get(openmetrics=False, compressed=True).bytes()) == render(
+        snap(*states)
+    )
 
 
 def test_diagnostics_stay_described_once_as_the_datasets_describing_them_change():
