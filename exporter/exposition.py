@@ -464,7 +464,6 @@ FINE_FAMILIES = frozenset(
     PREFIX + name for name in ("match_key_coverage_ratio", "match_key_potential_acr_increase_ratio")
 )
 _PIECES = {kind: operator.attrgetter(f"{kind}_lines") for kind in ("quality", "offline", "rest")}
-_TARGET = operator.attrgetter("target")
 _STATE = operator.attrgetter("state")
 
 
