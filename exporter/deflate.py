@@ -133,19 +133,16 @@ def block_ends(marks: Iterable[bool], count: int, longest: int = MAX_BLOCK) -> l
     return capped
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    """Consecutive pieces of one family as one raw deflate segment, with the CRC-32 and length of their bytes."""
-
-    pieces: tuple[bytes, ...]
-    deflated: bytes
-    crc: int
-    size: int
+# Consecutive pieces of one family, as one raw deflate segment, with the CRC-32 and length of their bytes. A plain
+# tuple of untracked values, which the cyclic collector stops tracking: at 10,000 datasets, 27,500 blocks as
+# objects (and the rows' diagnostics as lists and sets) made the full collection at the end of every cycle
+# 0.04 s longer (0.35 s against 0.31 s).
+Block = tuple[tuple[bytes, ...], bytes, int, int]  # pieces, deflated, crc, size
 
 
 def compress_block(pieces: tuple[bytes, ...]) -> Block:
     joined = b"".join(pieces)
-    return Block(pieces, deflate(joined), zlib.crc32(joined), len(joined))
+    return (pieces, deflate(joined), zlib.crc32(joined), len(joined))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +200,7 @@ class BlockDeflater:
             for index in sorted({bisect.bisect_right(ends, position) for position in changed}):
                 found[index] = self._block(_slice(pieces, ends, index), found[index])
         else:  # blocks moved (datasets added or removed): known blocks are found by their first piece
-            known = {_first(block.pieces): block for block in before.blocks if block} if before else {}
+            known = {_first(block[0]): block for block in before.blocks if block} if before else {}
             found = []
             for index in range(len(ends)):
                 block = _slice(pieces, ends, index)
@@ -230,7 +227,7 @@ class BlockDeflater:
         """A block of these pieces (None if they are all empty): `known` if it holds the same bytes."""
         if not any(pieces):
             return None
-        if known is not None and known.pieces == pieces:  # by identity first, then by bytes
+        if known is not None and known[0] == pieces:  # by identity first, then by bytes
             return known
         self.compressed += len(pieces)
         return compress_block(pieces)
@@ -246,9 +243,9 @@ def _group(blocks: list[Block | None], group: int) -> tuple[int, int, bytes]:
     """The CRC-32, length and joined segments of the blocks in CRC group `group`."""
     crc = size = 0
     members = [block for block in blocks[group * CRC_GROUP : (group + 1) * CRC_GROUP] if block is not None]
-    for block in members:
-        crc, size = crc32_combine(crc, block.crc, block.size), size + block.size
-    return crc, size, b"".join([block.deflated for block in members])
+    for _, _, block_crc, block_size in members:
+        crc, size = crc32_combine(crc, block_crc, block_size), size + block_size
+    return crc, size, b"".join([deflated for _, deflated, _, _ in members])
 
 
 def _slice(pieces: Sequence[bytes], ends: list[int], index: int) -> tuple[bytes, ...]:

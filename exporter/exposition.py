@@ -123,8 +123,10 @@ class _DatasetLines:
 
     state: DatasetState
     fingerprint: tuple[Any, ...]
-    diagnostics: list[tuple[str, bytes]]  # (slug, line) of diagnostic_info, deduplicated across the fleet
-    slugs: frozenset[str]
+    # Tuples, not a list and a set: the cyclic collector stops tracking tuples of strings and bytes, and a row
+    # is kept for as long as its dataset's state.
+    diagnostics: tuple[tuple[str, bytes], ...]  # (slug, line) of diagnostic_info, deduplicated across the fleet
+    slugs: tuple[str, ...]
     quality_lines: tuple[bytes, ...] = ()  # the families' lines, in order, as bytes
     offline_lines: tuple[bytes, ...] = ()
     rest_lines: tuple[bytes, ...] = ()
@@ -292,12 +294,12 @@ class Publisher:
         self.rendered += 1
         quality, offline = QualityFamilies.lines(state), OfflineFamilies.lines(state)
         info, described = DatasetInfoFamilies.lines(state, snapshot.label_names)
-        diagnostics = [(slug, line.encode("utf-8", "replace")) for slug, line in described]
+        diagnostics = tuple((slug, line.encode("utf-8", "replace")) for slug, line in described)
         return _DatasetLines(
             state,
             fingerprint,
             diagnostics,
-            frozenset(slug for slug, _ in diagnostics),
+            tuple(slug for slug, _ in diagnostics),
             _encoded(quality),
             _encoded(offline),
             _encoded(info + DatasetHealthFamilies.lines(state)),
@@ -373,7 +375,7 @@ class Publisher:
         seen_slugs: set[str] = set()
         kept: list[bytes] = []
         for entry in lines:
-            if entry.slugs <= seen_slugs:
+            if seen_slugs.issuperset(entry.slugs):
                 continue  # most datasets: every diagnostic already described
             fresh = [line for slug, line in entry.diagnostics if slug not in seen_slugs]
             seen_slugs.update(entry.slugs)

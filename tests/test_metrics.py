@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import random
+import types
 import zlib
 from collections import Counter
 from dataclasses import replace
@@ -463,6 +465,44 @@ def test_match_key_families_are_compressed_in_finer_blocks():
     assert gzip.decompress(publisher.publish(snap(*states)).get(openmetrics=False, compressed=True).bytes()) == render(
         snap(*states)
     )
+
+
+def tracked_by_a_publisher(datasets: int) -> int:
+    """Objects the cyclic collector tracks in what a publisher keeps after two publishes of a fleet, besides the
+    datasets' states and records (and the types and functions through which everything else is reached)."""
+    diagnostics = (Diagnostic("hashed_phone", "Hashed phone", "Phone numbers are not hashed", "Hash them", 12.5),)
+    events = tuple(
+        EventQuality(f"E{i}", composite_score=5.0, match_keys=(MatchKey("email", 50.0),), diagnostics=diagnostics)
+        for i in range(3)
+    )
+    states = [state(Target(str(3000 + i)), DatasetQuality(events)) for i in range(datasets)]
+    publisher = Publisher()
+    publisher.publish(snap(*states))
+    states[datasets // 2] = state(states[datasets // 2].target, DatasetQuality(events[:2]))
+    publisher.publish(snap(*states))
+    gc.collect()
+    gc.collect()  # a tuple is untracked once its items are: those of tuples only in the second pass
+
+    def walk(roots: list[object], seen: set[int]) -> set[int]:
+        stack, found = roots, set()
+        while stack:
+            item = stack.pop()
+            if id(item) in seen or not gc.is_tracked(item) or isinstance(item, (type, types.FunctionType)):
+                continue
+            seen.add(id(item))
+            found.add(id(item))
+            stack.extend(gc.get_referents(item))
+        return found
+
+    return len(walk([publisher], walk(list(states), set())))
+
+
+def test_what_a_publisher_keeps_adds_little_to_the_collectors_work():
+    """The publisher keeps every dataset's lines and every compressed block between publishes; the full
+    collection at the end of each cycle walks whatever of it the collector tracks (at 10,000 datasets, 69,000
+    objects made it 0.04 s longer). Blocks and lines are kept as tuples of bytes, which it stops tracking."""
+    per_dataset = (tracked_by_a_publisher(600) - tracked_by_a_publisher(200)) / 400
+    assert per_dataset < 2.5  # a row and its fingerprint; 5 when blocks were objects
 
 
 def test_diagnostics_stay_described_once_as_the_datasets_describing_them_change():
