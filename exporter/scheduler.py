@@ -316,31 +316,36 @@ class Scheduler:
         )
         with _records_frozen_until_done():
             await fetcher.run(targets, spacing=spacing, deadline=started + config.interval)
-        duration = time.monotonic() - started
-        if count:
-            rec = self.recorder
-            rec.cycles += 1
-            rec.cycle_duration, rec.last_cycle_end = duration, time.time()
-            if duration > config.interval:
-                rec.overruns += 1
-                if fetcher.held_back > 0.1 * duration:
-                    advice = (
-                        f"Meta's rate limits held calls back for {fetcher.held_back:.0f}s: raise the interval or "
-                        "spread the datasets over more apps or replicas (more concurrency would not help)"
-                    )
-                else:
-                    advice = "raise the interval or collection.concurrency"
-                log.warning(
-                    "cycle overran its interval: %.0fs for %d targets, interval %.0fs; %s",
-                    duration,
-                    total,
-                    config.interval,
-                    advice,
-                )
-        self.recorder.cycle_done = self.recorder.cycle_total = 0
-        self.recorder.cycle_started = None
-        self.snapshot = self._publish()
+            duration = time.monotonic() - started
+            if count:
+                self._count_cycle(duration, total, config.interval, fetcher.held_back)
+            self.recorder.cycle_done = self.recorder.cycle_total = 0
+            self.recorder.cycle_started = None
+            # Before the collection that ends the cycle, which walks the whole heap (0.3 s at 10,000 datasets):
+            # the scrapes get the cycle's data that much sooner.
+            self.snapshot = self._publish()
         log.info("cycle finished: %d targets, %d failed, in %.1fs", total, failed, duration)
+
+    def _count_cycle(self, duration: float, total: int, interval: float, held_back: float) -> None:
+        rec = self.recorder
+        rec.cycles += 1
+        rec.cycle_duration, rec.last_cycle_end = duration, time.time()
+        if duration > interval:
+            rec.overruns += 1
+            if held_back > 0.1 * duration:
+                advice = (
+                    f"Meta's rate limits held calls back for {held_back:.0f}s: raise the interval or "
+                    "spread the datasets over more apps or replicas (more concurrency would not help)"
+                )
+            else:
+                advice = "raise the interval or collection.concurrency"
+            log.warning(
+                "cycle overran its interval: %.0fs for %d targets, interval %.0fs; %s",
+                duration,
+                total,
+                interval,
+                advice,
+            )
 
     def _publish(self) -> Snapshot:
         """A snapshot of now with its exposition, rendered here (after any mid-cycle render: the publisher
