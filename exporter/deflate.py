@@ -162,7 +162,7 @@ class _Column:
 
     pieces: Sequence[bytes]
     ends: list[int]
-    blocks: list[Block | None]
+    blocks: tuple[Block | None, ...]  # a tuple, which the cyclic collector stops tracking (see Block)
     groups: list[tuple[int, int, bytes]]  # CRC-32, length and joined segments of each CRC_GROUP blocks
     compressed: Compressed
     aligned: bool  # one piece per dataset, with the caller's ends (see `family`)
@@ -220,7 +220,7 @@ class BlockDeflater:
             for group_crc, group_size, _ in groups:
                 crc, size = crc32_combine(crc, group_crc, group_size), size + group_size
             compressed = Compressed(tuple(segments for _, _, segments in groups if segments), crc, size)
-        self._next_columns[name] = _Column(pieces, ends, found, groups, compressed, aligned)
+        self._next_columns[name] = _Column(pieces, ends, tuple(found), groups, compressed, aligned)
         return compressed
 
     def _block(self, pieces: tuple[bytes, ...], known: Block | None) -> Block | None:
