@@ -24,7 +24,7 @@ import operator
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
 
 LEVEL = 1  # measured at 2,000 datasets in blocks of 16: level 6 compresses 2.3 times slower for 13 % fewer bytes
 BLOCK = 8  # pieces per block on average (a power of two): a changed piece costs its block's compression
@@ -131,6 +131,16 @@ def block_ends(marks: Iterable[bool], count: int, longest: int = MAX_BLOCK) -> l
         capped.append(end)
         start = end
     return capped
+
+
+def fleet_ends(marks: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Where blocks of about BLOCK items end among items with these marks (`block_mark`), and where the finer
+    blocks of about FINE_BLOCK end, which split them."""
+    count = len(marks)
+    return (
+        block_ends(map(operator.not_, marks), count),
+        block_ends(map(operator.not_, map(operator.mod, marks, repeat(FINE_BLOCK))), count, FINE_BLOCK * 4),
+    )
 
 
 # Consecutive pieces of one family, as one raw deflate segment, with the CRC-32 and length of their bytes. A plain

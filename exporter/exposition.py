@@ -22,7 +22,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, compress, repeat
+from itertools import chain, compress
 from typing import Any
 
 from prometheus_client import CollectorRegistry, gc_collector, platform_collector, process_collector
@@ -34,13 +34,12 @@ from prometheus_client.registry import Collector
 
 from exporter.deflate import (
     FINAL_BLOCK,
-    FINE_BLOCK,
     GZIP_HEADER,
     BlockDeflater,
-    block_ends,
     block_mark,
     crc32_combine,
     deflate,
+    fleet_ends,
 )
 from exporter.families import (
     DatasetHealthFamilies,
@@ -223,13 +222,7 @@ class Publisher:
         # Blocks end after the same datasets in every family (after more of them in FINE_FAMILIES), so a changed
         # dataset costs one block per family.
         if changed is None or self._ends is None:
-            marks = [entry.block_mark for entry in lines]
-            self._ends = (
-                block_ends(map(operator.not_, marks), len(lines)),
-                block_ends(
-                    map(operator.not_, map(operator.mod, marks, repeat(FINE_BLOCK))), len(lines), FINE_BLOCK * 4
-                ),
-            )
+            self._ends = fleet_ends([entry.block_mark for entry in lines])
         ends, fine_ends = self._ends  # the same targets as the last publish: the same ends
         dropped = budget[2] if budget else 0
         self._aligned = not dropped
