@@ -366,7 +366,7 @@ def publish_cost(sim: Simulator, n: int) -> list[dict]:
         quality, mark = state.quality, next(rounds)
         if quality is None:
             return state
-        events = tuple(replace(event, event_name=f"{event.event_name}~{mark}") for event in quality.events)
+        events = tuple(event._replace(event_name=f"{event.event_name}~{mark}") for event in quality.events)
         return replace(state, quality=DatasetQuality(events, quality.offline))
 
     def best(run: Callable[[], object], times: int = 3) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys
@@ -118,6 +117,15 @@ def table(snapshot: Snapshot) -> str:
     return "".join(out)
 
 
+def _plain(value: Any) -> Any:
+    """A parsed record as JSON values: a record (a named tuple) becomes an object of its fields."""
+    if hasattr(value, "_fields"):
+        return {name: _plain(item) for name, item in zip(value._fields, value, strict=True)}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def as_json(snapshot: Snapshot) -> str:
     def state(s: DatasetState) -> dict[str, Any]:
         return {
@@ -127,8 +135,8 @@ def as_json(snapshot: Snapshot) -> str:
             "success": bool(s.fetch_success),
             "reason": s.last_reason,
             "error": s.last_message,
-            "events": [dataclasses.asdict(e) for e in s.quality.events] if s.quality else [],
-            "offline": [dataclasses.asdict(e) for e in s.quality.offline] if s.quality else [],
+            "events": [_plain(e) for e in s.quality.events] if s.quality else [],
+            "offline": [_plain(e) for e in s.quality.offline] if s.quality else [],
         }
 
     document = {

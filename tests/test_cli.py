@@ -64,6 +64,11 @@ def test_once_json_and_failure_exit_code(tmp_path, simulator, capsys, token):
     assert example["success"] and failing["reason"] == "permission"
     events = {e["event_name"]: e for e in example["events"]}
     assert events["B2B Purchase"]["coverage"] == 34.1
+    # nested records are objects of their fields, as the top-level ones
+    keys = {k["identifier"]: k for e in example["events"] for k in e["match_keys"]}
+    assert set(keys["email"]) == {"identifier", "coverage", "potential_acr_increase"}
+    diagnostic = next(d for e in example["events"] for d in e["diagnostics"])
+    assert diagnostic["slug"] and diagnostic["name"] and "affected_event_count" in diagnostic
 
 
 def test_once_exits_non_zero_when_a_discovery_edge_fails(tmp_path, simulator, capsys, token):

@@ -8,7 +8,6 @@ import random
 import types
 import zlib
 from collections import Counter
-from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -453,9 +452,9 @@ def test_match_key_families_are_compressed_in_finer_blocks():
         for kind in costs:
             first, *rest = events
             if kind == "match keys":  # only match_key_coverage_ratio's lines differ
-                changed = replace(first, match_keys=(MatchKey("key0", 99.0, 5.0), *keys[1:]))
+                changed = first._replace(match_keys=(MatchKey("key0", 99.0, 5.0), *keys[1:]))
             else:  # only event_match_quality_score's lines differ
-                changed = replace(first, composite_score=9.5)
+                changed = first._replace(composite_score=9.5)
             states[index] = state(states[index].target, DatasetQuality((changed, *rest)))
             publisher.publish(snap(*states))
             costs[kind].append(publisher.compressed)
