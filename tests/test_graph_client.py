@@ -12,6 +12,8 @@ from collections import Counter
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.graph import (
     BLOCKS,
@@ -24,6 +26,7 @@ from exporter.graph import (
     web_fields,
 )
 from exporter.graph import ratelimit as ratelimit_module
+from exporter.graph.client import batch_form
 from exporter.parser import parse_dataset_quality
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN, http
@@ -387,6 +390,24 @@ def test_batch_per_item_failures_and_the_batch_responses_own_usage(start_simulat
     assert any(s.scope == "business_use_case" for u in recorder.usage for s in u.samples)
     _, _, body = http("GET", sim.url + "/_sim/requests")
     assert not any(TOKEN in line for line in json.loads(body))  # the batch's token travels in the form body
+
+
+form_text = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["web{event_name,acr{percentage}}", 'a"b\\c', "é 購入 🙂", "&=?+%/#", "\u2028\x00\x7f", ""]),
+)
+
+
+@given(
+    token=form_text,
+    urls=st.lists(st.tuples(form_text, st.dictionaries(form_text, form_text, max_size=3)), min_size=1, max_size=5),
+    extra=st.dictionaries(st.sampled_from(["appsecret_proof", "appsecret_time"]), form_text),
+)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_a_batch_body_is_the_form_urlencode_writes(token, urls, extra):
+    items = [{"method": "GET", "relative_url": f"{path}?{urllib.parse.urlencode(query)}"} for path, query in urls]
+    form = {"access_token": token, "batch": json.dumps(items, separators=(",", ":")), **extra}
+    assert batch_form(token, urls, extra) == urllib.parse.urlencode(form).encode()
 
 
 def test_a_batch_never_mixes_credentials():

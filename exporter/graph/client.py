@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
-from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 import httpx
 
@@ -32,12 +32,42 @@ T = TypeVar("T")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 TOTAL_TIMEOUTS = 2  # a whole request may take this many times graph_api.timeout, which bounds each read
 _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @lru_cache(maxsize=1024)
-def _quote(value: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
-    # The same long `fields` expansion goes into every batch item: quote it once.
-    return quote_plus(value, safe, encoding, errors)
+def _in_batch(text: str) -> str:
+    """`text` (part of an item's `relative_url`) as the form-encoded `batch` field carries it: escaped for the
+    JSON array, then quoted for the form. Both are done one character at a time, so an item's encoding is the
+    concatenation of its parts', and the same long `fields` expansion in every item is encoded once."""
+    return quote_plus(json.dumps(text)[1:-1])
+
+
+@lru_cache(maxsize=1024)
+def _quoted_in_batch(value: str) -> str:
+    """A query value of an item's `relative_url` as the `batch` field carries it: quoted for the URL (which
+    leaves only characters JSON keeps as they are), then quoted again for the form."""
+    return quote_plus(quote_plus(value))
+
+
+_ITEM_START, _ITEM_END, _ITEM_SEPARATOR = map(quote_plus, ('{"method":"GET","relative_url":"', '"}', ","))
+
+
+def batch_form(token: str, urls: list[tuple[str, Mapping[str, str]]], extra: Mapping[str, str]) -> bytes:
+    """The body of a batch request, as urlencode would write `access_token`, `batch` (the JSON array of the GETs
+    of `urls`: each a path below the base URL and its query) and `extra`. Written here because urlencode quotes
+    the batch one byte at a time in Python: about 1 ms for every 50 datasets."""
+    items = (
+        _ITEM_START
+        + _in_batch(path + "?")
+        + "%26".join(f"{_quoted_in_batch(key)}%3D{_quoted_in_batch(value)}" for key, value in query.items())
+        + _ITEM_END
+        for path, query in urls
+    )
+    batch = f"%5B{_ITEM_SEPARATOR.join(items)}%5D"
+    fields = [f"access_token={quote_plus(token)}", f"batch={batch}"]
+    fields += [f"{quote_plus(key)}={quote_plus(value)}" for key, value in extra.items()]
+    return "&".join(fields).encode()
 
 
 class RequestObserver(Protocol):
@@ -179,11 +209,7 @@ class GraphClient:
         token = calls[0].token
         if any(call.token != token for call in calls):
             raise ValueError("a batch request carries the calls of one credential only")
-        items = [
-            {"method": "GET", "relative_url": f"{self.version}/{c.path}?{urlencode(c.params, quote_via=_quote)}"}
-            for c in calls
-        ]
-        form = {"access_token": token, "batch": json.dumps(items, separators=(",", ":")), **self._auth_params(token)}
+        form = batch_form(token, [(f"{self.version}/{c.path}", c.params) for c in calls], self._auth_params(token))
         answer = await self._retrying(endpoint, lambda: self._post_once(form, len(calls), endpoint, token))
         return BatchAnswer([self._batch_item(element, token) for element in answer.body], answer.usage)
 
@@ -211,9 +237,9 @@ class GraphClient:
         except GraphError as exc:
             return exc
 
-    async def _post_once(self, form: dict[str, str], count: int, endpoint: str, token: str) -> GraphResponse:
+    async def _post_once(self, form: bytes, count: int, endpoint: str, token: str) -> GraphResponse:
         url = f"{self.base_url}/{self.version}/"
-        result = await self._send("POST", url, endpoint, token=token, data=form)
+        result = await self._send("POST", url, endpoint, token=token, content=form, headers=_FORM)
         if not isinstance(result.body, list) or len(result.body) != count:
             raise GraphError("invalid_response", f"batch answer is not a list of {count} elements")
         return result
