@@ -140,6 +140,20 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--throttle-seconds", type=float, default=300.0, help="how long a throttle lasts")
     p.add_argument("--fault-rate", type=float, default=0.2, help="share of calls hit in flaky/slow scenarios")
     p.add_argument("--slow-seconds", type=float, default=40.0, help="delay of a slow answer")
+    p.add_argument(
+        "--usage-headers-after", type=int, default=0, help="send no usage headers before this many calls of a key"
+    )
+    p.add_argument(
+        "--usage-object",
+        choices=["owner", "token"],
+        default="owner",
+        help="the business usage headers name: the pixel's owner, or the calling token's business (an agency's)",
+    )
+    p.add_argument(
+        "--upgrade-expired-versions",
+        action="store_true",
+        help="answer calls to an expired version with the oldest served one and X-Ad-Api-Version-Warning",
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -323,6 +337,9 @@ def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
         throttle_seconds=args.throttle_seconds,
         fault_rate=args.fault_rate,
         slow_seconds=args.slow_seconds,
+        usage_headers_after=args.usage_headers_after,
+        usage_object=args.usage_object,
+        upgrade_expired_versions=args.upgrade_expired_versions,
     )
 
 

@@ -495,3 +495,61 @@ def test_request_log_is_visible_for_secret_checks(simulator):
     quality(simulator, EXAMPLE_DATASET_ID, "web{event_name}")
     status, _, body = http("GET", simulator.url + "/_sim/requests")
     assert status == 200 and any("dataset_quality" in line for line in json.loads(body))
+
+
+def test_web_has_the_eleven_fields_of_sdk_26(simulator):
+    fields = "web{event_name,event_ad_sets,event_spend,event_delay,value_diagnostics}"
+    status, _, body = quality(simulator, EXAMPLE_DATASET_ID, fields)
+    assert status == 200 and "web" in body
+    status, _, body = quality(simulator, EXAMPLE_DATASET_ID, "web{event_name,event_latency}")
+    assert status == 400 and "nonexisting field (event_latency)" in body["error"]["message"]
+
+
+def test_me_answers_for_a_valid_token_and_refuses_a_dead_one(start_simulator):
+    sim = start_simulator(datasets=2, expired_tokens=("old-token",))
+    status, _, body = graph_get(sim, "v27.0/me", fields="id")
+    assert status == 200 and set(body) == {"id"}
+    status, _, body = graph_get(sim, "v27.0/me", token="old-token", fields="id")
+    assert status == 400 and (body["error"]["code"], body["error"]["error_subcode"]) == (190, 463)
+    status, _, body = graph_get(sim, "v27.0/me", fields="id,email")
+    assert status == 400 and "nonexisting field (email)" in body["error"]["message"]
+
+
+def test_usage_headers_come_only_once_enough_calls_were_made(start_simulator):
+    sim = start_simulator(datasets=3, usage_headers_after=2)
+    seen = [set(graph_get(sim, "v27.0/dataset_quality", dataset_id=EXAMPLE_DATASET_ID)[1]) for _ in range(3)]
+    assert not {"X-App-Usage", "X-Business-Use-Case-Usage"} & (seen[0] | seen[1])
+    assert {"X-App-Usage", "X-Business-Use-Case-Usage"} <= seen[2]
+
+
+def test_usage_can_name_the_tokens_business_instead_of_the_pixels_owner(start_simulator):
+    sim = start_simulator(datasets=3, usage_object="token")
+    _, headers, _ = graph_get(sim, "v27.0/dataset_quality", dataset_id=EXAMPLE_DATASET_ID)
+    assert set(json.loads(headers["X-Business-Use-Case-Usage"])) == {sim.world.agency_id}
+
+
+def test_an_expired_version_can_be_upgraded_with_a_warning_as_meta_does_since_2024(start_simulator):
+    sim = start_simulator(datasets=3, upgrade_expired_versions=True)
+    status, headers, _ = graph_get(sim, "v24.0/dataset_quality", dataset_id=EXAMPLE_DATASET_ID)
+    assert status == 200 and headers["facebook-api-version"] == "v25.0"
+    assert "auto-upgraded to v25.0 as v24.0 is deprecated" in headers["X-Ad-Api-Version-Warning"]
+    status, headers, body = batch(sim, [{"method": "GET", "relative_url": "v24.0/me?fields=id"}], path="/v24.0/")
+    item_headers = {h["name"]: h["value"] for h in json.loads(body)[0]["headers"]}
+    assert status == 200 and "X-Ad-Api-Version-Warning" in headers and "X-Ad-Api-Version-Warning" in item_headers
+
+
+def test_a_stalled_item_holds_its_whole_batch(start_simulator):
+    sim = start_simulator(datasets=3, slow_seconds=0.5)
+    sim.set_fault(EXAMPLE_DATASET_ID, "stall")
+    started = time.monotonic()
+    status, _, _ = batch(sim, [item(EXAMPLE_DATASET_ID), item(sim.world.dataset_ids[1])])
+    assert status == 200 and time.monotonic() - started >= 0.5
+
+
+def test_a_looping_paging_next_points_at_the_page_itself(simulator):
+    business = next(iter(simulator.world.businesses.values()))
+    simulator.set_fault(business.id, "paging_loop")
+    _, _, first = graph_get(simulator, f"v25.0/{business.id}/owned_pixels", fields="id", limit="2")
+    after = urllib.parse.parse_qs(urllib.parse.urlsplit(first["paging"]["next"]).query)["after"][0]
+    _, _, second = graph_get(simulator, f"v25.0/{business.id}/owned_pixels", fields="id", limit="2", after=after)
+    assert second["paging"]["next"].endswith(f"after={after}") or f"after={after}&" in second["paging"]["next"]

@@ -77,6 +77,7 @@ ERRORS: dict[str, ErrorSpec] = {
     ),
     "transient_1": ErrorSpec(500, 1, None, "OAuthException", "An unknown error occurred", transient=True),
     "transient_2": ErrorSpec(503, 2, None, "OAuthException", "Service temporarily unavailable", transient=True),
+    "negative_code": ErrorSpec(400, -2, None, "OAuthException", "Timeout"),  # Meta's own failure, no is_transient
     "version": ErrorSpec(
         400,
         2635,
@@ -131,6 +132,8 @@ def raw_fault_reply(name: str) -> tuple[int, str, bytes]:
         return 500, "text/plain", b"Internal Server Error"
     if name == "http_503":
         return 503, "text/html", b"<html><body><h1>503 Service Unavailable</h1></body></html>"
+    if name == "http_429":
+        return 429, "text/html", b"<html><body><h1>429 Too Many Requests</h1></body></html>"
     if name == "not_json":
         return 200, "application/json; charset=UTF-8", b'{"web": [{"event_name": "Purchase", "event_ma'
     raise ValueError(name)

@@ -68,6 +68,8 @@ DATASET_QUALITY_SCHEMA: Schema = {
         "data_freshness": {"_type": "Object", "upload_frequency": None, "description": None},
         "event_ad_sets": None,
         "event_spend": None,
+        "event_delay": None,
+        "value_diagnostics": None,
     },
     "offline": {
         "_type": "Object",
@@ -108,6 +110,9 @@ PIXEL_SCHEMA: Schema = _node(
     user_access_expire_time valid_entries""",
     owner_business=_BUSINESS,
 )
+
+# User, as `GET /me` returns it for a system user's token: two of its fields, stricter than Meta.
+USER_SCHEMA: Schema = _node("User", "id name")
 
 # AdsDataset, as `/{business_id}/ads_dataset` lists it (the only way the SDKs read it: `AdsDataset` has no
 # `api_get`): `AdsDataset.Field` in facebook-python-business-sdk 25.0.2 (`adobjects/adsdataset.py`), the same

@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -29,6 +29,7 @@ from exporter.simulator.fieldspec import (
     ADS_DATASET_SCHEMA,
     DATASET_QUALITY_SCHEMA,
     PIXEL_SCHEMA,
+    USER_SCHEMA,
     FieldSyntaxError,
     UnknownFieldError,
     check_fields,
@@ -64,6 +65,8 @@ OTHER_FAULTS = (
     "transient_once",
     "throttle_business_error_data_string",
     "offline_refused",  # the beta offline call is refused (code 200); web answers as usual
+    "stall",  # the request carrying this dataset (a whole batch) stalls for slow_seconds: a stuck backend or proxy
+    "http_429",  # HTTP 429 from a gateway, with no Graph error object
 )
 # Hostile answers: what no API should send, and the exporter must survive.
 HOSTILE_FAULTS = (
@@ -74,6 +77,7 @@ HOSTILE_FAULTS = (
     "huge_numbers",  # usage headers of 5,000 '[' and 400-digit integers
     "token_echo",  # error 190 whose message repeats the token, as Meta's "Malformed access token" does
     "gzip_bomb",  # 200 KB of gzip that inflates to 200 MB
+    "paging_loop",  # on a business or ad account: every page's `paging.next` points at the page itself
 )
 MAX_BATCH = 50
 MAX_PAGE = 100
@@ -104,6 +108,15 @@ class SimulatorSettings:
     # Meta's batch answer certainly carries the usage headers on its own HTTP response; whether items repeat them
     # is not documented, so by default they do not (a client must read the batch response's headers).
     item_usage_headers: bool = False
+    # Meta sends usage headers "once enough calls have been made": none before this many calls of a key.
+    usage_headers_after: int = 0
+    # Which business X-Business-Use-Case-Usage names and throttles: "owner", the pixel's owner business, or
+    # "token", the business of the system user whose token calls (the agency's, for client pixels), as Meta's
+    # rate-limiting guide describes the header's business-object-id.
+    usage_object: str = "owner"
+    # Since 2024 Meta often answers a call to an expired Marketing API version with the oldest served one and
+    # an X-Ad-Api-Version-Warning header, rather than refusing it with code 2635.
+    upgrade_expired_versions: bool = False
 
 
 @dataclass
@@ -127,6 +140,8 @@ class Simulator:
     def __init__(self, settings: SimulatorSettings) -> None:
         if settings.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {settings.scenario!r}; choose from {', '.join(SCENARIOS)}")
+        if settings.usage_object not in ("owner", "token"):
+            raise ValueError(f"unknown usage_object {settings.usage_object!r}; choose owner or token")
         self.settings = settings
         self.world = World(settings.datasets, settings.seed, settings.per_business)
         self.scenario = settings.scenario
@@ -141,8 +156,10 @@ class Simulator:
             settings.business_calls_per_window, settings.quota_window, settings.throttle_seconds
         )
         self.requests: deque[str] = deque(maxlen=10_000)
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # items of each batch request, as they arrived
         self.outcomes: deque[tuple[str, bool]] = deque(maxlen=100_000)  # (business id, throttled) per charged call
         self.calls = 0
+        self._charged: Counter[str] = Counter()  # calls charged per app and business, for usage_headers_after
         self._server: ClosingHTTPServer | None = None
         self._stopping = threading.Event()  # wakes every simulated delay when the simulator stops
 
@@ -209,10 +226,22 @@ class Simulator:
         version = LATEST_VERSION
         if parts and _VERSION_RE.match(parts[0]):
             version = parts.pop(0)
+        warning = self.upgrade_warning(version)
+        if warning:
+            version = SERVED_VERSIONS[0]
         reply = self._route(method, version, parts, params, token, base, flaky)
         reply.headers.setdefault("facebook-api-version", version)
+        if warning:
+            reply.headers["X-Ad-Api-Version-Warning"] = warning
         reply.headers.setdefault("x-fb-trace-id", base64.b32encode(self.rng.randbytes(5)).decode())
         return reply
+
+    def upgrade_warning(self, version: str) -> str | None:
+        """The warning Meta sends when it answers a call to an expired version with a served one."""
+        expired = _VERSION_RE.match(version) and _version_number(version) < _version_number(SERVED_VERSIONS[0])
+        if self.settings.upgrade_expired_versions and expired:
+            return f"The call has been auto-upgraded to {SERVED_VERSIONS[0]} as {version} is deprecated."
+        return None
 
     def _flaky_fault(self) -> str | None:
         if self.scenario == "flaky" and self.rng.random() < self.settings.fault_rate:
@@ -273,6 +302,8 @@ class Simulator:
             return Reply(status, raw=(ctype, body))
         if len(parts) == 1 and parts[0] == "dataset_quality":
             reply = self._dataset_quality(params, token)
+        elif parts == ["me"]:
+            reply = self._me(params, token)
         elif len(parts) == 2 and parts[1] in ("owned_pixels", "client_pixels", "adspixels", "ads_dataset"):
             reply = self._edge(version, parts, params, token, base)
         elif len(parts) == 1:
@@ -303,26 +334,38 @@ class Simulator:
             return self._error("proof_missing")
         return None
 
-    def _charge(self, token: str, business_id: str | None) -> tuple[dict[str, str], Reply | None]:
-        """Count the call against the token's app quota and the business's; headers plus a throttle error."""
+    def usage_business(self, owner: str) -> str:
+        """The business a call on `owner`'s object is counted (and throttled) under (`usage_object`)."""
+        return self.world.agency_id if self.settings.usage_object == "token" else owner
+
+    def _charge(self, token: str, owner: str | None) -> tuple[dict[str, str], Reply | None]:
+        """Count the call against the token's app quota and a business's; headers plus a throttle error."""
         now = time.monotonic()
+        business_id = None if owner is None else self.usage_business(owner)
         with self.lock:
-            app = self.app_quota.hit(token, now)
+            # X-App-Usage and code 4 count the app's calls: every token the simulator accepts is its one app's
+            app = self.app_quota.hit(self.settings.app_id, now)
             business: Usage | None = None
             if business_id is not None:
                 if self.scenario == "throttled":
                     self.business_quota.force_throttle(business_id, now)
                 business = self.business_quota.hit(business_id, now)
-        headers = {
-            "X-App-Usage": json.dumps(
+            self._charged[self.settings.app_id] += 1
+            if business_id is not None:
+                self._charged[business_id] += 1
+            after = self.settings.usage_headers_after
+            app_known = self._charged[self.settings.app_id] > after
+            business_known = business_id is not None and self._charged[business_id] > after
+        headers = {}
+        if app_known:
+            headers["X-App-Usage"] = json.dumps(
                 {
                     "call_count": min(app.percent, 100),
                     "total_cputime": min(app.percent // 2, 100),
                     "total_time": min(app.percent // 2, 100),
                 }
             )
-        }
-        if business is not None and business_id is not None:
+        if business is not None and business_id is not None and business_known:
             headers["X-Business-Use-Case-Usage"] = json.dumps(
                 {
                     business_id: [
@@ -360,7 +403,7 @@ class Simulator:
         fault = self.faults.get(dataset_id)
         if fault == "throttle_business":  # a real throttle: the header announces the wait, and it lasts
             with self.lock:
-                self.business_quota.force_throttle(pixel.business_id, time.monotonic())
+                self.business_quota.force_throttle(self.usage_business(pixel.business_id), time.monotonic())
         if fault == "offline_refused" and tree is not None and "offline" in tree:
             return self._error("permission_200")
         if fault == "transient_once":
@@ -375,7 +418,7 @@ class Simulator:
             return throttled
         if fault in ERRORS:
             return self._error(fault, headers, object_id=dataset_id, latest=LATEST_VERSION)
-        if fault in ("http_500", "http_503", "not_json"):
+        if fault in ("http_500", "http_503", "not_json", "http_429"):
             status, ctype, body = raw_fault_reply(fault)
             return Reply(status, raw=(ctype, body), headers=headers)
         agent = params.get("agent_name")
@@ -390,9 +433,19 @@ class Simulator:
         reply = Reply(200, _body_fault(select(data, tree, DATASET_QUALITY_SCHEMA), fault), headers)
         if fault == "deep_json":
             reply.raw = ("application/json", b'{"web": ' + b"[" * 3000 + b"]" * 3000 + b"}")
-        if fault in ("slow", "drip", "gzip_bomb"):
+        if fault in ("slow", "drip", "gzip_bomb", "stall"):
             reply.fault = fault
         return reply
+
+    def _me(self, params: dict[str, str], token: str) -> Reply:
+        """The token's own user (a system user): what a cheap check of a token reads."""
+        try:
+            tree = self._fields(params, USER_SCHEMA)
+        except (FieldSyntaxError, UnknownFieldError) as exc:
+            return self._error("bad_parameter", detail=f"(#100) {exc}")
+        headers, throttled = self._charge(token, None)
+        user = {"id": str(100_000_000_000 + zlib.crc32(token.encode()) % 10**9), "name": "Simulated system user"}
+        return throttled or Reply(200, select(user, tree, USER_SCHEMA), headers)
 
     def _pixel_json(self, pixel_id: str, tree: dict[str, Any] | None, schema: dict[str, Any]) -> dict[str, Any]:
         """The pixel as an AdsPixel, or as an AdsDataset (which alone has `server_last_fired_time`)."""
@@ -455,9 +508,11 @@ class Simulator:
         end = start - 1 if empty_first else start + len(page) - 1
         body: dict[str, Any] = {"data": [self._pixel_json(i, tree, schema) for i in page]}
         paging: dict[str, Any] = {"cursors": {"before": _encode_cursor(start), "after": _encode_cursor(end)}}
-        if end + 1 < len(ids):
+        if end + 1 < len(ids) or self.faults.get(owner.removeprefix("act_")) == "paging_loop":
             query = {k: v for k, v in params.items() if k in ("fields", "limit", "access_token")}
             query["after"] = _encode_cursor(end)
+            if self.faults.get(owner.removeprefix("act_")) == "paging_loop":
+                query["after"] = params.get("after", _encode_cursor(start - 1))
             paging["next"] = f"{base}/{version}/{owner}/{edge}?{urlencode(query)}"
         if ids or empty_first:
             body["paging"] = paging
@@ -494,7 +549,8 @@ class Simulator:
         return Reply(200, {"data": data}, headers)
 
     # ----- batch ------------------------------------------------------------------------------------------
-    def batch(self, form: dict[str, str], base: str) -> Reply:
+    def batch(self, form: dict[str, str], base: str, version: str = "") -> Reply:
+        """A batch request posted to `{base}/` or `{base}/{version}/`."""
         token = form.get("access_token")
         top_proof = {k: form[k] for k in ("appsecret_proof", "appsecret_time") if k in form}
         # Meta requires the top-level token even when every item carries its own, and a rejected one fails the
@@ -515,11 +571,13 @@ class Simulator:
                 "bad_parameter",
                 detail=f"(#100) Too many requests in batch message. Maximum batch size is {MAX_BATCH}",
             )
+        self.batch_sizes.append(len(items))
         if self.settings.item_latency:
             self.pause(self.settings.item_latency * len(items))
         out: list[Any] = []
         usage: dict[str, str] = {}
         business_usage: dict[str, Any] = {}
+        stalled = False
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("relative_url"), str):
                 out.append(
@@ -540,9 +598,16 @@ class Simulator:
             if "X-Business-Use-Case-Usage" in reply.headers:
                 business_usage.update(json.loads(reply.headers["X-Business-Use-Case-Usage"]))
             out.append(None if reply.fault == "null" else self._item(reply))
+            stalled = stalled or reply.fault == "stall"
+        if stalled:  # Meta answers a batch when all its items are done: one stuck item holds the whole answer
+            self.pause(self.settings.slow_seconds)
         if business_usage:
             usage["X-Business-Use-Case-Usage"] = json.dumps(business_usage)
-        return Reply(200, out, usage)
+        reply = Reply(200, out, usage)
+        if (warning := self.upgrade_warning(version)) is not None:  # the batch's own answer says so too
+            reply.headers["X-Ad-Api-Version-Warning"] = warning
+            reply.headers["facebook-api-version"] = SERVED_VERSIONS[0]
+        return reply
 
     def _item(self, reply: Reply) -> dict[str, Any]:
         headers = [
@@ -609,7 +674,7 @@ class _Handler(BaseHTTPRequestHandler):
         if whole in ("http_500", "http_503"):
             status, ctype, raw = raw_fault_reply(whole)
             return self._send(Reply(status, raw=(ctype, raw)))
-        reply = self.sim.batch(form, self._base())
+        reply = self.sim.batch(form, self._base(), parts[0] if parts else "")
         reply.fault = whole  # "reset" or "slow" hit the whole request; None leaves it alone
         self._send(reply)
 
@@ -624,7 +689,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             self.close_connection = True
             return
-        if reply.fault == "slow":
+        if reply.fault in ("slow", "stall"):
             self.sim.pause(self.sim.settings.slow_seconds)
         body = reply.body_bytes()
         if reply.fault == "gzip_bomb":
