@@ -6,6 +6,8 @@
     .venv/bin/python bench/scale.py cycle       # scrapes by two scrapers over a whole paced cycle at 1k/10k
     .venv/bin/python bench/scale.py publish     # a publish's cost against the datasets changed, at 10k
     .venv/bin/python bench/scale.py cpu         # the exporter's CPU per 1,000 datasets in a burst vs json.loads
+    .venv/bin/python bench/scale.py governor    # a burst with and without usage headers, alternating, at 10k
+    .venv/bin/python bench/scale.py timeout     # the calls a burst spends when one batch times out
     .venv/bin/python bench/scale.py all
 
 The simulator runs in its own process with --latency 0.2 --item-latency 0.002, as the real API roughly
@@ -71,7 +73,7 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 
 class Simulator:
-    def __init__(self, datasets: int) -> None:
+    def __init__(self, datasets: int, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
@@ -84,7 +86,7 @@ class Simulator:
             "--item-latency",
             str(ITEM_LATENCY),
         ]
-        args += ["--token", TOKEN, "--app-calls-per-window", "10000000", "--seed", "1"]
+        args += ["--token", TOKEN, "--app-calls-per-window", "10000000", "--seed", "1", *extra]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -106,18 +108,27 @@ class Simulator:
         self.proc.terminate()
         self.proc.wait(10)
 
+    def calls(self) -> int:
+        """Graph calls the simulator answered so far (each batch item is one)."""
+        with urllib.request.urlopen(self.url + "/_sim/state", timeout=10) as answer:
+            return int(json.load(answer)["calls"])
 
-def config(sim: Simulator, n: int) -> dict:
+    def control(self, path: str, body: dict) -> None:
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
+
+
+def config(sim: Simulator, n: int, timeout: str = "60s") -> dict:
     return {
-        "graph_api": {"base_url": sim.url, "timeout": "60s"},
+        "graph_api": {"base_url": sim.url, "timeout": timeout},
         "credentials": {"default": {"token_env": "BENCH_TOKEN"}},
         "collection": {"batch_size": BATCH, "concurrency": CONCURRENCY, "interval": "1h"},
         "datasets": [{"id": i} for i in sim.ids[:n]],
     }
 
 
-def burst_cycle(sim: Simulator, n: int) -> tuple[float, Scheduler]:
-    scheduler = Scheduler(validate(config(sim, n), "bench"), Secrets({"default": TOKEN}))
+def burst_cycle(sim: Simulator, n: int, timeout: str = "60s", check: bool = True) -> tuple[float, Scheduler]:
+    scheduler = Scheduler(validate(config(sim, n, timeout), "bench"), Secrets({"default": TOKEN}))
 
     async def go() -> float:
         started = time.perf_counter()
@@ -128,9 +139,49 @@ def burst_cycle(sim: Simulator, n: int) -> tuple[float, Scheduler]:
 
     elapsed = collection_loop.run(go())  # as `run` does
     failed = sum(1 for s in scheduler.snapshot.datasets if not s.fetch_success)
-    if failed:
+    if failed and check:
         raise RuntimeError(f"{failed} of {n} datasets failed")
     return elapsed, scheduler
+
+
+NO_HEADERS = ("--usage-headers-after", str(10**9))  # Meta sends usage headers only once enough calls were made
+
+
+def governor_runs(sizes: list[int], pairs: int) -> list[dict]:
+    """Burst cycles against a simulator that sends usage headers and one that never does, alternating in one
+    run: without a reading the configured concurrency and batch size must apply."""
+    rows = []
+    for n in sizes:
+        sims = {"sent": Simulator(n), "never sent": Simulator(n, *NO_HEADERS)}
+        try:
+            for _ in range(pairs):
+                for label, sim in sims.items():
+                    before = sim.calls()
+                    elapsed, scheduler = burst_cycle(sim, n)
+                    requests = sum(c for (endpoint, _), c in scheduler.snapshot.requests.items() if endpoint == "batch")
+                    rows.append({"datasets": n, "usage_headers": label, "cycle_s": elapsed,
+                                 "calls": sim.calls() - before, "batch_requests": requests})  # fmt: skip
+        finally:
+            for sim in sims.values():
+                sim.stop()
+    return rows
+
+
+def timeout_calls(sizes: list[int]) -> list[dict]:
+    """A burst in which one dataset's batch never answers within the timeout (the simulator stalls any request
+    carrying it): the calls the cycle spends against the datasets it has."""
+    rows = []
+    for n in sizes:
+        sim = Simulator(n, "--slow-seconds", "6")
+        try:
+            sim.control("/_sim/fault", {"dataset_id": sim.ids[n // 2], "fault": "stall"})
+            elapsed, scheduler = burst_cycle(sim, n, timeout="1s", check=False)
+            failed = sum(1 for s in scheduler.snapshot.datasets if not s.fetch_success)
+            rows.append({"datasets": n, "calls": sim.calls(), "extra_calls": sim.calls() - n, "failed": failed,
+                         "cycle_s": elapsed})  # fmt: skip
+        finally:
+            sim.stop()
+    return rows
 
 
 def naive_seconds_per_dataset(sim: Simulator, sample: int) -> float:
@@ -491,7 +542,10 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["throughput", "scrape", "memory", "cycle", "publish", "cpu", "all"])
+    parser.add_argument(
+        "part", choices=["throughput", "scrape", "memory", "cycle", "publish", "cpu", "governor", "timeout", "all"]
+    )
+    parser.add_argument("--pairs", type=int, default=4, help="alternating pairs of the governor part")
     parser.add_argument("--cycle-seconds", type=float, default=60.0, help="length of the paced cycle scraped")
     parser.add_argument("--sizes", help="comma-separated dataset counts (default: the issue's)")
     parser.add_argument("--scrapes", type=int, default=200)
@@ -518,6 +572,10 @@ def main() -> None:
             results["cpu"] = [r for n in chosen or [10_000] for r in cpu_per_thousand(sim, n)]
     finally:
         sim.stop()
+    if args.part in ("governor", "all"):
+        results["governor"] = governor_runs(chosen or [10_000], args.pairs)
+    if args.part in ("timeout", "all"):
+        results["timeout"] = timeout_calls(chosen or [1_000])
     if args.json:
         print(json.dumps(results))
         return

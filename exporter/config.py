@@ -558,7 +558,7 @@ def _read_secret(
     env_name: str | None, file_name: str | None, env: Mapping[str, str], key: str, source: str, problems: list[str]
 ) -> str | None:
     if env_name:
-        value = _clean_secret(env.get(env_name, ""))
+        value = clean_secret(env.get(env_name, ""))
         where = f"environment variable {env_name}"
         if not value:
             problems.append(f"{source}: {key}: {where} is not set or empty")
@@ -567,7 +567,7 @@ def _read_secret(
         assert file_name
         where = file_name
         try:
-            value = _clean_secret(read_small_file(file_name, MAX_SECRET_BYTES))
+            value = clean_secret(read_small_file(file_name, MAX_SECRET_BYTES))
         except OSError as exc:
             problems.append(f"{source}: {key}: cannot read {file_name}: {exc.strerror or exc}")
             return None
@@ -580,6 +580,6 @@ def _read_secret(
     return value
 
 
-def _clean_secret(text: str) -> str:
+def clean_secret(text: str) -> str:
     """Editors save byte-order marks and trailing newlines; neither is part of a token."""
     return text.replace("\ufeff", "").strip()

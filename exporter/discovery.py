@@ -16,12 +16,14 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from exporter.config import Config, DiscoveryConfig, Secrets
-from exporter.graph import BatchCall, GraphClient, GraphError, GraphResponse
+from exporter.governor import Governor, Key
+from exporter.graph import BatchAnswer, BatchCall, GraphClient, GraphError, GraphResponse
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.targets import Target
 from exporter.text import encodable
@@ -33,6 +35,56 @@ PIXEL_FIELDS = "id,name,is_unavailable,last_fired_time,owner_business{id,name}"
 DATASET_FIELDS = "id,server_last_fired_time"
 PAGE_SIZE = "100"
 FIELD_RETRIES = 3
+MAX_PAGES = 1000  # pages of one edge per listing (100,000 pixels): a `next` that never ends must end
+GOVERNOR_WAIT = 60.0  # seconds a housekeeping call may wait for the rate-limit governor before it is skipped
+
+
+@dataclass
+class Gateway:
+    """The Graph client behind the rate-limit governor, for housekeeping's calls: each waits until its app
+    and business may be called (or fails as throttled after GOVERNOR_WAIT), and feeds the governor what its
+    answer's usage headers say, as the collection's calls do."""
+
+    client: GraphClient
+    governor: Governor
+    app_of: Callable[[str], str]  # credential -> its app's key
+
+    async def get(
+        self, path: str, params: dict[str, str], token: str, credential: str, *, endpoint: str, business: str = ""
+    ) -> GraphResponse:
+        return await self._governed(
+            credential, business, lambda: self.client.get(path, params, token, endpoint=endpoint)
+        )
+
+    async def get_next(
+        self, url: str, token: str, credential: str, *, endpoint: str, business: str = ""
+    ) -> GraphResponse:
+        return await self._governed(credential, business, lambda: self.client.get_next(url, token, endpoint=endpoint))
+
+    async def batch(self, calls: list[BatchCall], credential: str, *, endpoint: str, business: str = "") -> BatchAnswer:
+        answer: BatchAnswer = await self._governed(
+            credential, business, lambda: self.client.batch(calls, endpoint=endpoint), len(calls)
+        )
+        return answer
+
+    async def _governed(
+        self, credential: str, business: str, call: Callable[[], Awaitable[Any]], calls: int = 1
+    ) -> Any:
+        app: Key = ("app", self.app_of(credential))
+        keys: tuple[Key, ...] = (app, ("business", business)) if business else (app,)
+        if not await self.governor.acquire(keys, time.monotonic() + GOVERNOR_WAIT):
+            raise GraphError("throttled", "Meta's rate limits allow no call for it now; it is tried again later")
+        try:
+            answer = await call()
+        except GraphError as exc:
+            self.governor.observe_usage(app, exc.usage)
+            if exc.reason == "throttled":
+                self.governor.throttle(app, keys[1] if business else None, exc)
+            raise
+        finally:
+            self.governor.release(keys)
+        self.governor.observe_usage(app, answer.usage, calls)
+        return answer
 
 
 @dataclass(frozen=True)
@@ -53,6 +105,7 @@ class SourceStatus:
 class TokenStatus:
     valid: bool
     expires_at: float  # 0: never
+    app_id: str = ""
 
 
 def graph_time(value: Any) -> float | None:
@@ -119,7 +172,7 @@ class Housekeeping:
             self._due.pop("metadata", None)
 
     # ----- discovery ---------------------------------------------------------------------------------------
-    async def discover(self, client: GraphClient, config: Config, tokens: dict[str, str]) -> None:
+    async def discover(self, gateway: Gateway, config: Config, tokens: dict[str, str]) -> None:
         wanted = {edge for d in config.discovery for edge in edges_of(d)}
         for stale in set(self.discovered) - wanted:
             self.discovered.pop(stale, None)
@@ -128,12 +181,13 @@ class Housekeeping:
         for source in config.discovery:
             if source.credential in tokens and self._is_due(f"discovery:{source.source}", source.refresh):
                 for edge in edges_of(source):
-                    await self._refresh(client, source, edge, tokens[source.credential])
+                    await self._refresh(gateway, source, edge, tokens[source.credential])
 
-    async def _refresh(self, client: GraphClient, source: DiscoveryConfig, edge: str, token: str) -> None:
+    async def _refresh(self, gateway: Gateway, source: DiscoveryConfig, edge: str, token: str) -> None:
         last = self.sources.get(edge)
+        business = source.business_id or ""
         try:
-            items = await self._paged(client, edge, PIXEL_FIELDS, token, "discovery")
+            items = await self._paged(gateway, edge, PIXEL_FIELDS, token, source.credential, "discovery", business)
         except Exception as exc:
             if isinstance(exc, GraphError):
                 log.warning("discovery from %s failed, keeping its last list: %s", edge, exc)
@@ -178,32 +232,20 @@ class Housekeeping:
         return list(found.values())
 
     async def _paged(
-        self, client: GraphClient, edge: str, fields: str, token: str, endpoint: str
+        self, gateway: Gateway, edge: str, fields: str, token: str, credential: str, endpoint: str, business: str
     ) -> list[dict[str, Any]]:
         """Every item of a paged edge. A field Meta calls nonexisting is left out and the listing starts again."""
         for attempt in range(FIELD_RETRIES + 1):
             try:
-                return await self._pages(client, edge, self.unsupported.apply(fields), token, endpoint)
+                return await _pages(
+                    gateway, edge, self.unsupported.apply(fields), token, credential, endpoint, business
+                )
             except GraphError as exc:
                 refused = nonexisting_field(str(exc)) if exc.code == 100 else None
                 if not refused or attempt == FIELD_RETRIES:
                     raise
                 self.unsupported.refuse(*refused, exc)
         raise AssertionError("unreachable")
-
-    @staticmethod
-    async def _pages(client: GraphClient, edge: str, fields: str, token: str, endpoint: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        response: GraphResponse | None = await client.get(
-            edge, {"fields": fields, "limit": PAGE_SIZE}, token, endpoint=endpoint
-        )
-        while response is not None:
-            body = response.body if isinstance(response.body, dict) else {}
-            items.extend(item for item in body.get("data") or [] if isinstance(item, dict))
-            paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
-            next_url = paging.get("next")
-            response = await client.get_next(next_url, token, endpoint=endpoint) if isinstance(next_url, str) else None
-        return items
 
     def targets(self, configured: tuple[Target, ...], config: Config) -> tuple[Target, ...]:
         """Configured targets (filled in with what metadata knows) plus discovered ones, each watched once,
@@ -227,7 +269,7 @@ class Housekeeping:
 
     # ----- metadata for configured datasets -----------------------------------------------------------------
     async def refresh_metadata(
-        self, client: GraphClient, config: Config, tokens: dict[str, str], targets: tuple[Target, ...] = ()
+        self, gateway: Gateway, config: Config, tokens: dict[str, str], targets: tuple[Target, ...] = ()
     ) -> None:
         """Configured datasets' pixel metadata, then every known business's datasets' server_last_fired_time.
 
@@ -236,20 +278,20 @@ class Housekeeping:
         if not self._is_due("metadata", config.collection.metadata_interval):
             new = {d.id for d in config.datasets} - self._meta_asked
             if new:
-                await self._pixel_metadata(client, config, tokens, new)
+                await self._pixel_metadata(gateway, config, tokens, new)
             return
         self._meta_asked.clear()
-        await self._pixel_metadata(client, config, tokens)
+        await self._pixel_metadata(gateway, config, tokens)
         businesses: dict[str, str] = {}  # business -> a credential that watches one of its datasets
         for target in targets:
             business = target.business_id or self.meta.get(target.dataset_id, PixelMeta()).business_id
             if business and target.credential in tokens:
                 businesses.setdefault(business, target.credential)
         for business, credential in sorted(businesses.items()):
-            await self._server_last_fired(client, business, tokens[credential])
+            await self._server_last_fired(gateway, business, tokens[credential], credential)
 
     async def _pixel_metadata(
-        self, client: GraphClient, config: Config, tokens: dict[str, str], only: set[str] | None = None
+        self, gateway: Gateway, config: Config, tokens: dict[str, str], only: set[str] | None = None
     ) -> None:
         wanted = {d.id: d.credential for d in config.datasets if d.credential in tokens}
         ids = [i for i in wanted if in_shard(i, config.shard.index, config.shard.count) and (only is None or i in only)]
@@ -261,7 +303,7 @@ class Housekeeping:
             calls = [BatchCall(i, {"fields": self.unsupported.apply(PIXEL_FIELDS)}, tokens[credential]) for i in chunk]
             async with slots:
                 try:
-                    outcomes = (await client.batch(calls, endpoint="metadata")).outcomes
+                    outcomes = (await gateway.batch(calls, credential, endpoint="metadata")).outcomes
                 except GraphError as exc:
                     log.warning("pixel metadata refresh failed for %d datasets: %s", len(chunk), exc)
                     return
@@ -290,9 +332,10 @@ class Housekeeping:
             )
         )
 
-    async def _server_last_fired(self, client: GraphClient, business: str, token: str) -> None:
+    async def _server_last_fired(self, gateway: Gateway, business: str, token: str, credential: str) -> None:
         try:
-            items = await self._paged(client, f"{business}/ads_dataset", DATASET_FIELDS, token, "metadata")
+            edge = f"{business}/ads_dataset"
+            items = await self._paged(gateway, edge, DATASET_FIELDS, token, credential, "metadata", business)
         except GraphError as exc:
             log.info("server_last_fired_time of business %s's datasets unavailable: %s", business, exc)
             return
@@ -303,19 +346,22 @@ class Housekeeping:
 
     # ----- token checks ------------------------------------------------------------------------------------
     async def check_tokens(
-        self, client: GraphClient, config: Config, tokens: dict[str, str], app_secret: str | None
-    ) -> None:
+        self, gateway: Gateway, config: Config, tokens: dict[str, str], app_secret: str | None
+    ) -> dict[str, TokenStatus]:
+        """Every credential's token, checked with debug_token when due: what this check found (nothing when it
+        was not due)."""
         app_id = config.graph_api.app_id
         if not app_id or not app_secret or not self._is_due("tokens", config.collection.token_check_interval):
-            return
+            return {}
         names = sorted(tokens)
         # A batch keeps each token in the request body: debug_token takes it as a parameter, never in a URL.
         calls = [BatchCall("debug_token", {"input_token": tokens[n]}, f"{app_id}|{app_secret}") for n in names]
-        try:
-            outcomes = (await client.batch(calls, endpoint="debug_token")).outcomes
+        try:  # an app token's calls count against its app
+            outcomes = (await gateway.batch(calls, app_id, endpoint="debug_token")).outcomes
         except GraphError as exc:
             log.warning("token check failed: %s", exc)
-            return
+            return {}
+        found: dict[str, TokenStatus] = {}
         for name, outcome in zip(names, outcomes, strict=True):
             data = (
                 outcome.body.get("data")
@@ -327,9 +373,12 @@ class Housekeeping:
                 continue
             valid = data.get("is_valid") is True
             expires = data.get("expires_at")
-            self.tokens[name] = TokenStatus(valid, float(expires) if isinstance(expires, int | float) else 0.0)
+            app = str(data.get("app_id") or "")[:32]
+            status = TokenStatus(valid, float(expires) if isinstance(expires, int | float) else 0.0, app)
+            self.tokens[name] = found[name] = status
             if not valid:
                 log.error("credential %r: Meta says its token is not valid", name)
+        return found
 
 
 def edges_of(source: DiscoveryConfig) -> list[str]:
@@ -344,3 +393,28 @@ def in_shard(dataset_id: str, index: int, count: int) -> bool:
     if count <= 1:
         return True
     return int.from_bytes(hashlib.sha256(dataset_id.encode()).digest()[:8], "big") % count == index
+
+
+async def _pages(
+    gateway: Gateway, edge: str, fields: str, token: str, credential: str, endpoint: str, business: str
+) -> list[dict[str, Any]]:
+    """Every item of a paged edge, following `paging.next` until it is absent; a `next` seen before, or more
+    than MAX_PAGES pages, is an answer that would never end."""
+    items: list[dict[str, Any]] = []
+    params = {"fields": fields, "limit": PAGE_SIZE}
+    response = await gateway.get(edge, params, token, credential, endpoint=endpoint, business=business)
+    seen: set[bytes] = set()  # digests: a hostile `next` may be megabytes long
+    while True:
+        body = response.body if isinstance(response.body, dict) else {}
+        items.extend(item for item in body.get("data") or [] if isinstance(item, dict))
+        paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
+        next_url = paging.get("next")
+        if not isinstance(next_url, str):
+            return items
+        digest = hashlib.sha256(next_url.encode("utf-8", "replace")).digest()
+        if digest in seen:
+            raise GraphError("invalid_response", f"{edge}: paging.next repeats a page already read")
+        if len(seen) + 1 >= MAX_PAGES:
+            raise GraphError("invalid_response", f"{edge}: more than {MAX_PAGES} pages")
+        seen.add(digest)
+        response = await gateway.get_next(next_url, token, credential, endpoint=endpoint, business=business)

@@ -4,8 +4,14 @@ Calls (one per target and source) wait in a queue. A batch takes the next calls 
 governor allows, so datasets of a throttled or hot business wait while the others go ahead. `null` batch
 items, transient item errors (after a back-off) and throttled calls go back to the queue (a throttled one
 only once its business or app may be called again); a call that cannot be made before the deadline fails
-with reason `throttled` without being sent. A field Meta calls nonexisting is left out of the expansion and
-the call sent again at once.
+with reason `throttled` without being sent. A batch that fails as a whole with a transient error (a read
+timeout, a reset) goes back to the queue too, in batches half its size: every item is a call against
+Meta's limits, so it is re-sent through the governor, never whole by the client. A field Meta calls
+nonexisting is left out of the expansion and the call sent again at once; a source left with no field is not
+asked any more.
+
+A token Meta refuses for a whole request suspends its credential (exporter.credentials); one batch item's
+error 190 fails that dataset only.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.governor import Governor, Key
+from exporter.credentials import Credentials
+from exporter.governor import Governor, Key, readings
 from exporter.graph import OFFLINE_FIELDS, BatchAnswer, BatchCall, GraphClient, GraphError, GraphResponse, web_fields
-from exporter.graph.errors import BUSINESS_THROTTLE_CODES
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.graph.ratelimit import RateLimitUsage
 from exporter.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
@@ -45,6 +51,7 @@ class _Call:
     transient_attempts: int = 0
     field_attempts: int = 0
     keys: tuple[Key, ...] = ()
+    max_batch: int = 50  # halved each time a batch carrying it fails as a whole
 
 
 @dataclass
@@ -55,6 +62,7 @@ class _Assembly:
     waiting: int
     parts: dict[str, DatasetQuality] = field(default_factory=dict)
     other_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (reason, message)
+    unasked: set[str] = field(default_factory=set)  # sources Meta refuses every field of
     failed: bool = False
 
 
@@ -65,33 +73,29 @@ class Fetcher:
         governor: Governor,
         recorder: Recorder,
         *,
-        tokens: dict[str, str],
+        credentials: Credentials,
         sources: tuple[str, ...],
         blocks: tuple[str, ...],
         batch_size: int,
         concurrency: int,
-        business_of: dict[str, str],
-        rejected: dict[str, str],
+        business_of: dict[tuple[str, str], str],
         on_done: Done,
         unsupported: UnsupportedFields | None = None,
         item_retries: int = 2,
-        until_reload: str = "until the config is reloaded",
     ) -> None:
         self.client = client
         self.governor = governor
         self.recorder = recorder
-        self.tokens = tokens
+        self.credentials = credentials
         self.sources = sources
         self.primary = "web" if "web" in sources else sources[0]
         self.fields = {"web": web_fields(blocks), "offline": OFFLINE_FIELDS}
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self.business_of = business_of
-        self.rejected = rejected
+        self.business_of = business_of  # (see _counted_as) -> the business Meta counts the calls under
         self.on_done = on_done
         self.unsupported = unsupported or UnsupportedFields()
         self.item_retries = item_retries
-        self.until_reload = until_reload
         self._queue: deque[_Call] = deque()
         self._assembly: dict[tuple[str, str], _Assembly] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -102,7 +106,7 @@ class Fetcher:
     async def run(self, targets: Iterable[Target], *, spacing: float, deadline: float) -> None:
         for target in targets:
             self._assembly[target.key] = _Assembly(waiting=len(self.sources))
-            self._queue.extend(_Call(target, source) for source in self.sources)
+            self._queue.extend(_Call(target, source, max_batch=self.batch_size) for source in self.sources)
         self.governor.reset_reservations()
         self._deadline = deadline
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -153,28 +157,37 @@ class Fetcher:
         task.add_done_callback(self._in_flight.discard)
 
     def _keys(self, target: Target) -> tuple[Key, ...]:
-        business = target.business_id or self.business_of.get(target.dataset_id)
-        return (("app", target.credential), ("business", business)) if business else (("app", target.credential),)
+        """The keys a call is reserved, observed and throttled under: its app, and the business Meta counts it
+        under (learned from the answers' usage headers; until then the pixel's owner, where known)."""
+        app: Key = ("app", self.credentials.app_of(target.credential))
+        business = self.business_of.get(_counted_as(target)) or target.business_id
+        return (app, ("business", business)) if business else (app,)
 
     def _take(self) -> list[_Call]:
         """The next calls the governor allows, all of one credential (a batch carries one token)."""
         batch: list[_Call] = []
         skipped: list[_Call] = []
-        while self._queue and len(batch) < self.batch_size:
+        limit = self.batch_size
+        while self._queue and len(batch) < limit:
             call = self._queue.popleft()
             assembly = self._assembly[call.target.key]
             if assembly.failed:
                 continue
-            rejected = self.rejected.get(call.target.credential)
-            if rejected:
-                self._fail(call, "auth", f"credential {call.target.credential!r} was rejected: {rejected}")
+            suspension = self.credentials.suspended.get(call.target.credential)
+            if suspension is not None:
+                why = f"credential {call.target.credential!r} is suspended ({suspension.reason}): {suspension.message}"
+                self._fail(call, "auth", why, quiet=True)
                 continue
-            if batch and call.target.credential != batch[0].target.credential:
+            if not self._fields(call.source):
+                self._unasked(call)
+                continue
+            if (batch and call.target.credential != batch[0].target.credential) or len(batch) >= call.max_batch:
                 skipped.append(call)
                 continue
             call.keys = self._keys(call.target)
             if self.governor.try_reserve(call.keys):
                 batch.append(call)
+                limit = min(limit, call.max_batch)
             else:
                 skipped.append(call)
         self._queue.extendleft(reversed(skipped))
@@ -206,16 +219,21 @@ class Fetcher:
         answers: list[tuple[_Call, GraphResponse]] = []
         try:
             outcomes = await self._request(batch)
-            whole = len(batch) > 1 and outcomes.count(outcomes[0]) == len(batch) and isinstance(outcomes[0], GraphError)
+            # one error for every call: Meta (or the way there) refused the whole request, not one item
+            whole = isinstance(outcomes[0], GraphError) and outcomes.count(outcomes[0]) == len(batch)
             for call in batch:
                 self.governor.release(call.keys)
                 call.keys = ()
+            if whole and len(batch) > 1 and isinstance(outcomes[0], GraphError) and outcomes[0].retryable:
+                for call in batch:  # the next attempt goes in smaller batches
+                    call.max_batch = max(1, len(batch) // 2)
             for call, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, GraphResponse):
                     self._guarded(self._observe, call, outcome.usage)  # a failure fails the call: its answer,
                     answers.append((call, outcome))  # parsed, is then left out (Fetcher._accept)
                 else:
-                    self._guarded(self._settle, call, outcome, quiet=whole, retried=whole or len(batch) == 1)
+                    # a single GET was retried by the client; a batch's items and whole batches are retried here
+                    self._guarded(self._settle, call, outcome, whole=whole, retried=len(batch) == 1)
         finally:
             semaphore.release()
         await self._parse_answers(answers)
@@ -228,14 +246,15 @@ class Fetcher:
                 return [await self.client.get("dataset_quality", params, token, endpoint="dataset_quality")]
             except GraphError as exc:
                 return [exc]
+        token = self._token(batch[0])
         try:
             answer: BatchAnswer = await self.client.batch(
-                [BatchCall("dataset_quality", self._params(c), self._token(c)) for c in batch]
+                [BatchCall("dataset_quality", self._params(c), token) for c in batch], retry=False
             )
         except GraphError as exc:
             log.warning("a batch of %d requests failed as a whole: %s", len(batch), exc)
             return [exc] * len(batch)
-        self._observe(batch[0], answer.usage, calls=len(batch), learn=False)
+        self._observe_batch(batch, answer.usage)
         return answer.outcomes
 
     async def _parse_answers(self, answers: list[tuple[_Call, GraphResponse]]) -> None:
@@ -261,17 +280,20 @@ class Fetcher:
             self._fail(call, "other", _unexpected(exc), quiet=True)
 
     def _token(self, call: _Call) -> str:
-        return self.tokens[call.target.credential]
+        return self.credentials.token(call.target.credential)
+
+    def _fields(self, source: str) -> str:
+        return self.unsupported.apply(self.fields[source])
 
     def _params(self, call: _Call) -> dict[str, str]:
-        params = {"dataset_id": call.target.dataset_id, "fields": self.unsupported.apply(self.fields[call.source])}
+        params = {"dataset_id": call.target.dataset_id, "fields": self._fields(call.source)}
         if call.target.agent_name:
             params["agent_name"] = call.target.agent_name
         return params
 
-    def _settle(self, call: _Call, outcome: GraphError | None, *, quiet: bool = False, retried: bool = False) -> None:
-        """Record a call's failure or send it again (an answer is `_accept`'s). `retried`: the client already
-        retried transient errors."""
+    def _settle(self, call: _Call, outcome: GraphError | None, *, whole: bool = False, retried: bool = False) -> None:
+        """Record a call's failure or send it again (an answer is `_accept`'s). `whole`: the error is the whole
+        request's; `retried`: the client already retried transient errors."""
         if outcome is None:
             call.attempts += 1
             if call.attempts > NULL_RETRIES:
@@ -293,17 +315,16 @@ class Fetcher:
         if refused and call.field_attempts < FIELD_RETRIES:
             self._without_field(call, *refused, outcome)
             return
-        if outcome.reason == "auth" and call.target.credential not in self.rejected:
-            self.rejected[call.target.credential] = str(outcome)
-            log.error(
-                "credential %r was rejected (%s); no more calls with it %s",
-                call.target.credential,
-                outcome,
-                self.until_reload,
-            )
-        elif outcome.reason == "version":
+        if outcome.reason == "auth":
+            if whole:  # Meta refused the token for the whole request: the credential is suspended (said once)
+                self.credentials.suspend(call.target.credential, outcome)
+            else:  # Meta accepted the token for the batch: whatever this item's 190 means, it is this dataset's
+                log.warning("%s: Meta refused the token for this dataset alone: %s", call.target.describe(), outcome)
+            self._fail(call, "auth", str(outcome), quiet=True)
+            return
+        if outcome.reason == "version":
             log.error("the configured Graph API version is no longer served: %s", outcome)
-        self._fail(call, outcome.reason, str(outcome), quiet=quiet)
+        self._fail(call, outcome.reason, str(outcome), quiet=whole)
 
     def _accept(self, call: _Call, response: GraphResponse) -> None:
         """A successful answer: parsed, and the dataset's part of it recorded."""
@@ -332,7 +353,7 @@ class Fetcher:
             return
         parts = list(assembly.parts.values())
         offline = tuple(e for p in parts for e in p.offline)
-        if "offline" in assembly.other_failures:
+        if "offline" in assembly.other_failures or "offline" in assembly.unasked:
             previous = self.recorder.quality_of(target)
             offline = previous.offline if previous else ()  # the last good offline data stays
         merged = DatasetQuality(
@@ -344,9 +365,21 @@ class Fetcher:
             log.info("%s: %s", target.describe(), warning)
         self.recorder.success(target, merged)
         for source in self.sources:
-            if source != self.primary:
+            if source in assembly.unasked:
+                self.recorder.source_outcome(target, source, None, None, asked=False)
+            elif source != self.primary:
                 self.recorder.source_outcome(target, source, *assembly.other_failures.get(source, (None, None)))
         self.on_done(target, True)
+
+    def _unasked(self, call: _Call) -> None:
+        """Meta refused every field of this source (the offline beta, not enabled for the app): it is not
+        asked, and says so (source_fetch_success 0, api_field_unsupported 1), without counting a failure."""
+        assembly = self._assembly[call.target.key]
+        if call.source == self.primary:
+            self._fail(call, "other", f"Meta refuses every field of the {call.source} source")
+            return
+        assembly.unasked.add(call.source)
+        self._part_done(call.target, assembly)
 
     def _retry_later(self, call: _Call, error: GraphError) -> None:
         """A transient error in one batch item: back off as a single GET would, then join a later batch."""
@@ -362,7 +395,7 @@ class Fetcher:
 
     def _blocked(self, call: _Call, error: GraphError) -> None:
         """Code 368, a policy block of the app or user: rest the credential like a throttle, fail the dataset."""
-        key: Key = ("app", call.target.credential)
+        key: Key = ("app", self.credentials.app_of(call.target.credential))
         wait = max(BLOCKED_WAIT, self.governor.default_wait)
         if not self.governor.is_blocked(key):
             log.error(
@@ -380,34 +413,32 @@ class Fetcher:
         call.field_attempts += 1
         self._queue.appendleft(call)
 
-    def _observe(self, call: _Call, usage: RateLimitUsage, calls: int = 1, learn: bool = True) -> None:
-        """Feed the governor; `learn` a dataset's business from headers that answer for that dataset alone."""
-        per_key: dict[Key, float] = {}
-        businesses = set()
-        for sample in usage.samples:
-            if sample.scope == "app":
-                key: Key = ("app", call.target.credential)
-            elif sample.scope == "business_use_case":
-                key = ("business", sample.object_id)
-                businesses.add(sample.object_id)
-            else:
-                continue
-            per_key[key] = max(per_key.get(key, 0.0), sample.ratio)
-        if learn and len(businesses) == 1 and not call.target.business_id:
-            self.business_of[call.target.dataset_id] = next(iter(businesses))
+    def _observe(self, call: _Call, usage: RateLimitUsage) -> None:
+        """Feed the governor one answer's readings; learn the business Meta counts this dataset's calls under
+        when the answer names exactly one."""
+        businesses = self.governor.observe_usage(self._keys(call.target)[0], usage)
+        if len(businesses) == 1:
+            self.business_of[_counted_as(call.target)] = businesses[0]
+
+    def _observe_batch(self, batch: list[_Call], usage: RateLimitUsage) -> None:
+        """Feed the governor a batch response's readings, each business's attributed to the items that belong
+        to it (a business with one item of 50 took one call's cost, not a fiftieth of one); a response naming
+        one business names the business of every item."""
+        per_key, businesses = readings(self._keys(batch[0].target)[0], usage)
+        if len(businesses) == 1:
+            for call in batch:
+                self.business_of[_counted_as(call.target)] = businesses[0]
+        items: dict[Key, int] = {}
+        for call in batch:
+            for key in self._keys(call.target):
+                items[key] = items.get(key, 0) + 1
+        unknown = sum(1 for call in batch if len(self._keys(call.target)) == 1)
         for key, ratio in per_key.items():
-            self.governor.observe(key, ratio, calls=calls)
+            self.governor.observe(key, ratio, calls=items.get(key) or max(unknown, 1))
 
     def _throttled(self, call: _Call, error: GraphError) -> None:
-        if error.code in BUSINESS_THROTTLE_CODES:
-            regain = dict(error.usage.regain_seconds)
-            keys = [("business", b) for b in regain] or [k for k in self._keys(call.target) if k[0] == "business"]
-            keys = keys or [("app", call.target.credential)]
-            for key in keys:
-                self.governor.throttled(key, regain.get(key[1], error.retry_after))
-        else:
-            keys = [("app", call.target.credential)]
-            self.governor.throttled(keys[0], error.retry_after)
+        app, *business = self._keys(call.target)
+        keys = self.governor.throttle(app, business[0] if business else None, error)
         call.attempts += 1
         if time.monotonic() >= self._deadline:
             # Past the deadline, probing call after call would hold the cycle open for minutes: this call and
@@ -439,6 +470,13 @@ class Fetcher:
         if not quiet and reason not in ("auth", "throttled"):  # those are logged once per credential or key
             log.warning("%s: fetch failed: %s", call.target.describe(), message)
         self.on_done(call.target, False)
+
+
+def _counted_as(target: Target) -> tuple[str, str]:
+    """What decides the business Meta counts a call under: the credential (Meta's header names the business of
+    the token's system user, an agency's for its clients' pixels) and the pixel's owner (the pixel itself
+    where its owner is unknown). What one answer teaches holds for every pixel of that owner."""
+    return (target.credential, target.business_id or target.dataset_id)
 
 
 def _unexpected(exc: Exception) -> str:

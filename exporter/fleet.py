@@ -46,7 +46,15 @@ class BuildCollector:
             ["version"],
         )
         add(expiry, [snap.graph_api_version], versions.expiry(snap.graph_api_version))
-        yield from (build, expiry)
+        upgraded = gauge(
+            "graph_api_version_upgraded",
+            "1 while Meta answers calls for the configured Graph API version with this newer one (it upgrades "
+            "calls to an expired version instead of refusing them): the configured version is no longer served.",
+            ["version"],
+        )
+        for version in snap.versions_upgraded:
+            upgraded.add([version], 1.0)
+        yield from (build, expiry, upgraded)
 
 
 class FleetHealthCollector:
@@ -134,7 +142,16 @@ class FleetHealthCollector:
         )
         for name, node_type in sorted(snap.unsupported_fields.items()):
             unsupported.add([name, node_type], 1.0)
-        yield from (throttled, success, last, valid, expiry, unsupported)
+        suspended = gauge(
+            "credential_suspended",
+            "1 while Meta refuses this credential's token and no call uses it; reason: expired, invalid (a new "
+            "token is needed), user_action (the user must act on facebook.com) or rejected. Checked again with "
+            "back-off; the series goes when Meta accepts the token.",
+            ["credential", "reason"],
+        )
+        for name, reason in sorted(snap.suspended.items()):
+            suspended.add([name, reason], 1.0)
+        yield from (throttled, success, last, valid, expiry, unsupported, suspended)
 
     def _cycle(self, snap: Snapshot) -> Iterable[Family]:
         yield from single(

@@ -3,7 +3,8 @@
 Meta asks clients to watch the usage headers, slow down before 100 % and stop once throttled (throttled calls
 still count). Each key (`("app", credential)` or `("business", business_id)`) has an allowance:
 
-- usage unknown: `initial_allowance` calls in flight, to learn the usage;
+- usage unknown (Meta sends usage headers only once enough calls have been made): no limit of the
+  governor's, so the configured concurrency and batch size apply;
 - usage below the threshold: as many calls as fit below the threshold at the observed cost per call;
 - usage at or above the threshold: none until `cooldown` has passed, then one probe call at a time;
 - throttled: none until the announced `estimated_time_to_regain_access` (or `default_wait`), then one probe.
@@ -13,12 +14,16 @@ An optional hard budget caps calls in any rolling hour. The governor is used fro
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from exporter.graph.errors import BUSINESS_THROTTLE_CODES, GraphError
+from exporter.graph.ratelimit import RateLimitUsage
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,6 @@ class Governor:
         threshold: float = 0.75,
         cooldown: float = 60.0,
         default_wait: float = 300.0,
-        initial_allowance: int = 10,
         max_calls_per_hour: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -55,7 +59,6 @@ class Governor:
         self.threshold = threshold
         self.cooldown = cooldown
         self.default_wait = default_wait
-        self.initial_allowance = initial_allowance
         self.max_calls_per_hour = max_calls_per_hour
         self._now = clock
         self._wall = wall_clock
@@ -72,7 +75,7 @@ class Governor:
         if now < state.blocked_until or now < state.cool_until:
             return 0
         if state.usage is None:
-            return self.initial_allowance - state.reserved
+            return MAX_ALLOWANCE - state.reserved
         if state.usage >= self.threshold:
             return 1 - state.reserved  # a probe, to read the usage again
         # Until an increase between two answers shows the cost of a call, spread the usage over the calls seen.
@@ -100,6 +103,17 @@ class Governor:
             self._calls.append(self._now())
         return True
 
+    async def acquire(self, keys: Iterable[Key], deadline: float) -> bool:
+        """Wait until one call for every key may go, and reserve it; False if that moment is past `deadline`
+        (monotonic). For the calls made outside a collection pass (discovery, metadata, token checks)."""
+        keys = tuple(keys)
+        while not self.try_reserve(keys):
+            wake = self.next_release(keys)
+            if wake >= deadline:
+                return False
+            await asyncio.sleep(max(0.05, wake - self._now()))
+        return True
+
     def release(self, keys: Iterable[Key]) -> None:
         for key in keys:
             state = self._state(key)
@@ -124,6 +138,13 @@ class Governor:
                 self.threshold * 100,
             )
 
+    def observe_usage(self, app: Key, usage: RateLimitUsage, calls: int = 1) -> list[str]:
+        """Feed one answer's usage headers under `app` and the businesses they name; those businesses."""
+        per_key, businesses = readings(app, usage)
+        for key, ratio in per_key.items():
+            self.observe(key, ratio, calls=calls)
+        return businesses
+
     def throttled(self, key: Key, retry_after: float | None, *, quiet: bool = False) -> None:
         state = self._state(key)
         wait = retry_after if retry_after and retry_after > 0 else self.default_wait
@@ -141,6 +162,21 @@ class Governor:
             log.warning(
                 "%s %s is throttled: no calls for it for %.0fs, as Meta announced%s", key[0], key[1], wait, earlier
             )
+
+    def throttle(self, app: Key, business: Key | None, error: GraphError) -> list[Key]:
+        """Block what a throttling error names, for as long as it says; the keys blocked. A business throttle
+        (800xx) blocks the businesses its usage headers name (several entries of one: the longest wait wins),
+        else the call's business; codes 4, 17, 613 are the app's limit, shared by all its credentials."""
+        if error.code not in BUSINESS_THROTTLE_CODES:
+            self.throttled(app, error.retry_after)
+            return [app]
+        regain: dict[str, float] = {}
+        for object_id, seconds in error.usage.regain_seconds:
+            regain[object_id] = max(regain.get(object_id, 0.0), seconds)
+        keys: list[Key] = [("business", b) for b in regain] or ([business] if business else [app])
+        for key in keys:
+            self.throttled(key, regain.get(key[1], error.retry_after))
+        return keys
 
     def is_blocked(self, key: Key) -> bool:
         return self._now() < self._state(key).blocked_until
@@ -170,3 +206,21 @@ class Governor:
     def reset_reservations(self) -> None:
         for state in self._states.values():
             state.reserved = 0
+
+
+def readings(app: Key, usage: RateLimitUsage) -> tuple[dict[Key, float], list[str]]:
+    """The highest reading per governor key in one answer's usage headers (X-App-Usage under `app`, each
+    business of X-Business-Use-Case-Usage under its own), and the businesses they name."""
+    per_key: dict[Key, float] = {}
+    businesses: list[str] = []
+    for sample in usage.samples:
+        if sample.scope == "app":
+            key = app
+        elif sample.scope == "business_use_case":
+            key = ("business", sample.object_id)
+            if sample.object_id not in businesses:
+                businesses.append(sample.object_id)
+        else:
+            continue
+        per_key[key] = max(per_key.get(key, 0.0), sample.ratio)
+    return per_key, businesses

@@ -21,11 +21,12 @@ from dataclasses import replace
 from typing import Any
 
 from exporter.config import Config, Secrets
-from exporter.discovery import Housekeeping
+from exporter.credentials import Credentials
+from exporter.discovery import Gateway, Housekeeping
 from exporter.exposition import Publisher
 from exporter.fetcher import Fetcher
 from exporter.governor import Governor
-from exporter.graph import GraphClient, versions
+from exporter.graph import GraphClient, GraphError, versions
 from exporter.graph.fields import UnsupportedFields
 from exporter.loop import idle_signal
 from exporter.snapshot import Extras, Recorder, Snapshot
@@ -43,6 +44,7 @@ PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
 PUBLISH_WAIT = 5.0  # seconds a reload waits for the loop to publish its outcome (a long parse may hold it)
 HURRY_POLL = 0.005  # seconds: how soon a render that defers to the loop notices that the loop waits for it
 FREEZE_EVERY = 50  # targets between moves of what the cycle has built out of the garbage collector's sight
+HEAL_TICK = 1.0  # seconds between looks at token files and suspended credentials' checks
 
 Progress = Callable[[int, int, int], None]  # (done, total, failed)
 
@@ -64,10 +66,8 @@ class Scheduler:
         self.publisher = Publisher()
         self.progress = progress
         self._client: GraphClient | None = None
-        self._rejected_credentials: dict[str, str] = {}
-        self._credential_names: dict[str, str] = {}  # token -> credential name, kept current across reloads
-        self._name_credentials(secrets)
-        self.business_of: dict[str, str] = {}  # dataset -> owning business, learned from usage headers
+        self.credentials = Credentials(config, secrets)
+        self.business_of: dict[tuple[str, str], str] = {}  # learnt from usage headers (fetcher._counted_as)
         self.governor = self._make_governor()
         self._pending: tuple[Config, Secrets] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,23 +138,17 @@ class Scheduler:
         if pending is None:
             return
         old_config, old_secrets = self.config, self.secrets
-        old_graph, old_secret = self.config.graph_api, self.secrets.app_secret
         self.config, self.secrets = pending
-        self._name_credentials(self.secrets)
         versions.warn_if_expiring(self.config.graph_api.version, time.time())
         # Only what changed is looked up again: a reload must not spend quota on what is already known.
         self.housekeeping.forget_changed(old_config, old_secrets, self.config, self.secrets)
         self.unsupported_fields.reset()
-        self._rejected_credentials.clear()
+        self.credentials = Credentials(self.config, self.secrets)  # suspensions end: an operator's reset
         self.governor = self.governor.reconfigured(self._make_governor())
-        if self._client and (self.config.graph_api != old_graph or self.secrets.app_secret != old_secret):
+        if self._client:  # it reads the credentials' app secret and app labels
             asyncio.get_running_loop().create_task(self._client.aclose())
             self._client = None
         log.info("configuration applied")
-
-    def _name_credentials(self, secrets: Secrets) -> None:
-        self._credential_names.clear()
-        self._credential_names.update({token: name for name, token in secrets.tokens.items()})
 
     def _make_governor(self) -> Governor:
         c = self.config.collection
@@ -172,31 +166,69 @@ class Scheduler:
                 g.base_url,
                 g.version,
                 timeout=g.timeout,
-                app_secret=self.secrets.app_secret,
+                app_secret=self.credentials.app_secret,
                 max_retries=g.max_retries,
                 max_connections=max(10, self.config.collection.concurrency * 2),
                 observer=self.recorder,
-                credential_names=self._credential_names,
+                app_labels=self.credentials.app_labels,
             )
         return self._client
 
+    def _gateway(self) -> Gateway:
+        return Gateway(self._graph_client(), self.governor, self.credentials.app_of)
+
     async def prepare(self) -> tuple[Target, ...]:
         """Run what is due (discovery, pixel metadata, token checks) and recompute the targets; return new ones."""
-        client, tokens = self._graph_client(), dict(self.secrets.tokens)
-        for credential in self._rejected_credentials:
-            tokens.pop(credential, None)
+        gateway, credentials = self._gateway(), self.credentials
+        tokens = credentials.usable()
         hk = self.housekeeping
-        await _survive("discovery", hk.discover(client, self.config, tokens))
+        await _survive("discovery", hk.discover(gateway, self.config, tokens))
         watched = hk.targets(configured_targets(self.config), self.config)
-        await _survive("the metadata refresh", hk.refresh_metadata(client, self.config, tokens, watched))
-        # Rejected tokens are still checked: debug_token is how token_valid learns that they went bad.
-        all_tokens = dict(self.secrets.tokens)
-        await _survive("the token check", hk.check_tokens(client, self.config, all_tokens, self.secrets.app_secret))
+        await _survive("the metadata refresh", hk.refresh_metadata(gateway, self.config, tokens, watched))
+        # Suspended tokens are checked too: debug_token is how token_valid learns that they went bad, or good.
+        await _survive("the token check", self._check_tokens(gateway))
         old_keys = {t.key for t in self.targets}
         self.targets = self.housekeeping.targets(configured_targets(self.config), self.config)
         self.recorder.forget_except({t.key for t in self.targets})
         self.snapshot = self._publish()
         return tuple(t for t in self.targets if t.key not in old_keys)
+
+    async def _check_tokens(self, gateway: Gateway) -> None:
+        """debug_token for every credential when due: a token Meta calls invalid suspends its credential, a
+        valid one ends its suspension, and each names its app."""
+        credentials = self.credentials
+        all_tokens = {name: credentials.token(name) for name in self.secrets.tokens if name in credentials}
+        found = await self.housekeeping.check_tokens(gateway, self.config, all_tokens, credentials.app_secret())
+        for name, status in found.items():
+            credentials.learn_app(name, status.app_id)
+            if not status.valid:
+                credentials.rejected_by_check(name, "debug_token says the token is not valid")
+            elif name in credentials.suspended:
+                credentials.checked(name, None)
+
+    async def heal_credentials(self) -> None:
+        """Forever: check each suspended credential again when due (GET /me with its own token), and notice
+        token files that changed. A credential resumes as soon as Meta accepts it, mid-cycle too."""
+        while True:
+            credentials = self.credentials
+            credentials.refresh()
+            for name in credentials.due():
+                await self._check_credential(credentials, name)
+            due = credentials.next_check()
+            wait = HEAL_TICK if due is None else min(HEAL_TICK, due - time.monotonic())
+            await asyncio.sleep(max(0.05, wait))
+
+    async def _check_credential(self, credentials: Credentials, name: str) -> None:
+        try:
+            await self._gateway().get("me", {"fields": "id"}, credentials.token(name), name, endpoint="token_check")
+        except GraphError as exc:
+            credentials.checked(name, exc)
+            return
+        except Exception as exc:  # never let a bug end the healing
+            log.exception("checking credential %r failed unexpectedly", name)
+            credentials.checked(name, GraphError("other", f"unexpected {type(exc).__name__}"))
+            return
+        credentials.checked(name, None)
 
     # ----- the loop --------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,6 +237,7 @@ class Scheduler:
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         paced = False
+        healing = asyncio.create_task(self.heal_credentials())
         try:
             while not stop.is_set():
                 self._apply_pending()
@@ -234,6 +267,9 @@ class Scheduler:
                         break
                     await _wait_any((stop, self._wake), remaining)
         finally:
+            healing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await healing
             await self.close()
 
     async def close(self) -> None:
@@ -302,16 +338,14 @@ class Scheduler:
             self._graph_client(),
             self.governor,
             self.recorder,
-            tokens=dict(self.secrets.tokens),
+            credentials=self.credentials,
             sources=config.sources,
             blocks=config.blocks,
             batch_size=config.batch_size,
             concurrency=config.concurrency,
             business_of=self.business_of,
-            rejected=self._rejected_credentials,
             on_done=target_done,
             unsupported=self.unsupported_fields,
-            until_reload="in this run" if self.one_shot else "until the config is reloaded",
             item_retries=self.config.graph_api.max_retries,
         )
         with _records_frozen_until_done():
@@ -363,6 +397,13 @@ class Scheduler:
             self._rendering = None
             self.snapshot = render.result()
 
+    def _versions_upgraded(self) -> tuple[str, ...]:
+        """The versions Meta answered with instead of the configured one in the last two intervals."""
+        if self._client is None:
+            return ()
+        since = time.time() - 2 * self.config.collection.interval
+        return tuple(sorted(v for v, seen in self._client.versions.upgraded.items() if seen >= since))
+
     def _recorded(self) -> Snapshot:
         """The recorder's snapshot of now, without its exposition."""
         hk = self.housekeeping
@@ -379,6 +420,8 @@ class Scheduler:
                 if name in self.secrets.tokens and self.config.graph_api.app_id and self.secrets.app_secret
             },
             max_series=self.config.limits.max_series,
+            suspended={name: s.reason for name, s in self.credentials.suspended.items()},
+            versions_upgraded=self._versions_upgraded(),
         )
         snapshot = self.recorder.publish(
             self.targets,

@@ -75,6 +75,8 @@ class Snapshot:
     unsupported_fields: Mapping[str, str] = field(default_factory=dict)  # field -> node type
     values_dropped: int = 0
     cycle_started: float | None = None  # while a cycle runs
+    suspended: Mapping[str, str] = field(default_factory=dict)  # credential -> why Meta refuses its token
+    versions_upgraded: tuple[str, ...] = ()  # versions Meta answered with instead of the configured one
     # The exposition, built when the snapshot was published (exporter.exposition.Exposition); None until then.
     exposition: Any = field(default=None, compare=False, repr=False)
 
@@ -89,6 +91,8 @@ class Extras:
     tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
     max_series: int = 0
     unsupported_fields: Mapping[str, str] = field(default_factory=dict)
+    suspended: Mapping[str, str] = field(default_factory=dict)
+    versions_upgraded: tuple[str, ...] = ()
 
 
 class _TargetRecord:
@@ -170,10 +174,13 @@ class Recorder:
         record.success, record.last_reason, record.last_message = False, reason, scrub(message)
         record.failures[reason] += 1
 
-    def source_outcome(self, target: Target, source: str, reason: str | None, message: str | None) -> None:
-        """The outcome of a source other than the primary one; `reason` None for a success."""
+    def source_outcome(
+        self, target: Target, source: str, reason: str | None, message: str | None, *, asked: bool = True
+    ) -> None:
+        """The outcome of a source other than the primary one; `reason` None for a success. A source that was
+        not `asked` (Meta refuses all its fields) is no success, and no failure to count either."""
         record = self._record(target)
-        record.source_success[source] = reason is None
+        record.source_success[source] = asked and reason is None
         if not record.source_failures:
             record.source_failures.update({(source, r): 0 for r in REASONS})
         if reason is not None:
@@ -267,6 +274,8 @@ class Recorder:
             unsupported_fields=MappingProxyType(dict(extras.unsupported_fields)),
             values_dropped=self.values_dropped,
             cycle_started=self.cycle_started,
+            suspended=MappingProxyType(dict(extras.suspended)),
+            versions_upgraded=extras.versions_upgraded,
         )
 
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent.parent
 def test_scale_benchmark_runs_and_reports():
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale.py"), "all", "--sizes", "40", "--scrapes", "5", "--renders", "1",
-         "--baseline-sample", "3", "--cycle-seconds", "2", "--json"],
+         "--baseline-sample", "3", "--cycle-seconds", "2", "--pairs", "1", "--json"],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -34,3 +34,7 @@ def test_scale_benchmark_runs_and_reports():
     assert all(row["publish_ms"] > 0 for row in publish.values())
     (cpu,) = report["cpu"]
     assert cpu["cpu_s_per_1000"] > 0 and cpu["json_loads_s_per_1000"] > 0
+    governor = {row["usage_headers"]: row for row in report["governor"]}
+    assert set(governor) == {"sent", "never sent"} and all(row["calls"] == 40 for row in governor.values())
+    (timeout,) = report["timeout"]
+    assert timeout["calls"] > 40 and 0 < timeout["failed"] < 40

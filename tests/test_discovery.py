@@ -9,8 +9,9 @@ from collections import Counter
 import pytest
 
 from exporter.config import Secrets, validate
-from exporter.discovery import Housekeeping, graph_time, in_shard
-from exporter.graph import GraphClient
+from exporter.discovery import Gateway, Housekeeping, graph_time, in_shard
+from exporter.governor import Governor
+from exporter.graph import GraphClient, GraphError
 from exporter.scheduler import Scheduler
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN, http
@@ -21,9 +22,10 @@ def config_for(sim, **sections):
     return validate(raw, "test.yaml")
 
 
-def prepared(sim, config, secrets=None, rejected=None):
+def prepared(sim, config, secrets=None, suspended=()):
     scheduler = Scheduler(config, secrets or Secrets({"default": TOKEN}))
-    scheduler._rejected_credentials.update(rejected or {})  # as after a 190 answer
+    for name in suspended:  # as after a 190 answer to a whole request
+        scheduler.credentials.suspend(name, GraphError("auth", "expired", code=190, subcode=463))
 
     async def go():
         try:
@@ -97,6 +99,8 @@ def test_failed_or_empty_refresh_keeps_the_last_list_and_a_vanished_pixel_leaves
         assert {t.dataset_id for t in scheduler.targets} == found
         assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is False
         sim.set_scenario("healthy")
+        # discovery's calls go through the governor, which honours the throttle: a reload ends that wait
+        scheduler.governor = scheduler.governor.reconfigured(scheduler._make_governor())
         gone = business.pixel_ids[3]
         sim.world.businesses[business.id] = type(business)(
             business.id, business.name, business.ad_account_id, tuple(i for i in business.pixel_ids if i != gone)
@@ -226,7 +230,7 @@ def test_housekeeping_is_not_rerun_before_it_is_due(simulator):
     async def go():
         async with GraphClient(simulator.url) as client:
             for _ in range(3):
-                await housekeeping.refresh_metadata(client, config, {"default": TOKEN})
+                await housekeeping.refresh_metadata(Gateway(client, Governor(), str), config, {"default": TOKEN})
 
     asyncio.run(go())
     assert simulator.calls == 1
@@ -240,7 +244,7 @@ def test_a_rejected_credential_is_still_token_checked(start_simulator):
         collection={"token_check_interval": "1s"},
     )
     secrets = Secrets({"default": "old-token"}, "app-secret-value")
-    scheduler = prepared(sim, config, secrets, rejected={"default": "expired"})
+    scheduler = prepared(sim, config, secrets, suspended=["default"])
     assert scheduler.snapshot.tokens["default"][0] is False
 
 
@@ -260,3 +264,36 @@ def test_a_pixel_field_meta_refuses_costs_that_field_in_discovery_and_metadata(s
     assert dict(scheduler.snapshot.unsupported_fields) == {"last_fired_time": "AdsPixel"}
     named = next(t for t in scheduler.targets if t.dataset_id == EXAMPLE_DATASET_ID)
     assert named.name == sim.world.pixels[EXAMPLE_DATASET_ID].name  # metadata arrived without the field
+
+
+def test_discovery_and_metadata_calls_wait_for_the_governor(start_simulator, monkeypatch):
+    """Housekeeping's calls count against the same limits: a throttled business's edges are not read (they used
+    to be called regardless, each call counted by Meta while throttled)."""
+    import exporter.discovery as discovery
+
+    monkeypatch.setattr(discovery, "GOVERNOR_WAIT", 0.2, raising=False)
+    sim = start_simulator(datasets=20, per_business=50)
+    business = next(iter(sim.world.businesses.values()))
+    config = config_for(sim, discovery=[{"business_id": business.id, "edges": ["owned_pixels"]}])
+    scheduler = Scheduler(config, Secrets({"default": TOKEN}))
+    scheduler.governor.throttled(("business", business.id), 300)
+
+    async def go():
+        try:
+            await scheduler.prepare()
+        finally:
+            await scheduler.close()
+
+    asyncio.run(go())
+    assert sim.calls == 0
+    assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is False
+
+
+def test_a_paging_next_that_loops_ends_the_listing_as_a_failure(start_simulator):
+    sim = start_simulator(datasets=20, per_business=50)
+    business = next(iter(sim.world.businesses.values()))
+    sim.set_fault(business.id, "paging_loop")
+    config = config_for(sim, discovery=[{"business_id": business.id, "edges": ["owned_pixels"]}])
+    scheduler = prepared(sim, config)
+    assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is False
+    assert sim.calls <= 3  # the first page, the page `next` named, and the same page named again: stop

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
 
+import pytest
+
 from exporter.config import Secrets, validate
+from exporter.credentials import Credentials
 from exporter.fetcher import PARSE_STEP, Fetcher
 from exporter.governor import Governor
 from exporter.graph import BatchAnswer, GraphError, GraphResponse
@@ -40,14 +44,18 @@ def cycle(scheduler, prepare=False):
     return scheduler.snapshot
 
 
-def test_batches_of_fifty(start_simulator):
-    sim = start_simulator(datasets=119)
+@pytest.mark.parametrize("usage_headers_after", [0, 10**9])
+def test_batches_of_fifty_with_or_without_usage_headers(start_simulator, usage_headers_after):
+    """Meta sends usage headers only once enough calls have been made: without any reading the configured batch
+    size and concurrency apply (the governor used to allow 10 calls in flight until a reading came, for ever
+    when none came: batches of 10, a fifth of the throughput)."""
+    sim = start_simulator(datasets=119, usage_headers_after=usage_headers_after)
     datasets = [{"id": i} for i in sim.world.dataset_ids]
     snap = cycle(Scheduler(config_for(sim, {"concurrency": 2}, datasets=datasets), Secrets({"default": TOKEN})))
     assert all(s.fetch_success for s in snap.datasets) and len(snap.datasets) == 120
-    posts = [line for line in sim.requests if line.startswith("POST")]
-    assert len(posts) == 4  # the first request carries 10 (usage still unknown), then 50, 50 and 9
-    assert snap.requests[("batch", "200")] == 4
+    assert sorted(sim.batch_sizes) == [20, 50, 50]
+    assert snap.requests[("batch", "200")] == 3
+    assert bool(snap.usage) == (usage_headers_after == 0)
 
 
 def test_sources_share_batches_and_are_merged(start_simulator):
@@ -96,6 +104,113 @@ def test_throttled_business_waits_while_others_go_ahead(start_simulator):
     assert snap.usage[("business_use_case", b.id, "ads_management", "call_count")] >= 0
 
 
+def test_a_throttle_stops_the_calls_it_governs_when_meta_counts_them_under_another_business(start_simulator):
+    """Meta's usage header names the business of the token's system user (an agency's, for client pixels), not
+    each pixel's owner: calls are reserved, observed and throttled under the business the answers name. Calls
+    used to be reserved under the owners, so the agency's throttle stopped nothing and each call was throttled."""
+    sim = start_simulator(datasets=49, per_business=25, usage_object="token")
+    a, b = list(sim.world.businesses.values())
+    ids = [*a.pixel_ids[1:4], *b.pixel_ids[:3], a.pixel_ids[0], *a.pixel_ids[4:6], *b.pixel_ids[3:6]]
+    datasets = [{"id": i} for i in ids]
+    config = config_for(sim, {"interval": "3s", "batch_size": 1, "concurrency": 1}, datasets=datasets)
+    scheduler = Scheduler(config, Secrets({"default": TOKEN}))
+    sim.set_fault(a.pixel_ids[0], "throttle_business")  # throttles the agency's business, which counts them all
+    snap = cycle(scheduler, prepare=True)  # the metadata read names each pixel's owner
+    agency_calls = [throttled for business, throttled in sim.outcomes if business == sim.world.agency_id]
+    assert agency_calls.count(True) == 1  # after the throttle, not one more call counted under it
+    assert ("business", sim.world.agency_id) in snap.throttled_until
+    states = {s.target.dataset_id: s for s in snap.datasets}
+    assert {states[i].last_reason for i in ids[6:]} == {"throttled"} and all(states[i].fetch_success for i in ids[:6])
+    assert scheduler.business_of[("default", b.id)] == sim.world.agency_id  # learnt from the answers
+
+
+def test_a_batch_reading_is_attributed_to_the_items_of_each_business():
+    """A batch of 49 items of one business and one of another: the second business's rise is the cost of one
+    call (it used to be divided by all 50, so that business seemed to take 50 times less per call)."""
+    from exporter.graph.ratelimit import parse_rate_limit_headers
+
+    def usage(a, b):
+        entry = lambda pct: [{"type": "ads_management", "call_count": pct}]  # noqa: E731
+        return parse_rate_limit_headers({"X-Business-Use-Case-Usage": json.dumps({"A": entry(a), "B": entry(b)})})
+
+    readings = [usage(10, 10), usage(20, 20)]
+
+    class Client(ScriptedClient):
+        async def batch(self, calls, **kw):
+            self.batches.append([c.params["dataset_id"] for c in calls])
+            return BatchAnswer([ok() for _ in calls], readings.pop(0))
+
+    targets = [Target(str(i), business_id="A") for i in range(49)] + [Target("b", business_id="B")]
+    governor = Governor()
+    recorder, done = Recorder(), []
+    fetcher = Fetcher(
+        Client([]), governor, recorder, credentials=credentials(), sources=("web",), blocks=("acr",),
+        batch_size=50, concurrency=1, business_of={}, on_done=lambda t, ok: done.append(ok),
+    )  # fmt: skip
+    asyncio.run(fetcher.run(targets, spacing=0, deadline=float("inf")))
+    asyncio.run(fetcher.run(targets, spacing=0, deadline=float("inf")))
+    assert all(done)
+    assert governor.allowance(("business", "B")) == 5  # (75 % - 20 %) / 10 % per call
+    assert governor.allowance(("business", "A")) == 269  # (75 % - 20 %) / (10 % / 49) per call
+
+
+def test_credentials_of_one_app_share_its_budget(start_simulator):
+    """X-App-Usage and code 4 count an app's calls, whichever of its tokens made them: a throttle with one
+    credential holds the other's calls too (it used to be kept per credential, and each was throttled)."""
+    sim = start_simulator(datasets=20, tokens=(TOKEN, "client-b-token"), app_calls_per_window=6,
+                          app_secret="app-secret", usage_headers_after=10**9)  # fmt: skip
+    ids = sim.world.dataset_ids[:20]
+    raw = {
+        "graph_api": {"base_url": sim.url, "timeout": "5s", "max_retries": 0, "app_id": sim.settings.app_id,
+                      "app_secret_env": "SECRET"},
+        "collection": {"interval": "3s", "batch_size": 1, "concurrency": 1},
+        "credentials": {"default": {"token_env": "A"}, "client_b": {"token_env": "B"}},
+        "datasets": [{"id": i, "credential": "default" if n % 2 else "client_b"} for n, i in enumerate(ids)],
+    }  # fmt: skip
+    scheduler = Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN, "client_b": "client-b-token"},
+                                                                 "app-secret"))  # fmt: skip
+    snap = cycle(scheduler)
+    assert snap.api_errors[("4", "throttled")] == 1  # one throttled answer: then no call of that app
+    assert sum(s.fetch_success for s in snap.datasets) == 6
+    assert set(snap.throttled_until) == {("app", sim.settings.app_id)}
+
+
+def test_a_batch_that_times_out_is_re_sent_in_smaller_batches_not_whole(start_simulator):
+    """A read timeout used to make the client send the same 10 items twice more (30 calls, 10 failures); the
+    items go back to the queue instead and are re-sent through the governor in batches half the size."""
+    sim = start_simulator(datasets=12, slow_seconds=3)
+    ids = sim.world.dataset_ids[:10]
+    sim.set_fault(ids[0], "stall")  # any request carrying it stalls: a stuck backend or proxy
+    raw = {
+        "graph_api": {"base_url": sim.url, "timeout": "0.5s", "max_retries": 2},
+        "collection": {"interval": "1h", "concurrency": 1},
+        "datasets": [{"id": i} for i in ids],
+    }
+    snap = cycle(Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN})))
+    sizes = list(sim.batch_sizes)
+    assert sizes[0] == 10 and max(sizes[1:]) <= 5 and sum(sizes) <= 25
+    ok_count = sum(s.fetch_success for s in snap.datasets)
+    assert ok_count >= 7 and {s.last_reason for s in snap.datasets if not s.fetch_success} == {"timeout"}
+
+
+def test_a_source_meta_refuses_as_nonexisting_is_no_longer_asked(start_simulator, caplog):
+    """Most apps have no access to the offline beta: Meta answers `offline` as a nonexisting field. The source
+    used to be asked again with an empty `fields=`, which fetched the web answer a second time and reported
+    the offline source fetched."""
+    sim = start_simulator(datasets=6)
+    sim.withdraw_field("AdsDatasetQuality", "offline")
+    ids = sim.world.dataset_ids[:6]
+    config = config_for(sim, {"sources": ["web", "offline"], "concurrency": 1}, datasets=[{"id": i} for i in ids])
+    with caplog.at_level(logging.WARNING):
+        snap = cycle(Scheduler(config, Secrets({"default": TOKEN})))
+    assert all(s.fetch_success for s in snap.datasets)  # web is unaffected
+    assert all(s.source_success.get("offline") is False for s in snap.datasets)
+    assert all(not any(s.source_failures.values()) for s in snap.datasets)  # not asked: no failure counted
+    assert dict(snap.unsupported_fields) == {"offline": "AdsDatasetQuality"}
+    asked = [r for r in sim.requests if "BATCH-ITEM" in r and "offline" in r]
+    assert len(asked) <= 6 and not any("fields=&" in r or r.endswith("fields=") for r in sim.requests)
+
+
 def test_hourly_budget_is_respected(start_simulator):
     sim = start_simulator(datasets=30)
     datasets = [{"id": i} for i in sim.world.dataset_ids]
@@ -115,7 +230,7 @@ class ScriptedClient:
 
     backoff_delay = staticmethod(lambda attempt: 0.01)
 
-    async def batch(self, calls):
+    async def batch(self, calls, **kw):
         self.batches.append([c.params["dataset_id"] for c in calls])
         return BatchAnswer([self.script.pop(0) for _ in calls], RateLimitUsage())
 
@@ -126,11 +241,15 @@ class ScriptedClient:
         return outcome
 
 
+def credentials(token=TOKEN):
+    return Credentials(validate({}, "test.yaml"), Secrets({"default": token}))
+
+
 def run_fetcher(client, targets, batch_size=50):
     recorder, done = Recorder(), []
     fetcher = Fetcher(
-        client, Governor(), recorder, tokens={"default": TOKEN}, sources=("web",), blocks=("acr",),
-        batch_size=batch_size, concurrency=1, business_of={}, rejected={}, on_done=lambda t, ok: done.append((t.dataset_id, ok)),
+        client, Governor(), recorder, credentials=credentials(), sources=("web",), blocks=("acr",),
+        batch_size=batch_size, concurrency=1, business_of={}, on_done=lambda t, ok: done.append((t.dataset_id, ok)),
     )  # fmt: skip
     asyncio.run(fetcher.run(targets, spacing=0, deadline=float("inf")))
     return recorder, done
@@ -153,9 +272,10 @@ def test_invalid_body_fails_one_target_only():
     assert sorted(done) == [("1", False), ("2", True)]
 
 
-def test_a_whole_batch_failure_is_logged_once(caplog):
+def test_a_whole_batch_failure_is_logged_once_and_re_sent_in_halves(caplog):
     class FailingClient(ScriptedClient):
-        async def batch(self, calls):
+        async def batch(self, calls, **kw):
+            assert kw.get("retry") is False  # the client never re-sends a whole batch: every item is a call
             self.batches.append(calls)
             raise GraphError("transient", "service unavailable")
 
@@ -164,7 +284,8 @@ def test_a_whole_batch_failure_is_logged_once(caplog):
         _, done = run_fetcher(client, [Target(str(i)) for i in range(20)])
     assert sorted(ok for _, ok in done) == [False] * 20
     lines = [r for r in caplog.records if "service unavailable" in r.getMessage()]
-    assert len(lines) == len(client.batches) == 2  # one line per failed request, not one per dataset
+    assert len(lines) == len(client.batches)  # one line per failed request, not one per dataset
+    assert [len(b) for b in client.batches] == [20, 10, 10, 5, 5, 5, 5]  # each try in batches half the size
 
 
 # ----- what Meta's real API does, played by the strict simulator -----------------------------------------------
@@ -187,7 +308,7 @@ def test_a_rejected_token_never_fails_another_credentials_datasets(start_simulat
     states = {s.target.dataset_id: s for s in snap.datasets}
     assert all(states[i].fetch_success for n, i in enumerate(ids) if n % 2)
     assert {states[i].last_reason for n, i in enumerate(ids) if not n % 2} == {"auth"}
-    assert set(scheduler._rejected_credentials) == {"client_b"}
+    assert set(scheduler.credentials.suspended) == {"client_b"}
     items = [line for line in sim.requests if line.startswith("BATCH-ITEM")]
     assert items and not any("access_token" in line for line in items)  # one credential per batch, at the top
 
@@ -315,8 +436,8 @@ def test_an_unexpected_error_in_a_request_ends_its_datasets_as_other_and_frees_t
             governor = Governor()
             recorder, done = Recorder(), []
             fetcher = Fetcher(
-                client, governor, recorder, tokens={"default": TOKEN}, sources=("web",), blocks=("acr",),
-                batch_size=2, concurrency=1, business_of={}, rejected={},
+                client, governor, recorder, credentials=credentials(), sources=("web",), blocks=("acr",),
+                batch_size=2, concurrency=1, business_of={},
                 on_done=lambda t, ok: done.append((t.dataset_id, ok)),
             )  # fmt: skip
             started = time.monotonic()
@@ -413,8 +534,8 @@ def _fetcher_against(sim, recorder, done, **kw):
 
     client = GraphClient(sim.url, max_retries=0)
     fetcher = Fetcher(
-        client, Governor(), recorder, tokens={"default": TOKEN}, sources=("web",), blocks=("acr",),
-        business_of={}, rejected={}, on_done=lambda t, ok: done.append((t.dataset_id, ok)), **kw,
+        client, Governor(), recorder, credentials=credentials(), sources=("web",), blocks=("acr",),
+        business_of={}, on_done=lambda t, ok: done.append((t.dataset_id, ok)), **kw,
     )  # fmt: skip
     return client, fetcher
 
@@ -511,10 +632,10 @@ def test_a_bug_in_reading_one_answers_headers_fails_that_dataset_only(start_simu
     ids = sim.world.dataset_ids[:6]
     real = Fetcher._observe
 
-    def observe(self, call, usage, calls=1, learn=True):
-        if calls == 1 and call.target.dataset_id == ids[2]:
+    def observe(self, call, usage):
+        if call.target.dataset_id == ids[2]:
             raise KeyError("a bug")
-        return real(self, call, usage, calls, learn)
+        return real(self, call, usage)
 
     monkeypatch.setattr(Fetcher, "_observe", observe)
     snap = cycle(Scheduler(config_for(sim, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})))

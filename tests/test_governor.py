@@ -35,11 +35,25 @@ def reserve_all(gov, key, limit=1000):
     return n
 
 
-def test_unknown_usage_allows_a_few_calls_in_flight(clock):
-    gov = governor(clock, initial_allowance=10)
-    assert reserve_all(gov, BIZ) == 10
-    gov.release([BIZ])
-    assert gov.try_reserve([BIZ])
+def test_unknown_usage_sets_no_limit_of_its_own(clock):
+    """Meta sends usage headers only once enough calls have been made: until a reading arrives, the configured
+    concurrency and batch size decide, not the governor (it allowed 10 calls before, a fifth of one batch)."""
+    gov = governor(clock)
+    assert reserve_all(gov, BIZ) == 1000
+    gov.observe(BIZ, 0.50)  # a reading, and the allowance follows it
+    gov.observe(BIZ, 0.55)
+    gov.reset_reservations()
+    assert reserve_all(gov, BIZ) == 4
+
+
+def test_acquire_waits_for_a_throttled_key_and_gives_up_past_its_deadline(clock):
+    import asyncio
+
+    gov = governor(clock)
+    gov.throttled(BIZ, 30)
+    assert asyncio.run(gov.acquire([BIZ], deadline=clock.now + 10)) is False
+    clock.now += 31
+    assert asyncio.run(gov.acquire([BIZ], deadline=clock.now + 10)) is True
 
 
 def test_allowance_follows_the_observed_cost_per_call(clock):
@@ -96,7 +110,7 @@ def test_next_release_of_a_throttled_business_is_not_now_because_its_app_is_free
 
 
 def test_hourly_budget(clock):
-    gov = governor(clock, max_calls_per_hour=3, initial_allowance=100)
+    gov = governor(clock, max_calls_per_hour=3)
     assert reserve_all(gov, APP) == 3
     for _ in range(3):
         gov.release([APP])
@@ -133,3 +147,22 @@ def test_a_throttle_is_said_once_with_the_count_of_answers_it_cost(clock, caplog
     with caplog.at_level(logging.WARNING):
         gov.throttled(BIZ, 60)
     assert "(23 more answers were throttled the last time)" in caplog.records[-1].getMessage()
+
+
+def test_a_business_throttle_with_several_entries_waits_for_the_longest(clock):
+    from exporter.graph import GraphError
+    from exporter.graph.ratelimit import RateLimitUsage
+
+    gov = governor(clock)
+    usage = RateLimitUsage(regain_seconds=(("42", 600.0), ("42", 60.0)))  # two use cases of one business
+    blocked = gov.throttle(APP, BIZ, GraphError("throttled", "too many", code=80004, usage=usage))
+    assert blocked == [BIZ] and gov.next_release([BIZ]) == clock.now + 600
+    assert gov.next_release([APP]) == clock.now  # a business's throttle is not its app's
+
+
+def test_an_app_throttle_blocks_the_app_whichever_credential_was_throttled(clock):
+    from exporter.graph import GraphError
+
+    gov = governor(clock)
+    blocked = gov.throttle(("app", "1000"), BIZ, GraphError("throttled", "(#4) limit", code=4, retry_after=120))
+    assert blocked == [("app", "1000")] and gov.next_release([("app", "1000"), BIZ]) == clock.now + 120

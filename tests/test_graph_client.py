@@ -315,6 +315,8 @@ def test_malformed_header_never_fails_the_call():
         (99, None, True, "transient"),
         (2635, None, False, "version"),
         (12345, None, False, "other"),
+        (-1, None, False, "transient"),  # Meta's own failures carry negative codes, not always is_transient
+        (-2, None, False, "transient"),
     ],
 )
 def test_classification_by_code_and_subcode(code, subcode, transient, reason):
@@ -356,6 +358,59 @@ def test_a_silent_version_upgrade_is_logged_once(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("asked for v25.0, Meta answered with v26.0" in m for m in messages) == 1
     assert sum("The v25.0 API is deprecated" in m for m in messages) == 1
+
+
+def test_a_version_warning_on_a_batch_item_is_read_whatever_the_case_of_its_name(caplog):
+    """Batch items carry their own headers, named as Meta writes them: `X-Ad-Api-Version-Warning`."""
+    item_headers = [
+        {"name": "Facebook-API-Version", "value": "v26.0"},
+        {"name": "X-Ad-Api-Version-Warning", "value": "The call has been auto-upgraded to v26.0"},
+    ]
+    items = [{"code": 200, "headers": item_headers, "body": '{"web": []}'}]
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, json=items))
+
+    async def go():
+        async with GraphClient("http://graph.test", "v25.0", transport=transport) as c:
+            answer = await c.batch([quality_call("1")])
+            return c, answer
+
+    with caplog.at_level(logging.WARNING):
+        client, answer = asyncio.run(go())
+    assert answer.outcomes[0].api_version == "v26.0" and set(client.versions.upgraded) == {"v26.0"}
+    assert any("auto-upgraded to v26.0" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_version_warning_on_every_answer_is_kept_and_logged_within_a_bound(caplog):
+    count = iter(range(10_000))
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(
+            200, json={"web": []}, headers={"facebook-api-version": f"v9{next(count)}.0",
+                                            "x-ad-api-version-warning": f"warning {next(count)}"},
+        )
+    )  # fmt: skip
+
+    async def go():
+        async with GraphClient("http://graph.test", "v25.0", transport=transport) as c:
+            for _ in range(200):
+                await c.dataset_quality(TOKEN, "1", "web{event_name}")
+            return c
+
+    with caplog.at_level(logging.WARNING):
+        client = asyncio.run(go())
+    assert len(client.versions.upgraded) <= client.versions.MAX_KEPT
+    assert len(client.versions._warnings) <= client.versions.MAX_KEPT
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("http_429", "throttled"), ("negative_code", "transient"), ("token_expired", "auth")]
+)
+def test_a_gateways_429_is_a_throttle_and_meta_says_what_to_do(start_simulator, fault, reason):
+    sim = start_simulator(datasets=3)
+    sim.set_fault(EXAMPLE_DATASET_ID, fault)
+    err = failure(sim, EXAMPLE_DATASET_ID, max_retries=0)
+    assert err.reason == reason
+    if fault == "token_expired":  # error_user_msg, what Meta would tell a person, beside the message
+        assert "Meta says: Your session is no longer valid" in str(err)
 
 
 def run_batch(sim, calls, **options):
@@ -514,11 +569,11 @@ def test_a_timeout_names_the_host_and_what_did_not_come(start_simulator):
     assert err.reason == "timeout" and f"dataset_quality: {host} sent no answer within 0.3s" in str(err)
 
 
-def test_app_usage_is_labelled_with_the_credential_so_it_joins_the_throttle_series(simulator):
+def test_app_usage_is_labelled_with_the_tokens_app_so_it_joins_the_throttle_series(simulator):
     recorder = Recorder()
 
     async def go():
-        async with GraphClient(simulator.url, observer=recorder, credential_names={TOKEN: "client_a"}) as c:
+        async with GraphClient(simulator.url, observer=recorder, app_labels={TOKEN: "client_a"}) as c:
             await c.dataset_quality(TOKEN, EXAMPLE_DATASET_ID, "web{event_name}")
 
     asyncio.run(go())

@@ -53,6 +53,8 @@ def produced() -> set[str]:
         throttled_until={("business", "1"): 2.0},
         discovery={"1": (True, 1.0)},
         tokens={"default": (True, 0.0)},
+        suspended={"default": "expired"},
+        versions_upgraded=("v25.0",),
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(lambda: snapshot))

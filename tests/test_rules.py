@@ -82,3 +82,9 @@ def test_promtool_check_config_checks_both_rule_files():
     result = promtool("check", "config", "--lint=all", str(ROOT / "deploy" / "prometheus" / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 rule files found" in result.stdout  # relative rule_files: checked, not silently skipped
+
+
+def test_the_readme_counts_the_alerts_there_are():
+    readme = (ROOT / "README.md").read_text("utf-8")
+    counted = re.search(r"(\d+) alerts with thresholds", readme)
+    assert counted and int(counted.group(1)) == len(ALERTS)

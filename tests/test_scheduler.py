@@ -13,6 +13,7 @@ import pytest
 
 from exporter import scheduler as scheduler_module
 from exporter.config import Secrets, validate
+from exporter.exposition import render
 from exporter.parser import parse_dataset_quality
 from exporter.scheduler import Scheduler
 from exporter.simulator import EXAMPLE_DATASET_ID
@@ -121,6 +122,23 @@ def test_a_rejected_token_fails_only_its_datasets_and_is_not_used_again(start_si
 
     asyncio.run(reload_and_cycle())
     assert all(s.fetch_success for s in scheduler.snapshot.datasets)
+
+
+def test_meta_answering_an_expired_version_with_a_newer_one_is_said_and_exposed(start_simulator, caplog):
+    sim = start_simulator(datasets=4, upgrade_expired_versions=True)
+    config = make(sim, [{"id": i} for i in sim.world.dataset_ids[:4]])
+    config = validate({**_raw(config), "graph_api": {"base_url": sim.url, "version": "v24.0"}}, "test.yaml")
+    with caplog.at_level(logging.WARNING):
+        snapshot = run_cycle(Scheduler(config, secrets()))
+    assert all(s.fetch_success for s in snapshot.datasets)
+    assert snapshot.versions_upgraded == ("v25.0",)
+    assert 'meta_dataset_quality_graph_api_version_upgraded{version="v25.0"} 1.0' in render(snapshot).decode()
+    said = [r.getMessage() for r in caplog.records if "auto-upgraded" in r.getMessage()]
+    assert len(said) == 1  # once, not once per answer
+
+
+def _raw(config):
+    return {"collection": {"interval": "1h"}, "datasets": [{"id": d.id} for d in config.datasets]}
 
 
 def test_offline_source(simulator):

@@ -33,6 +33,8 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 TOTAL_TIMEOUTS = 2  # a whole request may take this many times graph_api.timeout, which bounds each read
 _AUTH_PARAMS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+MAX_MESSAGE = 500  # characters of an error message (and of error_user_msg) kept
+MAX_ITEM_HEADERS = 64  # headers read from one batch item
 
 
 @lru_cache(maxsize=1024)
@@ -68,6 +70,43 @@ def batch_form(token: str, urls: list[tuple[str, Mapping[str, str]]], extra: Map
     fields = [f"access_token={quote_plus(token)}", f"batch={batch}"]
     fields += [f"{quote_plus(key)}={quote_plus(value)}" for key, value in extra.items()]
     return "&".join(fields).encode()
+
+
+class VersionNotes:
+    """The versions Meta answered with instead of the configured one, and its `X-Ad-Api-Version-Warning`s:
+    each new one logged once, kept for /metrics while Meta keeps sending it. Since 2024 the Marketing API often
+    answers a call to an expired version with the next one and that header, rather than refusing it (2635)."""
+
+    MAX_KEPT = 16  # a different value on every answer must not grow memory or the log
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.upgraded: dict[str, float] = {}  # version Meta answered with -> when last seen (time.time())
+        self._warnings: dict[str, None] = {}  # warnings already logged, oldest first
+
+    def check(self, headers: Mapping[str, str]) -> None:
+        """`headers` with lowercase names (httpx's are case-insensitive)."""
+        answered = (headers.get("facebook-api-version") or "")[:16]
+        warning = (headers.get("x-ad-api-version-warning") or "")[:MAX_MESSAGE]
+        if answered and answered != self.version:
+            if answered not in self.upgraded:
+                _keep_bounded(self.upgraded, self.MAX_KEPT)
+                log.warning(
+                    "Graph API version: asked for %s, Meta answered with %s; set graph_api.version to a current "
+                    "version",
+                    self.version,
+                    scrub(answered),
+                )
+            self.upgraded[answered] = time.time()
+        if warning and warning not in self._warnings:
+            _keep_bounded(self._warnings, self.MAX_KEPT)
+            self._warnings[warning] = None
+            log.warning("Graph API version: Meta says %r; set graph_api.version to a current version", scrub(warning))
+
+
+def _keep_bounded(kept: dict[str, Any], limit: int) -> None:
+    while len(kept) >= limit:
+        del kept[next(iter(kept))]
 
 
 class RequestObserver(Protocol):
@@ -116,7 +155,7 @@ class GraphClient:
         version: str = LATEST_VERSION,
         *,
         timeout: float = 30.0,
-        app_secret: str | None = None,
+        app_secret: str | Callable[[], str | None] | None = None,
         max_retries: int = 2,
         backoff: float = 0.5,
         backoff_max: float = 30.0,
@@ -124,21 +163,23 @@ class GraphClient:
         max_connections: int = 20,
         observer: RequestObserver | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        credential_names: Mapping[str, str] | None = None,
+        app_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
         self.timeout = timeout
-        # token -> credential name: X-App-Usage is labelled with the credential, as the governor's app keys are
-        self.credential_names = credential_names if credential_names is not None else {}
+        # token -> the app it belongs to (its ID, or the credential's name where unknown): X-App-Usage is
+        # labelled as the governor's app keys are
+        self.app_labels = app_labels if app_labels is not None else {}
         self.version = version
-        self.app_secret = app_secret
+        # a callable is asked at every call: a rotated app_secret_file takes effect without a new client
+        self._app_secret = app_secret if callable(app_secret) else (lambda: app_secret)
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.max_body_bytes = max_body_bytes
         self.observer = observer
-        self._version_notes: set[str] = set()
+        self.versions = VersionNotes(version)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -146,6 +187,10 @@ class GraphClient:
             headers={"User-Agent": f"meta-dataset-quality-exporter/{__version__}", "Accept-Encoding": "gzip, deflate"},
             transport=transport,
         )
+
+    @property
+    def app_secret(self) -> str | None:
+        return self._app_secret()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -197,12 +242,14 @@ class GraphClient:
                 log.debug("retrying %s after %s in %.2fs (attempt %d)", endpoint, exc.reason, delay, attempt + 1)
                 await asyncio.sleep(delay)
 
-    async def batch(self, calls: list[BatchCall], *, endpoint: str = "batch") -> BatchAnswer:
+    async def batch(self, calls: list[BatchCall], *, endpoint: str = "batch", retry: bool = True) -> BatchAnswer:
         """Run up to 50 GETs of one credential in one batch request.
 
         The batch carries one token, at the top level, as Meta requires: a token Meta rejects fails the whole
         request, so mixing credentials would let one client's expired token fail every other client's calls.
         A failure of the whole request raises GraphError; per-item failures come back as GraphError values.
+        Without `retry`, a transient failure of the whole request is the caller's to retry (every item of a
+        batch counts as a call, so the fetcher re-sends them through the governor, in smaller batches).
         """
         if not calls:
             return BatchAnswer([], RateLimitUsage())
@@ -210,22 +257,25 @@ class GraphClient:
         if any(call.token != token for call in calls):
             raise ValueError("a batch request carries the calls of one credential only")
         form = batch_form(token, [(f"{self.version}/{c.path}", c.params) for c in calls], self._auth_params(token))
-        answer = await self._retrying(endpoint, lambda: self._post_once(form, len(calls), endpoint, token))
+        once = lambda: self._post_once(form, len(calls), endpoint, token)  # noqa: E731
+        answer = await (self._retrying(endpoint, once) if retry else once())
         return BatchAnswer([self._batch_item(element, token) for element in answer.body], answer.usage)
 
     def _app_label(self, token: str) -> str:
-        return self.credential_names.get(token, "app")
+        return self.app_labels.get(token, "app")
 
     def _batch_item(self, element: Any, token: str) -> GraphResponse | GraphError | None:
         if element is None:
             return None
         if not isinstance(element, dict) or not isinstance(element.get("code"), int):
             return GraphError("invalid_response", "batch item is not an object with a code")
-        headers = {
-            str(h.get("name")): str(h.get("value"))
-            for h in element.get("headers") or []
+        raw_headers = element.get("headers")
+        headers = {  # header names are case-insensitive: Meta writes `Facebook-API-Version` or lowercase
+            str(h.get("name")).lower(): str(h.get("value"))
+            for h in (raw_headers if isinstance(raw_headers, list) else [])[:MAX_ITEM_HEADERS]
             if isinstance(h, dict) and "name" in h and "value" in h
         }
+        self.versions.check(headers)
         usage = parse_rate_limit_headers(headers, app_id=self._app_label(token))
         if self.observer and usage.samples:
             self.observer.on_usage(usage)
@@ -250,10 +300,11 @@ class GraphClient:
 
     # ----- one request ---------------------------------------------------------------------------------
     def _auth_params(self, token: str) -> dict[str, str]:
-        if not self.app_secret:
+        secret = self.app_secret
+        if not secret:
             return {}
         now = int(time.time())
-        return {"appsecret_proof": appsecret_proof(token, self.app_secret, now), "appsecret_time": str(now)}
+        return {"appsecret_proof": appsecret_proof(token, secret, now), "appsecret_time": str(now)}
 
     async def _get_once(self, path: str, params: Mapping[str, str], token: str, endpoint: str) -> GraphResponse:
         url = f"{self.base_url}/{self.version}/{path.lstrip('/')}"
@@ -329,23 +380,12 @@ class GraphClient:
     def _interpret(
         self, status: int, headers: Mapping[str, str], raw: bytes, ad_account: str, token: str
     ) -> GraphResponse:
-        self._check_version(headers)
+        self.versions.check(headers)
         # X-Ad-Account-Usage does not name its account: the path called does
         usage = parse_rate_limit_headers(headers, app_id=self._app_label(token), ad_account_id=ad_account)
         if self.observer and usage.samples:
             self.observer.on_usage(usage)
         return self.interpret_body(status, raw, usage, headers.get("facebook-api-version"))
-
-    def _check_version(self, headers: Mapping[str, str]) -> None:
-        """Meta may answer with a newer version than asked for: say so loudly, once per message."""
-        answered = headers.get("facebook-api-version")
-        notes = [headers.get("x-ad-api-version-warning") or ""]
-        if answered and answered != self.version:
-            notes.append(f"asked for {self.version}, Meta answered with {answered}")
-        for note in filter(None, notes):
-            if note not in self._version_notes:
-                self._version_notes.add(note)
-                log.warning("Graph API version: %s; set graph_api.version to a current version", note)
 
     def interpret_body(
         self, status: int, raw: bytes | str, usage: RateLimitUsage, api_version: str | None = None
@@ -360,11 +400,15 @@ class GraphClient:
         except ValueError:
             if status >= 500:
                 raise GraphError("transient", "server error with a body that is not JSON", http_status=status) from None
+            if status == 429:  # a gateway's or a proxy's throttle, without Meta's error object
+                raise GraphError("throttled", "HTTP 429 Too Many Requests", http_status=status) from None
             raise GraphError("invalid_response", "response body is not valid JSON", http_status=status) from None
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             raise self._graph_error(body["error"], status, usage)
         if status >= 500:
             raise GraphError("transient", "server error", http_status=status)
+        if status == 429:
+            raise GraphError("throttled", "HTTP 429 Too Many Requests", http_status=status)
         if status != 200:
             raise GraphError("other", "unexpected answer without an error object", http_status=status)
         return GraphResponse(body, usage, api_version)
@@ -373,6 +417,8 @@ class GraphClient:
         code = error.get("code") if isinstance(error.get("code"), int) else None
         subcode = error.get("error_subcode") if isinstance(error.get("error_subcode"), int) else None
         reason = classify(code, subcode, error.get("is_transient") is True)
+        if reason == "other" and status == 429:
+            reason = "throttled"
         retry_after = None
         if reason == "throttled":
             waits = [seconds for _, seconds in usage.regain_seconds]
@@ -384,7 +430,10 @@ class GraphClient:
                     retry_after = float(min(minutes, 10**7)) * 60  # a 400-digit number must not overflow
         if self.observer and code is not None:
             self.observer.on_graph_error(code, reason)
-        message = scrub(str(error.get("message") or "Graph API error"))[:500]
+        message = scrub(str(error.get("message") or "Graph API error"))[:MAX_MESSAGE]
+        user_message = error.get("error_user_msg")
+        if isinstance(user_message, str) and user_message.strip():  # what Meta would tell a person, often the fix
+            message += f" (Meta says: {scrub(user_message.strip())[:MAX_MESSAGE]})"
         return GraphError(
             reason,
             message,

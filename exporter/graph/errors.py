@@ -37,7 +37,7 @@ def classify(code: int | None, subcode: int | None, is_transient: bool = False) 
         return "throttled"
     if code == 368:  # temporarily blocked for policy reasons: minutes to days, never worth an early retry
         return "blocked"
-    if code in (1, 2) or is_transient:
+    if code in (1, 2) or is_transient or (code is not None and code < 0):  # -1, -2: Meta's own failures
         return "transient"
     return "other"
 

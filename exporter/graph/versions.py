@@ -38,8 +38,8 @@ def warn_if_expiring(version: str, now: float) -> None:
     days = (when - now) / 86400
     if days <= 0:
         log.error(
-            "Graph API %s expired for the Marketing API on %s and Meta refuses it (error 2635): set "
-            "graph_api.version to %s",
+            "Graph API %s expired for the Marketing API on %s: Meta refuses it (error 2635) or answers with a newer "
+            "version than asked for: set graph_api.version to %s",
             version,
             day,
             LATEST_VERSION,
