@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
-import os
 import resource
 import signal
 import sys
@@ -119,39 +116,17 @@ GIL_SWITCH_INTERVAL = 0.0005
 
 
 def prefer_short_gil_waits() -> None:
-    """Let threads hand over the GIL every 0.5 ms instead of Python's 5 ms. While the collection loop renders a
-    publish, a scrape's thread waits for the GIL at every step it takes (accepting, each write of its answer):
-    measured at 10,000 datasets over a paced cycle, gzip scrapes' p99 went from 403 ms (5 ms) to 79 ms."""
+    """Let threads hand over the GIL every 0.5 ms instead of Python's 5 ms. While a publish renders, a scrape's
+    thread waits for the GIL at every step it takes (accepting, each write of its answer), and the collection
+    loop waits for it at every answer: both p99 scrape latency and the burst cycle fail their figures without
+    it (bench/README.md, the exposition's side-by-side run)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-
-
-M_ARENA_MAX = -8  # glibc's malloc.h
-
-
-def share_one_malloc_arena() -> bool:
-    """Have every thread allocate from glibc's main arena, as MALLOC_ARENA_MAX=1 would (unless the user set
-    that variable). Left alone, glibc gives threads arenas of their own. A mid-cycle render runs on a thread
-    that ends with it, and the next render's thread takes over its arena, until a new long-lived thread (the
-    web server starts writer threads as scrapes need them) takes that arena first: the next renders then fill
-    a new one, and the old one stays resident, fragmented. A 30-minute soak at 1,000 datasets
-    (bench/README.md) stepped from 171 to 205 MiB of resident memory, all of it in anonymous mappings, in the
-    minute after its fourth thread appeared, and stayed there. The threads take turns under the GIL, so one
-    arena costs them little waiting. False where the C library is not glibc."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.restype, mallopt.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_ARENA_MAX, 1))
 
 
 def prepare_process() -> None:
     """The process-wide settings, made before any thread starts (by `run`, the demo and the benchmarks)."""
     raise_open_file_limit()
     prefer_short_gil_waits()
-    share_one_malloc_arena()
 
 
 def run(source: ConfigSource, web_config: str | None = None, *, lifecycle: bool = False) -> int:

@@ -321,9 +321,9 @@ class HttpServer:
         if length >= BLOCKING_WRITE and await self._write_blocking(writer, head, chunks):
             return
         writer.write(head)
-        # In slices, each drained before the next: a 270 MB answer never sits in memory a second time. The
-        # slices are found and joined in C: an answer can be 250,000 chunks, and while the collection loop
-        # publishes, every step this thread takes in Python waits for the GIL.
+        # In slices, each drained before the next: a large answer never sits in memory a second time. The
+        # slices are found and joined in C: a plain answer is a chunk per dataset and family, and while a
+        # publish renders, every step this thread takes in Python waits for the GIL.
         for piece in _slices(chunks):
             writer.write(piece)
             await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
@@ -331,8 +331,8 @@ class HttpServer:
 
     async def _write_blocking(self, writer: asyncio.StreamWriter, head: bytes, chunks: Sequence[bytes]) -> bool:
         """Send a large answer from a thread, with the socket blocking: the kernel then takes up to IOV_MAX
-        chunks in one call, straight from the published bytes (no slices joined: copying a 20 MB answer into
-        new memory cost more than sending it), and this thread waits for the GIL once per call rather than at
+        chunks in one call, straight from the published bytes (no slices joined: copying a large answer into
+        new memory costs more than sending it), and this thread waits for the GIL once per call rather than at
         every turn of the event loop (with a publish rendering in the collection loop's thread, each turn
         waited up to a switch interval). A client that does not take a call's bytes within SLOW_CLIENT gets
         the rest through the event loop. Plain TCP only: TLS goes through the event loop. False if nothing
@@ -361,13 +361,21 @@ class HttpServer:
         return True
 
 
-def _slices(chunks: Sequence[bytes]) -> Iterator[bytes]:
-    """`chunks` joined into slices of about WRITE_SLICE bytes, found and joined in C."""
-    ends = list(itertools.accumulate(map(len, chunks)))
+def _slices(chunks: Sequence[bytes]) -> Iterator[bytes | memoryview]:
+    """`chunks` as slices of about WRITE_SLICE bytes: runs of small chunks joined (found and joined in C: a
+    plain answer is 200,000 chunks), a large chunk cut into views of itself, never copied whole."""
+    parts: list[bytes | memoryview] = []
+    for chunk in chunks:
+        if len(chunk) > WRITE_SLICE:
+            view = memoryview(chunk)
+            parts.extend(view[start : start + WRITE_SLICE] for start in range(0, len(chunk), WRITE_SLICE))
+        else:
+            parts.append(chunk)
+    ends = list(itertools.accumulate(map(len, parts)))
     start = 0
-    while start < len(chunks):
+    while start < len(parts):
         stop = bisect.bisect_left(ends, (ends[start - 1] if start else 0) + WRITE_SLICE, lo=start) + 1
-        yield b"".join(chunks[start:stop])
+        yield parts[start] if stop - start == 1 else b"".join(parts[start:stop])
         start = stop
 
 

@@ -36,9 +36,8 @@ log = logging.getLogger(__name__)
 
 PACING_SHARE = 0.9  # spread a paced cycle's calls over this share of the interval, leaving room to finish
 PUBLISH_EVERY = 5.0  # seconds between snapshots published during a paced cycle, at most (one renders at a time)
-# A burst's last publish renders what no mid-cycle render reached, and overlaps nothing: publishing every second
-# (and once the last requests are out, see run_cycle) keeps that to the last answers (at 10,000, the burst went
-# from 12.4 s to 10.5 s with the deferral, and to 10.3 s with the render once the last requests are out).
+# A burst publishes more often: the cycle's last publish renders what no mid-cycle render reached, after the
+# last answer, so the less is left for it the sooner the cycle's data is on /metrics.
 BURST_PUBLISH_EVERY = 1.0
 PROGRESS_EVERY = 30.0  # seconds between progress log lines during a long cycle
 PUBLISH_WAIT = 5.0  # seconds a reload waits for the loop to publish its outcome (a long parse may hold it)
@@ -302,8 +301,8 @@ class Scheduler:
         requests = -(-calls // config.batch_size) if calls else 0
         spacing = config.interval * PACING_SHARE / requests if paced and requests else 0.0
         publish_every = PUBLISH_EVERY if paced else BURST_PUBLISH_EVERY
-        loop_waiting = idle_signal()
         last_progress = started
+        loop_waiting = idle_signal()
         in_flight = config.concurrency * config.batch_size // max(1, len(config.sources))  # targets, at most
         tail_rendered = False
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
@@ -324,8 +323,8 @@ class Scheduler:
                     "cycle progress: %d/%d targets fetched, %d failed, %.0fs elapsed", done, total, failed, elapsed
                 )
             self._swap_rendered(wait=False)
-            # In a burst, once every request left, render what has come so far: the loop mostly waits for the
-            # last answers then, and the cycle's last publish is left with only those.
+            # In a burst, once every request has left, render what has come so far: the loop mostly waits for
+            # the last answers then, and the cycle's last publish is left with only those.
             tail = not paced and not tail_rendered and total - done <= in_flight
             if self._rendering is None and (tail or now - self._last_publish >= publish_every):
                 tail_rendered = tail_rendered or tail
@@ -355,8 +354,8 @@ class Scheduler:
                 self._count_cycle(duration, total, config.interval, fetcher.held_back)
             self.recorder.cycle_done = self.recorder.cycle_total = 0
             self.recorder.cycle_started = None
-            # Before the collection that ends the cycle, which walks the whole heap (0.3 s at 10,000 datasets):
-            # the scrapes get the cycle's data that much sooner.
+            # Before the collection that ends the cycle, which walks the whole heap: the scrapes get the cycle's
+            # data that much sooner.
             self.snapshot = self._publish()
         log.info("cycle finished: %d targets, %d failed, in %.1fs", total, failed, duration)
 
@@ -436,13 +435,14 @@ class Scheduler:
 
 class _Render:
     """A mid-cycle snapshot's exposition, rendered on a thread of its own so that the loop keeps its requests
-    in flight meanwhile: a render of thousands of datasets takes the loop's whole attention for a second or
-    more, and in that time the answers to its requests would wait unread and no new request would leave. The
-    thread ends with the render; the loop swaps the result in (exporter.scheduler.Scheduler._swap_rendered).
+    in flight meanwhile: a render of thousands of datasets would otherwise hold the loop for a second or more,
+    while answers wait unread and no request leaves. The thread ends with the render; the loop swaps the
+    result in (Scheduler._swap_rendered).
 
     With `loop_waiting` (exporter.loop) the render defers to the loop: before each dataset it renders and each
     family it assembles, it waits until the loop waits for I/O, unless the loop itself waits for the render
-    (`result`)."""
+    (`result`). Both threads share one GIL: without it, the render takes the GIL half of the time the loop
+    wants it, and a burst's answers wait to be read meanwhile (bench/README.md)."""
 
     def __init__(self, publisher: Publisher, snapshot: Snapshot, loop_waiting: threading.Event | None = None) -> None:
         self._snapshot: Snapshot = snapshot
