@@ -81,6 +81,7 @@ class DiscoveryConfig:
     refresh: float = 3600.0
     agent_name: str = ""
     labels: tuple[tuple[str, str], ...] = ()
+    max_pixels: int = 10_000  # pixels one edge's listing keeps; the rest are left out, and said so
 
     @property
     def source(self) -> str:
@@ -96,6 +97,7 @@ class ShardConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_series: int = 2_000_000
+    max_bytes: int = 512 * 1024 * 1024  # of quality and offline lines in the exposition (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -144,14 +146,18 @@ class Secrets:
 def parse_duration(value: Any) -> float:
     """`30s`, `15m`, `1h`, `1h30m`, `500ms`, `2d` -> seconds. Raises ValueError."""
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {value!r}")
+        raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {shown(value)}")
     text = value.strip()
+    if len(text) > 40:  # no duration is longer; the pattern below would take minutes over a long string
+        raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {shown(value)}")
     matches = list(_DURATION.finditer(text))
     if not text or "".join(m.group(0) for m in matches) != text:
-        raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {value!r}")
+        raise ValueError(f"expected a duration such as 30s, 15m or 1h, got {shown(value)}")
     return sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches)
 
 
+_DIGITS = re.compile(r"[0-9]+")  # ASCII digits: str.isdigit also takes fullwidth, Arabic-Indic and superscripts
+MAX_YAML_NODES = 200_000  # nodes of a document with its aliases expanded: a 600-byte alias bomb is billions
 MAX_CONFIG_BYTES = 1024 * 1024  # a fleet of 10,000 configured datasets is about 600 KB of YAML
 MAX_SECRET_BYTES = 64 * 1024
 
@@ -187,12 +193,66 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{name}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{name}: {exc}"]) from None
     return validate(raw if raw is not None else {}, name)
+
+
+def safe_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing what would cost far more than the text's size or mean something else than it
+    says: aliases that expand past MAX_YAML_NODES nodes, and integers written with a leading zero (YAML 1.1
+    reads `01234567` as the octal number 342391). Raises yaml.YAMLError or ValueError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}  # node -> nodes under it, aliases expanded; a document is a graph with shared nodes
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a node that holds itself counts once
+        total = 1
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:int" and re.fullmatch(r"[-+]?0[0-9_]+", node.value):
+                line = node.start_mark.line + 1
+                raise ValueError(
+                    f"line {line}: {shown(node.value)} is read as an octal number by YAML; quote it "
+                    "(an ID is a string of digits) or drop the leading zero"
+                )
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        if total > MAX_YAML_NODES:
+            raise ValueError(f"aliases expand the document past {MAX_YAML_NODES:,} nodes; write the values out")
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+SHOWN = 60  # characters of a value quoted in an error: a value can be megabytes
+
+
+def shown(value: Any) -> str:
+    """A value as an error quotes it: its repr, cut to SHOWN characters with a marker."""
+    text = repr(value) if not isinstance(value, dict | list) else f"a {type(value).__name__} of {len(value)}"
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}… ({len(text)} characters)"
 
 
 class _Problems:
@@ -201,6 +261,7 @@ class _Problems:
         self.items: list[str] = []
 
     def add(self, key: str, problem: str) -> None:
+        key = key if len(key) <= 2 * SHOWN else f"{key[: 2 * SHOWN]}…"  # user keys are part of paths
         self.items.append(f"{self.source}: {key or '<top level>'}: {problem}")
 
 
@@ -213,7 +274,8 @@ def _mapping(value: Any, key: str, allowed: set[str] | None, problems: _Problems
         return {}
     for unknown in sorted(set(map(str, value)) - allowed) if allowed is not None else ():
         hint = f" (known keys: {', '.join(sorted(allowed))})" if allowed else ""
-        problems.add(f"{key}.{unknown}" if key else unknown, f"unknown key{hint}")
+        name = unknown if len(unknown) <= SHOWN else f"{unknown[:SHOWN]}…"
+        problems.add(f"{key}.{name}" if key else name, f"unknown key{hint}")
     return {str(k): v for k, v in value.items()}
 
 
@@ -223,7 +285,7 @@ def _get(raw: dict[str, Any], key: str, path: str, kind: type | tuple[type, ...]
         return default
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        p.add(f"{path}.{key}" if path else key, f"expected {names}, got {type(value).__name__} {value!r}")
+        p.add(f"{path}.{key}" if path else key, f"expected {names}, got {type(value).__name__} {shown(value)}")
         return default
     return value
 
@@ -253,11 +315,22 @@ SCHEMA: dict[str, frozenset[str]] = {
     ),
     "datasets[]": frozenset({"id", "name", "credential", "agent_name", "labels"}),
     "discovery[]": frozenset(
-        {"business_id", "ad_account_id", "edges", "credential", "include", "exclude", "refresh", "agent_name", "labels"}
+        {
+            "business_id",
+            "ad_account_id",
+            "edges",
+            "credential",
+            "include",
+            "exclude",
+            "refresh",
+            "agent_name",
+            "labels",
+            "max_pixels",
+        }
     ),
     "server": frozenset({"listen_address"}),
     "shard": frozenset({"index", "count"}),
-    "limits": frozenset({"max_series"}),
+    "limits": frozenset({"max_series", "max_bytes"}),
 }
 STALE_INTERVALS = 3  # collection.stale_after when it is not set, in intervals
 
@@ -273,8 +346,24 @@ def show_duration(seconds: float) -> str:
 def base_url_problem(url: str) -> str | None:
     """What is wrong with a Graph API base URL, or None; the YAML key and the command-line flag share it."""
     if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
-        return f"expected an http(s) URL without query, got {url!r}"
+        return f"expected an http(s) URL without query, got {shown(url)}"
     return None
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def _size(raw: dict[str, Any], key: str, path: str, default: int, p: _Problems) -> int:
+    """A size in bytes: a number, or `512MiB`, `2GiB`, `64KiB`; 0 turns the limit off."""
+    value = raw.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        p.add(f"{path}.{key}", f"expected a size such as 512MiB or 2GiB (0: no limit), got {shown(value)}")
+        return default
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
 def _duration(raw: dict[str, Any], key: str, path: str, default: float, p: _Problems) -> float:
@@ -301,7 +390,7 @@ def validate(raw: Any, source: str = "<config>") -> Config:
     server_raw = _mapping(top.get("server"), "server", SCHEMA["server"], p)
     server = ServerConfig(_get(server_raw, "listen_address", "server", str, ServerConfig.listen_address, p))
     if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$", server.listen_address):
-        p.add("server.listen_address", f"expected HOST:PORT, got {server.listen_address!r}")
+        p.add("server.listen_address", f"expected HOST:PORT, got {shown(server.listen_address)}")
     discovery = _discovery(top.get("discovery"), credentials, p)
     shard_raw = _mapping(top.get("shard"), "shard", SCHEMA["shard"], p)
     shard = ShardConfig(_get(shard_raw, "index", "shard", int, 0, p), _get(shard_raw, "count", "shard", int, 1, p))
@@ -310,7 +399,10 @@ def validate(raw: Any, source: str = "<config>") -> Config:
             "shard", f"index must be in 0..count-1 and count at least 1, got index {shard.index}, count {shard.count}"
         )
     limits_raw = _mapping(top.get("limits"), "limits", SCHEMA["limits"], p)
-    limits = LimitsConfig(_get(limits_raw, "max_series", "limits", int, LimitsConfig.max_series, p))
+    limits = LimitsConfig(
+        _get(limits_raw, "max_series", "limits", int, LimitsConfig.max_series, p),
+        _size(limits_raw, "max_bytes", "limits", LimitsConfig.max_bytes, p),
+    )
     if limits.max_series < 0:
         p.add("limits.max_series", "must be 0 (no limit) or positive")
     if p.items:
@@ -327,7 +419,7 @@ def _graph_api(value: Any, p: _Problems) -> GraphApiConfig:
         p.add("graph_api.base_url", problem)
     version = _get(raw, "version", "graph_api", str, d.version, p)
     if not _VERSION.match(version):
-        p.add("graph_api.version", f"expected a Graph API version such as {DEFAULT_VERSION}, got {version!r}")
+        p.add("graph_api.version", f"expected a Graph API version such as {DEFAULT_VERSION}, got {shown(version)}")
     app_id = _get(raw, "app_id", "graph_api", (str, int), None, p)
     config = GraphApiConfig(
         base_url=base_url.rstrip("/"),
@@ -428,8 +520,8 @@ def _discovery(value: Any, credentials: Mapping[str, CredentialConfig], p: _Prob
         for name in ("business_id", "ad_account_id"):
             ident = raw.get(name)
             ident = str(ident) if isinstance(ident, int) and not isinstance(ident, bool) else ident
-            if ident is not None and (not isinstance(ident, str) or not ident.removeprefix("act_").isdigit()):
-                p.add(f"{key}.{name}", f"expected an ID of digits, got {ident!r}")
+            if ident is not None and (not isinstance(ident, str) or not _DIGITS.fullmatch(ident.removeprefix("act_"))):
+                p.add(f"{key}.{name}", f"expected an ID of digits, got {shown(ident)}")
             ids[name] = ident.removeprefix("act_") if isinstance(ident, str) else ""
         if bool(ids["business_id"]) == bool(ids["ad_account_id"]):
             p.add(key, "set exactly one of business_id or ad_account_id")
@@ -441,7 +533,8 @@ def _discovery(value: Any, credentials: Mapping[str, CredentialConfig], p: _Prob
             p.add(f"{key}.edges", "an ad account has one edge (adspixels); edges apply to businesses only")
         credential = _get(raw, "credential", key, str, "default", p)
         if credential not in credentials:
-            p.add(f"{key}.credential", f"no credential named {credential!r} (known: {', '.join(sorted(credentials))})")
+            known = ", ".join(sorted(credentials))
+            p.add(f"{key}.credential", f"no credential named {shown(credential)} (known: {known})")
         patterns = {}
         for name in ("include", "exclude"):
             pattern = _get(raw, name, key, str, "", p)
@@ -461,8 +554,11 @@ def _discovery(value: Any, credentials: Mapping[str, CredentialConfig], p: _Prob
                 refresh=_duration(raw, "refresh", key, 3600.0, p),
                 agent_name=_get(raw, "agent_name", key, str, "", p),
                 labels=_labels(raw.get("labels"), f"{key}.labels", p),
+                max_pixels=_get(raw, "max_pixels", key, int, DiscoveryConfig.max_pixels, p),
             )
         )
+        if out[-1].max_pixels < 1:
+            p.add(f"{key}.max_pixels", "must be at least 1")
     return tuple(out)
 
 
@@ -475,7 +571,7 @@ def _choices(raw: dict[str, Any], key: str, allowed: tuple[str, ...], default: t
         return default
     for i, item in enumerate(value):
         if item not in allowed:
-            p.add(f"collection.{key}[{i}]", f"unknown value {item!r}; choose from {', '.join(allowed)}")
+            p.add(f"collection.{key}[{i}]", f"unknown value {shown(item)}; choose from {', '.join(allowed)}")
     return tuple(dict.fromkeys(str(v) for v in value))
 
 
@@ -493,18 +589,20 @@ def _datasets(value: Any, credentials: Mapping[str, CredentialConfig], p: _Probl
         dataset_id = raw.get("id")
         if isinstance(dataset_id, int) and not isinstance(dataset_id, bool):
             dataset_id = str(dataset_id)
-        if not isinstance(dataset_id, str) or not dataset_id.isdigit():
-            p.add(f"{key}.id", f"expected a dataset (pixel) ID of digits, got {dataset_id!r}")
+        if not isinstance(dataset_id, str) or not _DIGITS.fullmatch(dataset_id):
+            p.add(f"{key}.id", f"expected a dataset (pixel) ID of digits, got {shown(dataset_id)}")
             continue
         credential = _get(raw, "credential", key, str, "default", p)
         if credential not in credentials:
-            p.add(f"{key}.credential", f"no credential named {credential!r} (known: {', '.join(sorted(credentials))})")
+            known = ", ".join(sorted(credentials))
+            p.add(f"{key}.credential", f"no credential named {shown(credential)} (known: {known})")
         agent = _get(raw, "agent_name", key, str, "", p)
         if agent != agent.lower():
-            p.add(f"{key}.agent_name", f"agent names are lowercase, normalised platform names; got {agent!r}")
+            p.add(f"{key}.agent_name", f"agent names are lowercase, normalised platform names; got {shown(agent)}")
         labels = _labels(raw.get("labels"), f"{key}.labels", p)
         if (dataset_id, agent) in seen:
-            p.add(key, f"dataset {dataset_id} with agent_name {agent!r} is already datasets[{seen[dataset_id, agent]}]")
+            earlier = seen[dataset_id, agent]
+            p.add(key, f"dataset {dataset_id} with agent_name {shown(agent)} is already datasets[{earlier}]")
         seen[dataset_id, agent] = i
         out.append(DatasetConfig(dataset_id, _get(raw, "name", key, str, "", p), credential, agent, labels))
     return tuple(out)

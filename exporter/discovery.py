@@ -26,7 +26,7 @@ from exporter.governor import Governor, Key
 from exporter.graph import BatchAnswer, BatchCall, GraphClient, GraphError, GraphResponse
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.targets import Target
-from exporter.text import encodable
+from exporter.text import bounded, encodable
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ PIXEL_FIELDS = "id,name,is_unavailable,last_fired_time,owner_business{id,name}"
 DATASET_FIELDS = "id,server_last_fired_time"
 PAGE_SIZE = "100"
 FIELD_RETRIES = 3
-MAX_PAGES = 1000  # pages of one edge per listing (100,000 pixels): a `next` that never ends must end
+MAX_ITEMS = 100_000  # items of a listing that names no limit of its own (ads_dataset)
+EMPTY_PAGES = 20  # pages past limit / PAGE_SIZE a listing may follow: Meta may hand out empty pages
 GOVERNOR_WAIT = 60.0  # seconds a housekeeping call may wait for the rate-limit governor before it is skipped
 
 
@@ -99,6 +100,7 @@ class PixelMeta:
 class SourceStatus:
     success: bool
     last_success: float | None
+    truncated: bool = False  # the listing held more than discovery[].max_pixels
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,9 @@ def graph_time(value: Any) -> float | None:
 def pixel_meta(item: dict[str, Any]) -> PixelMeta:
     owner = item.get("owner_business") if isinstance(item.get("owner_business"), dict) else {}
     return PixelMeta(
-        name=encodable(str(item.get("name") or "")),
-        business_id=encodable(str(owner.get("id") or "")),
-        business_name=encodable(str(owner.get("name") or "")),
+        name=bounded(encodable(str(item.get("name") or ""))),
+        business_id=bounded(encodable(str(owner.get("id") or "")), 32),
+        business_name=bounded(encodable(str(owner.get("name") or ""))),
         last_fired=graph_time(item.get("last_fired_time")),
     )
 
@@ -187,7 +189,9 @@ class Housekeeping:
         last = self.sources.get(edge)
         business = source.business_id or ""
         try:
-            items = await self._paged(gateway, edge, PIXEL_FIELDS, token, source.credential, "discovery", business)
+            items = await self._paged(
+                gateway, edge, PIXEL_FIELDS, token, source.credential, "discovery", business, source.max_pixels
+            )
         except Exception as exc:
             if isinstance(exc, GraphError):
                 log.warning("discovery from %s failed, keeping its last list: %s", edge, exc)
@@ -201,7 +205,14 @@ class Housekeeping:
             self.sources[edge] = SourceStatus(False, last.last_success if last else None)
             return
         self.discovered[edge] = tuple(found)
-        self.sources[edge] = SourceStatus(True, time.time())
+        truncated = len(items) >= source.max_pixels
+        self.sources[edge] = SourceStatus(True, time.time(), truncated)
+        if truncated:
+            log.warning(
+                "discovery from %s: more than discovery[].max_pixels (%d) pixels; the rest are left out",
+                edge,
+                source.max_pixels,
+            )
         log.info("discovery from %s: %d datasets", edge, len(found))
 
     def _targets_from(self, items: list[dict[str, Any]], source: DiscoveryConfig) -> list[Target]:
@@ -232,14 +243,22 @@ class Housekeeping:
         return list(found.values())
 
     async def _paged(
-        self, gateway: Gateway, edge: str, fields: str, token: str, credential: str, endpoint: str, business: str
+        self,
+        gateway: Gateway,
+        edge: str,
+        fields: str,
+        token: str,
+        credential: str,
+        endpoint: str,
+        business: str,
+        limit: int = MAX_ITEMS,
     ) -> list[dict[str, Any]]:
-        """Every item of a paged edge. A field Meta calls nonexisting is left out and the listing starts again."""
+        """The items of a paged edge, `limit` at most. A field Meta calls nonexisting is left out and the
+        listing starts again."""
         for attempt in range(FIELD_RETRIES + 1):
             try:
-                return await _pages(
-                    gateway, edge, self.unsupported.apply(fields), token, credential, endpoint, business
-                )
+                fields_now = self.unsupported.apply(fields)
+                return await _pages(gateway, edge, fields_now, token, credential, endpoint, business, limit)
             except GraphError as exc:
                 refused = nonexisting_field(str(exc)) if exc.code == 100 else None
                 if not refused or attempt == FIELD_RETRIES:
@@ -396,17 +415,20 @@ def in_shard(dataset_id: str, index: int, count: int) -> bool:
 
 
 async def _pages(
-    gateway: Gateway, edge: str, fields: str, token: str, credential: str, endpoint: str, business: str
+    gateway: Gateway, edge: str, fields: str, token: str, credential: str, endpoint: str, business: str, limit: int
 ) -> list[dict[str, Any]]:
-    """Every item of a paged edge, following `paging.next` until it is absent; a `next` seen before, or more
-    than MAX_PAGES pages, is an answer that would never end."""
+    """The items of a paged edge, following `paging.next` until it is absent or `limit` items are in. A `next`
+    seen before, or more pages than `limit` items could fill, is an answer that would never end."""
     items: list[dict[str, Any]] = []
     params = {"fields": fields, "limit": PAGE_SIZE}
     response = await gateway.get(edge, params, token, credential, endpoint=endpoint, business=business)
     seen: set[bytes] = set()  # digests: a hostile `next` may be megabytes long
+    pages = -(-limit // int(PAGE_SIZE)) + EMPTY_PAGES
     while True:
         body = response.body if isinstance(response.body, dict) else {}
         items.extend(item for item in body.get("data") or [] if isinstance(item, dict))
+        if len(items) >= limit:
+            return items[:limit]
         paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
         next_url = paging.get("next")
         if not isinstance(next_url, str):
@@ -414,7 +436,7 @@ async def _pages(
         digest = hashlib.sha256(next_url.encode("utf-8", "replace")).digest()
         if digest in seen:
             raise GraphError("invalid_response", f"{edge}: paging.next repeats a page already read")
-        if len(seen) + 1 >= MAX_PAGES:
-            raise GraphError("invalid_response", f"{edge}: more than {MAX_PAGES} pages")
+        if len(seen) + 1 >= pages:
+            raise GraphError("invalid_response", f"{edge}: more than {pages} pages without reaching the end")
         seen.add(digest)
         response = await gateway.get_next(next_url, token, credential, endpoint=endpoint, business=business)

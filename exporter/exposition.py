@@ -98,6 +98,8 @@ class _Row(NamedTuple):
     diagnostics: tuple[tuple[str, bytes], ...]  # (slug, diagnostic_info line): described once across the fleet
     quality_series: int
     offline_series: int
+    quality_bytes: int
+    offline_bytes: int
 
 
 def _fingerprint(state: DatasetState, label_names: tuple[str, ...]) -> tuple[Any, ...]:
@@ -149,13 +151,9 @@ class Publisher:
             first.setdefault(state.target.key, state)
         rows = [self._row(snapshot, state, defer) for state in first.values()]
         self._rows = {row.state.target.key: row for row in rows}
-        quality, offline, dropped = _within_budget(rows, snapshot.max_series)
+        quality, offline, dropped, limit = _within_budget(rows, snapshot.max_series, snapshot.max_bytes)
         if dropped:
-            log.warning(
-                "limits.max_series (%d) reached: %d quality series left out of this snapshot",
-                snapshot.max_series,
-                dropped,
-            )
+            log.warning("%s reached: %d quality series left out of this snapshot", limit, dropped)
         quality_headers, offline_headers, rest_headers = dataset_headers(snapshot.label_names)
         sections: list[tuple[Family, Sequence[bytes]]] = []
         sections += zip(quality_headers, _columns(quality, len(quality_headers)), strict=True)
@@ -181,15 +179,18 @@ class Publisher:
         self.rendered += 1
         quality, offline = QualityFamilies.lines(state), OfflineFamilies.lines(state)
         info, described = DatasetInfoFamilies.lines(state, snapshot.label_names)
+        quality_pieces, offline_pieces = _encoded(quality), _encoded(offline)
         return _Row(
             state,
             fingerprint,
-            _encoded(quality),
-            _encoded(offline),
+            quality_pieces,
+            offline_pieces,
             _encoded(info + DatasetHealthFamilies.lines(state)),
             tuple((slug, line.encode("utf-8", "replace")) for slug, line in described),
             sum(map(len, quality)),
             sum(map(len, offline)),
+            sum(map(len, quality_pieces)),
+            sum(map(len, offline_pieces)),
         )
 
     def _assemble(self, sections: list[tuple[Family, Sequence[bytes]]], defer: Callable[[], None]) -> Exposition:
@@ -233,24 +234,40 @@ def _columns(rows: Sequence[tuple[bytes, ...]], width: int) -> list[tuple[bytes,
     return list(zip(*rows, strict=True)) if rows else [() for _ in range(width)]
 
 
-def _within_budget(rows: list[_Row], max_series: int) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]], int]:
-    """Quality then offline series in snapshot order, as long as limits.max_series allows (0: no limit); the
-    dataset that crosses the limit is rendered again with what is left, and the rest are left out. The rows'
-    pieces, and how many series were left out."""
+def _within_budget(
+    rows: list[_Row], max_series: int, max_bytes: int
+) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]], int, str]:
+    """Quality then offline lines in snapshot order, as long as limits.max_series and limits.max_bytes allow
+    (0: no limit). The dataset that crosses the series limit is rendered again with what is left; one that
+    crosses the byte limit is left out whole (a label value Meta sends may be long); the rest are left out.
+    The rows' pieces, how many series were left out, and which limit left them out."""
     quality, offline = [row.quality for row in rows], [row.offline for row in rows]
-    if max_series <= 0 or sum(row.quality_series + row.offline_series for row in rows) <= max_series:
-        return quality, offline, 0
-    left, dropped = max_series, 0
+    series = sum(row.quality_series + row.offline_series for row in rows)
+    size = sum(row.quality_bytes + row.offline_bytes for row in rows)
+    series_over, bytes_over = 0 < max_series < series, 0 < max_bytes < size
+    if not series_over and not bytes_over:
+        return quality, offline, 0, ""
+    limit = f"limits.max_series ({max_series})" if series_over else f"limits.max_bytes ({max_bytes})"
+    series_left = max_series if max_series > 0 else series
+    bytes_left = max_bytes if max_bytes > 0 else size
+    dropped = 0
     for part, group in ((quality, QualityFamilies), (offline, OfflineFamilies)):
         for index, row in enumerate(rows):
-            count = row.quality_series if group is QualityFamilies else row.offline_series
-            if count <= left:
-                left -= count
+            if group is QualityFamilies:
+                count, length = row.quality_series, row.quality_bytes
+            else:
+                count, length = row.offline_series, row.offline_bytes
+            if count <= series_left and length <= bytes_left:
+                series_left, bytes_left = series_left - count, bytes_left - length
                 continue
-            dropped += count - left
-            part[index] = _encoded(_first_series(group.lines(row.state), left))
-            left = 0
-    return quality, offline, dropped
+            if length > bytes_left:
+                part[index], bytes_left = _encoded([[] for _ in group.specs]), 0
+                dropped += count
+                continue
+            dropped += count - series_left
+            part[index] = _encoded(_first_series(group.lines(row.state), series_left))
+            series_left = 0
+    return quality, offline, dropped, limit
 
 
 def _first_series(groups: Lines, limit: int) -> Lines:

@@ -126,6 +126,14 @@ class FleetHealthCollector:
         for source, (ok, when) in sorted(snap.discovery.items()):
             success.add([source], 1.0 if ok else 0.0)
             add(last, [source], when)
+        truncated = gauge(
+            "discovery_truncated",
+            "1 while the latest listing of this source held more pixels than discovery[].max_pixels (the rest are "
+            "left out).",
+            ["source"],
+        )
+        for source in snap.discovery_truncated:
+            truncated.add([source], 1.0)
         valid = gauge("token_valid", "1 if debug_token says this credential's token is valid.", ["credential"])
         expiry = gauge(
             "token_expiry_timestamp_seconds",
@@ -151,7 +159,7 @@ class FleetHealthCollector:
         )
         for name, reason in sorted(snap.suspended.items()):
             suspended.add([name, reason], 1.0)
-        yield from (throttled, success, last, valid, expiry, unsupported, suspended)
+        yield from (throttled, success, last, truncated, valid, expiry, unsupported, suspended)
 
     def _cycle(self, snap: Snapshot) -> Iterable[Family]:
         yield from single(
@@ -202,5 +210,9 @@ def fleet_families(snapshot: Snapshot, dropped: int, by_origin: Counter[str] | N
     return [
         *BuildCollector(snapshot).collect(),
         *FleetHealthCollector(snapshot, by_origin).collect(),
-        *single("series_dropped", "Quality series left out of the last snapshot by limits.max_series.", dropped),
+        *single(
+            "series_dropped",
+            "Quality series left out of the last snapshot by limits.max_series or limits.max_bytes.",
+            dropped,
+        ),
     ]

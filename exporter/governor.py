@@ -43,6 +43,7 @@ class _State:
     blocked_until: float = 0.0
     blocked_wall: float = 0.0
     throttled_answers: int = 0  # answered throttled while already blocked (calls that were in flight), unlogged
+    used: float = 0.0  # when a call was last reserved, observed or throttled under this key
 
 
 class Governor:
@@ -66,7 +67,20 @@ class Governor:
         self._calls: deque[float] = deque()  # start times within the last hour, for the budget
 
     def _state(self, key: Key) -> _State:
-        return self._states.setdefault(key, _State())
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _State()
+        state.used = self._now()
+        return state
+
+    def forget_idle(self, older_than: float) -> None:
+        """Forget keys not used for `older_than` seconds and holding nothing back (no reservation, wait or
+        budget): usage headers can name any business, and each named one would otherwise be kept for ever."""
+        cutoff = self._now() - older_than
+        for key in [k for k, s in self._states.items() if s.used < cutoff and not s.reserved]:
+            state = self._states[key]
+            if state.blocked_until <= self._now() and state.cool_until <= self._now():
+                del self._states[key]
 
     # ----- dispatch ------------------------------------------------------------------------------------
     def allowance(self, key: Key) -> int:

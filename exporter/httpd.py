@@ -37,13 +37,17 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-WRITE_SLICE = 4 * 1024 * 1024
+WRITE_SLICE = 1024 * 1024  # what one connection's answer may hold in memory beside the published bytes
 BLOCKING_WRITE = 256 * 1024  # answers from this size on are sent from a thread (see _write_blocking)
 WRITERS = 4
 IOV_MAX = 1024  # buffers per sendmsg call (Linux's UIO_MAXIOV)
 SLOW_CLIENT = 2  # seconds a client may take over one sendmsg call before the event loop sends the rest
-_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S+) HTTP/(1\.[01])$")
+RESOURCE_LOG_EVERY = 60.0  # seconds between log lines about accepts refused for want of file descriptors
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_REQUEST_LINE = re.compile(rb"([A-Z]+) ([!-~]+) HTTP/(1\.[01])")  # whole: `$` would let a trailing LF through
+# A field value: visible characters, spaces, tabs and obs-text, nothing else (RFC 9110 5.5). A bare LF, CR or NUL
+# inside one is how a request is smuggled past a proxy that ends lines differently: refused.
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Limits:
     idle_timeout: float = 60.0
     body_timeout: float = 10.0
     write_timeout: float = 60.0
+    handshake_timeout: float = 5.0  # a TLS handshake, counted as a connection from its first byte
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
     backlog: int = 1024
@@ -90,6 +95,18 @@ class _BadRequest(Exception):
         self.status = status
 
 
+class _Accepted(asyncio.Protocol):
+    """A connection just accepted: reading paused at once (before a byte is read), handed to the server."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self.server._accept(transport)
+
+
 class HttpServer:
     """Serves `handler` on host:port from a thread of its own. `extra_headers` is read for every response;
     `tls` when listening starts and on `refresh_tls()`, which listens again with a changed TLS context (the
@@ -116,7 +133,11 @@ class HttpServer:
         self.evicted = 0
         self._loop = asyncio.new_event_loop()
         self._connections: set[asyncio.Task[None]] = set()
-        self._waiting: dict[asyncio.Task[None], float] = {}  # connections without a whole request yet: since when
+        # Connections that wait on their client (a handshake, a request's head, an answer it does not read), and
+        # since when they last made progress: the longest waiting is evicted first when all slots are taken.
+        self._waiting: dict[asyncio.Task[None], float] = {}
+        self._resource_errors = 0  # accepts refused for want of file descriptors since the last log line
+        self._resource_logged = 0.0
         self._thread_stopping = False
         self._context = tls()
         # Bind now, in the caller's thread, so that a busy port is an error of the constructor.
@@ -128,7 +149,9 @@ class HttpServer:
 
     def _bind(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP, and accepted
+        # sockets inherit it; without it every small answer on a kept-alive connection waits for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
@@ -139,6 +162,7 @@ class HttpServer:
         return sock
 
     def _run(self) -> None:
+        self._loop.set_exception_handler(self._loop_error)
         try:
             self._server = self._loop.run_until_complete(self._listen(self._socket))
         finally:
@@ -149,14 +173,27 @@ class HttpServer:
         self._writers.shutdown(wait=True)
 
     async def _listen(self, sock: socket.socket) -> asyncio.Server:
-        return await asyncio.start_server(
-            self._accepted,
-            sock=sock,
-            backlog=self.limits.backlog,
-            limit=self.limits.max_header_bytes,
-            ssl=self._context,
-            ssl_handshake_timeout=self.limits.header_timeout if self._context else None,
-        )
+        # TLS is not the listener's: a connection counts from its first byte, its handshake included.
+        return await self._loop.create_server(lambda: _Accepted(self), sock=sock, backlog=self.limits.backlog)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's own errors; running out of file descriptors is said once a minute, with a count,
+        not once per refused accept (thousands a second under a flood of connects)."""
+        if "out of system resource" not in str(context.get("message", "")):
+            loop.default_exception_handler(context)
+            return
+        self._resource_errors += 1
+        now = time.monotonic()
+        if now - self._resource_logged >= RESOURCE_LOG_EVERY:
+            log.error(
+                "cannot accept connections: out of file descriptors (%d accepts refused; %s)",
+                self._resource_errors,
+                context.get("exception"),
+            )
+            self._resource_errors, self._resource_logged = 0, now
+
+    def _accept(self, transport: asyncio.Transport) -> None:
+        self._loop.create_task(self._accepted(transport))
 
     def refresh_tls(self) -> None:
         """Listen again, on the same address, if the TLS context changed; open connections carry on."""
@@ -206,11 +243,11 @@ class HttpServer:
         await self._server.wait_closed()
 
     # ----- connections -----------------------------------------------------------------------------------
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accepted(self, transport: asyncio.Transport) -> None:
         if self.active >= self.limits.max_connections:
             if not self._waiting:
                 self.refused += 1
-                writer.transport.abort()  # every connection is busy: no thread, no buffer, no answer
+                transport.abort()  # every connection is busy: no thread, no buffer, no answer
                 return
             oldest = min(self._waiting, key=self._waiting.__getitem__)
             del self._waiting[oldest]
@@ -220,7 +257,10 @@ class HttpServer:
         assert task is not None
         self.active += 1
         self._connections.add(task)
+        self._waiting[task] = time.monotonic()
         try:
+            reader, writer = await self._streams(transport)
+            transport = writer.transport
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, OSError):
             pass  # the client went away, or was too slow: nothing to answer
@@ -232,7 +272,29 @@ class HttpServer:
             self.active -= 1
             self._connections.discard(task)
             self._waiting.pop(task, None)
-            writer.transport.abort()
+            transport.abort()
+
+    async def _streams(self, transport: asyncio.Transport) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A reader and writer over the connection, after a TLS handshake (within handshake_timeout) where the
+        listener serves TLS. Reading was paused from the start, so no byte of a ClientHello is lost."""
+        loop = self._loop
+        reader = asyncio.StreamReader(limit=self.limits.max_header_bytes, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        context = self._context
+        if context is not None:
+            transport = await loop.start_tls(  # type: ignore[assignment]
+                transport,
+                protocol,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.limits.handshake_timeout,
+            )
+        else:
+            transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if context is None:
+            transport.resume_reading()
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
@@ -275,15 +337,17 @@ class HttpServer:
         finally:
             self._waiting.pop(task, None)
         head = (opening + rest)[:-4].split(b"\r\n")
-        match = _REQUEST_LINE.match(head[0])
+        match = _REQUEST_LINE.fullmatch(head[0])
         if match is None:
             raise _BadRequest(400, "Malformed request line.")
         method, target = match.group(1).decode(), match.group(2).decode("latin-1")
         headers: dict[str, str] = {}
         for line in head[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.match(name):  # obsolete line folding included: never merge lines
+            if not sep or not _TOKEN.fullmatch(name):  # obsolete line folding included: never merge lines
                 raise _BadRequest(400, "Malformed header line.")
+            if not _FIELD_VALUE.fullmatch(value):
+                raise _BadRequest(400, "A header value holds a control character.")
             key = name.decode().lower()
             text = value.strip().decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
@@ -318,15 +382,27 @@ class HttpServer:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if head_only:
             chunks, length = [], 0
-        if length >= BLOCKING_WRITE and await self._write_blocking(writer, head, chunks):
-            return
-        writer.write(head)
-        # In slices, each drained before the next: a large answer never sits in memory a second time. The
-        # slices are found and joined in C: a plain answer is a chunk per dataset and family, and while a
-        # publish renders, every step this thread takes in Python waits for the GIL.
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = time.monotonic()  # waiting on the client to read: evicted first if it stalls
+        try:
+            if length >= BLOCKING_WRITE and await self._write_blocking(writer, head, chunks):
+                return
+            await self._write_slices(writer, [head, *chunks])
+        finally:
+            self._waiting.pop(task, None)
+
+    async def _write_slices(self, writer: asyncio.StreamWriter, chunks: Sequence[bytes]) -> None:
+        """In slices, each drained before the next: a large answer never sits in memory a second time, and a
+        connection holds at most about one slice. The slices are found and joined in C: a plain answer is a
+        chunk per dataset and family, and while a publish renders, every step this thread takes waits for the
+        GIL."""
+        task = asyncio.current_task()
         for piece in _slices(chunks):
             writer.write(piece)
             await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+            if task in self._waiting:
+                self._waiting[task] = time.monotonic()  # the client reads: progress
         await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
 
     async def _write_blocking(self, writer: asyncio.StreamWriter, head: bytes, chunks: Sequence[bytes]) -> bool:
@@ -353,11 +429,7 @@ class HttpServer:
             self._writing -= 1
             if reading:
                 transport.resume_reading()
-        rest = [head, *chunks] if sent is None else _after(head, chunks, sent)
-        for piece in _slices(rest):
-            writer.write(piece)
-            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
-        await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+        await self._write_slices(writer, [head, *chunks] if sent is None else _after(head, chunks, sent))
         return True
 
 

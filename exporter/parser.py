@@ -1,24 +1,25 @@
 """Dataset Quality API response JSON -> immutable typed records.
 
 Every block is optional and unknown fields are ignored. A value of the wrong type (a percentage sent as the
-string `"37.9"`, a score that is `true`) costs that value only: it is left out and named by its path in
-`DatasetQuality.dropped`. Anything else that is not the documented shape raises `ResponseFormatError`, which
-names the path of the offending value (e.g. `web[2]: expected an object, got str`).
+string `"37.9"`, a score that is `true`) costs that value only: it is left out where it is found, in one pass,
+and named by its path in `DatasetQuality.dropped`. Anything else that is not the documented shape raises
+`ResponseFormatError`, which names the path of the offending value (e.g. `web[2]: expected an object, got str`).
+What one answer can cost is bounded: events, items of each list, and the length of every string kept.
 Percentages stay as the API sends them (0..100); converting to ratios is the exposition's job.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from exporter.text import encodable
+from exporter.text import MAX_NAME, bounded, encodable
 
 
 class ResponseFormatError(ValueError):
@@ -32,7 +33,10 @@ class ResponseFormatError(ValueError):
 
 
 MAX_DROPPED = 100  # wrongly typed values left out of one answer before it counts as not the documented shape
-_PATH_PART = re.compile(r"([A-Za-z0-9_]+)((?:\[\d+\])*)")
+MAX_EVENTS = 1000  # events of one answer (Meta lists a dataset's events: tens; the rest are left out, said so)
+MAX_ITEMS = 200  # match keys, diagnostics or dedupe keys of one event
+MAX_TEXT = 2000  # characters of Meta's descriptive texts (a diagnostic's description and solution)
+_DROPPED: ContextVar[list[str] | None] = ContextVar("dropped", default=None)  # the answer being parsed
 
 
 # The records of one answer are named tuples rather than frozen dataclasses: a burst at 10,000 datasets builds
@@ -99,47 +103,27 @@ def diagnostic_slug(name: str) -> str:
 
 
 def parse_dataset_quality(body: Any) -> DatasetQuality:
-    """Parse a decoded `dataset_quality` response (`web` and/or `offline`).
-
-    Wrongly typed values are rare, so the common case parses once; each one found is cut out of a copy of the
-    body and the copy parsed again.
-    """
+    """Parse a decoded `dataset_quality` response (`web` and/or `offline`), in one pass."""
     dropped: list[str] = []
-    while True:
-        try:
-            quality = _parse(body)
-        except ResponseFormatError as exc:
-            if not exc.leaf or len(dropped) >= MAX_DROPPED:
-                raise
-            if not dropped:
-                body = copy.deepcopy(body)
-            if not _remove(body, exc.path):
-                raise
-            dropped.append(str(exc))
-            continue
-        if dropped:
-            quality = DatasetQuality(quality.events, quality.offline, quality.warnings, tuple(dropped))
-        return quality
+    token = _DROPPED.set(dropped)
+    try:
+        quality = _parse(body)
+    finally:
+        _DROPPED.reset(token)
+    if dropped:
+        quality = DatasetQuality(quality.events, quality.offline, quality.warnings, tuple(dropped))
+    return quality
 
 
-def _remove(body: Any, path: str) -> bool:
-    """Delete the value at `path` (`web[2].acr.percentage`) from `body`; False if the path does not lead there."""
-    parent: Any = None
-    key: str | int = ""
-    node = body
-    for part in path.split("."):
-        match = _PATH_PART.fullmatch(part)
-        if match is None or not isinstance(node, dict) or match.group(1) not in node:
-            return False
-        parent, key, node = node, match.group(1), node[match.group(1)]
-        for index in re.findall(r"\d+", match.group(2)):
-            if not isinstance(node, list) or int(index) >= len(node):
-                return False
-            parent, key, node = node, int(index), node[int(index)]
-    if not isinstance(parent, dict):
-        return False
-    del parent[key]
-    return True
+def _leaf(path: str, problem: str) -> None:
+    """A value of the wrong type, or one too many: left out, and named in `dropped` (None, to return)."""
+    dropped = _DROPPED.get()
+    if dropped is None:  # outside parse_dataset_quality
+        raise ResponseFormatError(path, problem, leaf=True)
+    if len(dropped) >= MAX_DROPPED:
+        raise ResponseFormatError(path, f"{problem} (and {MAX_DROPPED} values of the wrong type before it)")
+    dropped.append(f"{path or '<root>'}: {problem}")
+    return None
 
 
 def _parse(body: Any) -> DatasetQuality:
@@ -149,6 +133,9 @@ def _parse(body: Any) -> DatasetQuality:
     warnings: list[str] = []
     events: dict[str, EventQuality] = {}
     for i, item in enumerate(_list(root, "web", "")):
+        if i == MAX_EVENTS:
+            _leaf("web", f"more than {MAX_EVENTS} events; the rest are left out")
+            break
         event = _event(_obj(item, f"web[{i}]"), f"web[{i}]", warnings)
         if event.event_name in events:
             warnings.append(f"web[{i}]: event {event.event_name!r} appears twice; merged into the first")
@@ -156,6 +143,9 @@ def _parse(body: Any) -> DatasetQuality:
         events[event.event_name] = event
     offline: dict[str, OfflineEvent] = {}
     for i, item in enumerate(_list(root, "offline", "")):
+        if i == MAX_EVENTS:
+            _leaf("offline", f"more than {MAX_EVENTS} events; the rest are left out")
+            break
         record = _offline(_obj(item, f"offline[{i}]"), f"offline[{i}]")
         if record.event_name in offline:
             warnings.append(f"offline[{i}]: event {record.event_name!r} appears twice; kept the first")
@@ -211,8 +201,8 @@ def _diagnostic(obj: dict[str, Any], path: str) -> Diagnostic:
     return Diagnostic(
         slug=diagnostic_slug(name),
         name=name,
-        description=_str(obj, "description", path) or "",
-        solution=_str(obj, "solution", path) or "",
+        description=_str(obj, "description", path, limit=MAX_TEXT) or "",
+        solution=_str(obj, "solution", path, limit=MAX_TEXT) or "",
         percentage=_num(obj, "percentage", path),
         affected_event_count=_num(obj, "affected_event_count", path, COUNT),
         total_event_count=_num(obj, "total_event_count", path, COUNT),
@@ -233,10 +223,10 @@ def _offline(obj: dict[str, Any], path: str) -> OfflineEvent:
     match_key = _opt_obj(obj, "match_key", path)
     coverage = _opt_obj(match_key, "coverage", f"{path}.match_key") if match_key else None
     pairs: list[tuple[str, float]] = []
-    for key in sorted(coverage or {}):
+    for key in sorted(coverage or {})[:MAX_ITEMS]:
         value = _num(coverage, key, f"{path}.match_key.coverage")
         if value is not None:
-            pairs.append((encodable(key), value))
+            pairs.append((encodable(bounded(key, MAX_NAME)), value))
     return OfflineEvent(
         event_name=name,
         composite_score=_score(obj, "composite", path),
@@ -279,11 +269,18 @@ def _unique(
         return ()
     list_path = f"{path}.{key}"
     out: dict[str, Any] = {}
+    dropped = _DROPPED.get()
     for i, item in enumerate(items):
+        if i == MAX_ITEMS:
+            _leaf(list_path, f"more than {MAX_ITEMS} items; the rest are left out")
+            break
+        before = len(dropped) if dropped is not None else 0
         try:  # items parse with paths relative to themselves: the full path is only built for an error
             record = parse(_obj(item, ""), "")
         except ResponseFormatError as exc:
             raise ResponseFormatError(f"{list_path}[{i}]{exc.path}", exc.problem, leaf=exc.leaf) from None
+        if dropped is not None and len(dropped) > before:  # what the item left out, named by its whole path
+            dropped[before:] = [f"{list_path}[{i}]{entry}" for entry in dropped[before:]]
         k = _key(record)
         if k in out:
             warnings.append(f"{list_path}: {k!r} appears twice; kept the first")
@@ -307,9 +304,7 @@ def _opt_obj(parent: dict[str, Any] | None, key: str, path: str) -> dict[str, An
     value = None if parent is None else parent.get(key)
     if value is None or type(value) is dict:
         return value
-    raise ResponseFormatError(
-        f"{path}.{key}" if path else key, f"expected an object, got {_describe(value)}", leaf=True
-    )
+    return _leaf(f"{path}.{key}" if path else key, f"expected an object, got {_describe(value)}")
 
 
 def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
@@ -318,22 +313,32 @@ def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
         return []
     if not isinstance(value, list):  # a list inside an event is one value; `web` itself is the whole answer
         problem = f"expected a list, got {_describe(value)}"
-        raise ResponseFormatError(f"{path}.{key}" if path else key, problem, leaf=bool(path))
+        if not path:
+            raise ResponseFormatError(key, problem)
+        _leaf(f"{path}.{key}", problem)
+        return []
     return value
 
 
-def _str(parent: dict[str, Any] | None, key: str, path: str, required: bool = False) -> str | None:
-    """A string field; interned, because label values and Meta's texts repeat across a fleet. A lone surrogate
-    (legal JSON, `"\\ud800"`) cannot be written as UTF-8: it becomes U+FFFD here, where strings enter."""
+def _str(
+    parent: dict[str, Any] | None, key: str, path: str, required: bool = False, limit: int = MAX_NAME
+) -> str | None:
+    """A string field, cut to `limit` characters; interned, because label values and Meta's texts repeat across
+    a fleet. A lone surrogate (legal JSON, `"\\ud800"`) cannot be written as UTF-8: it becomes U+FFFD here, where
+    strings enter."""
     value = None if parent is None else parent.get(key)
     if type(value) is str and value:
+        if len(value) > limit:
+            value = bounded(value, limit)
         return sys.intern(value if value.isascii() else encodable(value))
     if value is None:
         if required:
             raise ResponseFormatError(f"{path}.{key}", "missing")
         return None
     if not isinstance(value, str):
-        raise ResponseFormatError(f"{path}.{key}", f"expected a string, got {_describe(value)}", leaf=not required)
+        if required:
+            raise ResponseFormatError(f"{path}.{key}", f"expected a string, got {_describe(value)}")
+        return _leaf(f"{path}.{key}", f"expected a string, got {_describe(value)}")
     if required and not value:
         raise ResponseFormatError(f"{path}.{key}", "empty")
     return sys.intern(value)
@@ -351,18 +356,18 @@ def _num(parent: dict[str, Any] | None, key: str, path: str, bounds: tuple[float
     kind = type(value)
     if kind is float:
         if not math.isfinite(value):
-            raise ResponseFormatError(f"{path}.{key}", f"expected a finite number, got {value!r}", leaf=True)
+            return _leaf(f"{path}.{key}", f"expected a finite number, got {value!r}")
     elif kind is int:
         try:
             value = float(value)
         except OverflowError:
-            raise ResponseFormatError(f"{path}.{key}", "number too large", leaf=True) from None
+            return _leaf(f"{path}.{key}", "number too large")
     else:
         shown = repr(value) if isinstance(value, str | bool) else _describe(value)
-        raise ResponseFormatError(f"{path}.{key}", f"expected a number, got {shown[:40]}", leaf=True)
+        return _leaf(f"{path}.{key}", f"expected a number, got {shown[:40]}")
     low, high = bounds
     if not low <= value <= high:
-        raise ResponseFormatError(f"{path}.{key}", f"{value:g} is outside its range {low:g} to {high:g}", leaf=True)
+        return _leaf(f"{path}.{key}", f"{value:g} is outside its range {low:g} to {high:g}")
     return value
 
 
@@ -373,7 +378,7 @@ def _percentage(
     if block is None:
         return None
     if type(block) is not dict:
-        raise ResponseFormatError(f"{path}.{key}", f"expected an object, got {_describe(block)}", leaf=True)
+        return _leaf(f"{path}.{key}", f"expected an object, got {_describe(block)}")
     value = block.get("percentage")
     if type(value) is float and bounds[0] <= value <= bounds[1]:
         return value  # the common case, without building the path that only an error needs

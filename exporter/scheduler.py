@@ -241,9 +241,8 @@ class Scheduler:
             while not stop.is_set():
                 self._apply_pending()
                 started = time.monotonic()
-                if not await self._until_stopped(self.prepare(), stop):
-                    break
-                if not await self._until_stopped(self.run_cycle(self.targets, paced=paced), stop):
+                cycle = self._first_cycle() if not paced and self.targets else self._cycle(paced)
+                if not await self._until_stopped(cycle, stop):
                     break
                 paced = True
                 while not stop.is_set():
@@ -270,6 +269,26 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await healing
             await self.close()
+
+    async def _cycle(self, paced: bool) -> None:
+        await self.prepare()
+        await self.run_cycle(self.targets, paced=paced)
+
+    async def _first_cycle(self) -> None:
+        """The configured datasets are fetched at once, without waiting for discovery, the metadata reads and the
+        token checks (minutes at thousands of datasets, or for ever behind a broken edge); what discovery adds
+        is fetched as soon as it is known."""
+        housekeeping = asyncio.ensure_future(self.prepare())
+        try:
+            await self.run_cycle(self.targets, paced=False)
+            added = await housekeeping
+        finally:
+            if not housekeeping.done():  # stopped during the cycle
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+        if added:
+            await self.run_cycle(added, paced=False, count=False)
 
     async def close(self) -> None:
         self._swap_rendered(wait=True)  # a cycle cut short may leave a render running: no thread outlives us
@@ -307,6 +326,7 @@ class Scheduler:
         tail_rendered = False
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
         self.recorder.cycle_started = time.time()
+        self.governor.forget_idle(2 * config.interval)
 
         def target_done(_: Target, ok: bool) -> None:
             nonlocal done, failed, last_progress, tail_rendered
@@ -419,8 +439,10 @@ class Scheduler:
                 if name in self.secrets.tokens and self.config.graph_api.app_id and self.secrets.app_secret
             },
             max_series=self.config.limits.max_series,
+            max_bytes=self.config.limits.max_bytes,
             suspended={name: s.reason for name, s in self.credentials.suspended.items()},
             versions_upgraded=self._versions_upgraded(),
+            discovery_truncated=tuple(sorted(source for source, s in hk.sources.items() if s.truncated)),
         )
         snapshot = self.recorder.publish(
             self.targets,

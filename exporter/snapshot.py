@@ -21,6 +21,8 @@ from exporter.targets import Target
 from exporter.text import scrub
 
 USAGE_KEPT_INTERVALS = 2  # rate-limit usage not seen again for this many intervals is dropped
+MAX_USAGE_SERIES = 1000  # usage readings kept at once (the least recently seen goes): headers can name anything
+MAX_ERROR_CODES = 64  # Graph error codes counted apart; a new one beyond these is counted as "other"
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -72,10 +74,12 @@ class Snapshot:
     discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
     tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
     max_series: int = 0
+    max_bytes: int = 0
     unsupported_fields: Mapping[str, str] = field(default_factory=dict)  # field -> node type
     values_dropped: int = 0
     cycle_started: float | None = None  # while a cycle runs
     suspended: Mapping[str, str] = field(default_factory=dict)  # credential -> why Meta refuses its token
+    discovery_truncated: tuple[str, ...] = ()  # edges whose listing held more than discovery[].max_pixels
     versions_upgraded: tuple[str, ...] = ()  # versions Meta answered with instead of the configured one
     # The exposition, built when the snapshot was published (exporter.exposition.Exposition); None until then.
     exposition: Any = field(default=None, compare=False, repr=False)
@@ -90,9 +94,11 @@ class Extras:
     discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
     tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
     max_series: int = 0
+    max_bytes: int = 0
     unsupported_fields: Mapping[str, str] = field(default_factory=dict)
     suspended: Mapping[str, str] = field(default_factory=dict)
     versions_upgraded: tuple[str, ...] = ()
+    discovery_truncated: tuple[str, ...] = ()
 
 
 class _TargetRecord:
@@ -152,11 +158,19 @@ class Recorder:
         counts[-1] += seconds
 
     def on_graph_error(self, code: int, reason: str) -> None:
-        self._api_errors[str(code), reason] += 1
+        key = (str(code), reason)
+        if key not in self._api_errors and len(self._api_errors) >= MAX_ERROR_CODES:
+            key = ("other", reason)
+        self._api_errors[key] += 1
 
     def on_usage(self, usage: RateLimitUsage) -> None:
+        now = self._now()
         for s in usage.samples:
-            self._usage[s.scope, s.object_id, s.type, s.resource] = (s.ratio, self._now())
+            key = (s.scope, s.object_id, s.type, s.resource)
+            self._usage.pop(key, None)  # re-inserted last: the dict is ordered from least to most recently seen
+            self._usage[key] = (s.ratio, now)
+        while len(self._usage) > MAX_USAGE_SERIES:
+            del self._usage[next(iter(self._usage))]
 
     # ----- results ---------------------------------------------------------------------------------------
     def _record(self, target: Target) -> _TargetRecord:
@@ -271,11 +285,13 @@ class Recorder:
             discovery=MappingProxyType(dict(extras.discovery)),
             tokens=MappingProxyType(dict(extras.tokens)),
             max_series=extras.max_series,
+            max_bytes=extras.max_bytes,
             unsupported_fields=MappingProxyType(dict(extras.unsupported_fields)),
             values_dropped=self.values_dropped,
             cycle_started=self.cycle_started,
             suspended=MappingProxyType(dict(extras.suspended)),
             versions_upgraded=extras.versions_upgraded,
+            discovery_truncated=extras.discovery_truncated,
         )
 
 

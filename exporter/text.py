@@ -20,6 +20,15 @@ def encodable(text: str) -> str:
     return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
+MAX_NAME = 200  # characters of a name from outside kept as a label value (a pixel's, a business's)
+CUT = "…[cut]"
+
+
+def bounded(text: str, limit: int = MAX_NAME) -> str:
+    """`text` cut to `limit` characters, with a marker: what comes from outside is kept at a bounded size."""
+    return text if len(text) <= limit else text[:limit] + CUT
+
+
 def scrub(text: str) -> str:
     """Encodable, with every known secret, anything shaped like a Meta token and every token in a query
     replaced: for messages that come from the API or an error and are kept (the status page shows them)."""

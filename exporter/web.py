@@ -14,6 +14,7 @@ import html
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Protocol
 
 from exporter import __version__
@@ -26,7 +27,11 @@ from exporter.webconfig import WebSecurity
 log = logging.getLogger(__name__)
 PLAIN = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
-MAX_PENDING_LOGINS = 8  # password checks waiting for the bcrypt thread; more are refused at once (429)
+# Password checks waiting for the bcrypt thread: a client (a source address) may have a couple waiting, all
+# together a few dozen; past either bound the check is refused at once (429). A flood of wrong passwords from one
+# address then costs that address, and the others' checks still run within a second or so.
+MAX_PENDING_PER_CLIENT = 2
+MAX_PENDING_LOGINS = 32
 
 
 class WebApp(Protocol):
@@ -52,7 +57,7 @@ class WebServer:
         self.process = ProcessMetrics()
         self.status = StatusCache()
         self._bcrypt = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
-        self._pending_logins = 0
+        self._pending_logins: Counter[str] = Counter()  # per source address
         self._server = HttpServer(
             self._handle,
             host,
@@ -106,15 +111,18 @@ class WebServer:
         if user and security.remembered(user, password):
             return None
         if user:
-            if self._pending_logins >= MAX_PENDING_LOGINS:
+            pending, peer = self._pending_logins, request.peer
+            if pending[peer] >= MAX_PENDING_PER_CLIENT or sum(pending.values()) >= MAX_PENDING_LOGINS:
                 return Response(429, b"Too many logins being checked; try again.\n", headers={"Retry-After": "1"})
-            self._pending_logins += 1
+            pending[peer] += 1
             try:
                 loop = asyncio.get_running_loop()
                 if await loop.run_in_executor(self._bcrypt, security.verify, user, password):
                     return None
             finally:
-                self._pending_logins -= 1
+                pending[peer] -= 1
+                if not pending[peer]:
+                    del pending[peer]
         realm = 'Basic realm="meta-dataset-quality-exporter"'
         return Response(401, b"Unauthorized\n", headers={"WWW-Authenticate": realm})
 

@@ -35,8 +35,9 @@ from typing import Any
 import bcrypt
 import yaml
 
-from exporter.config import MAX_CONFIG_BYTES, ConfigError, read_small_file
+from exporter.config import MAX_CONFIG_BYTES, ConfigError, read_small_file, safe_yaml
 
+MAX_PASSWORD_BYTES = 72  # what bcrypt reads of a password
 _BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
@@ -106,9 +107,10 @@ class WebSecurity:
 
     def verify(self, user: str, password: str) -> bool:
         """bcrypt, slow on purpose; an unknown user is checked against a decoy hash of the same cost, so that
-        the time of an answer does not tell which user names exist."""
+        the time of an answer does not tell which user names exist. bcrypt reads 72 bytes of a password: as
+        Go's bcrypt, which Prometheus's exporter-toolkit uses, compares them (bcrypt 5 for Python raises)."""
         hashed = self.users.get(user)
-        ok = bcrypt.checkpw(password.encode(), hashed or self._decoy) and hashed is not None
+        ok = bcrypt.checkpw(password.encode()[:MAX_PASSWORD_BYTES], hashed or self._decoy) and hashed is not None
         if ok:
             with self._lock:
                 self._verified.add(self._key(user, password, hashed or b""))
@@ -120,11 +122,13 @@ def load_web_config(path: str | None) -> WebSecurity:
         return WebSecurity()
     problems: list[str] = []
     try:
-        raw = yaml.safe_load(read_small_file(path, MAX_CONFIG_BYTES)) or {}
+        raw = safe_yaml(read_small_file(path, MAX_CONFIG_BYTES)) or {}
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: <top level>: expected a mapping"])
     for key in sorted(set(raw) - {"tls_server_config", "basic_auth_users", "http_server_config"}):

@@ -163,3 +163,67 @@ def test_config_and_secret_files_must_be_small_regular_files(tmp_path):
     with pytest.raises(ConfigError) as err:
         resolve_secrets(load_config(config), {})
     assert "not a regular file (a FIFO)" in str(err.value) and "/dev/zero: not a regular file" in str(err.value)
+
+
+# ----- round 2 of the adversarial probe (issue 26) ----------------------------------------------------------------
+ALIAS_BOMB = """
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+datasets: [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_before_anything_walks_it(tmp_path):
+    """600 bytes of aliases expand to billions of values; the validator used to print one whole in its message
+    (3 GB for check-config, 4 GB on a reload)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (problem,) = err.value.problems
+    assert "aliases expand the document past" in problem and len(problem) < 300
+
+
+def test_an_error_quotes_at_most_a_short_prefix_of_a_value(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text('collection:\n  interval: "' + "9" * 100_000 + 'x"\n? "' + "k" * 50_000 + '"\n: 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems and all(len(p) < 400 for p in err.value.problems)
+    assert any("characters)" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize("ident", ["\uff11\uff12\uff13", "\u0661\u0662\u0663", "\u00b2\u00b3", "12 3"])
+def test_only_ascii_digits_are_dataset_ids(tmp_path, ident):
+    path = tmp_path / "digits.yaml"
+    path.write_text(f'datasets: [{{id: "{ident}"}}]\ndiscovery: [{{business_id: "{ident}"}}]\n', "utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert len([p for p in err.value.problems if "of digits" in p]) == 2
+
+
+def test_an_unquoted_id_with_a_leading_zero_is_refused_not_read_as_octal(tmp_path):
+    """YAML 1.1 reads 01234567 as the octal number 342391: the exporter would have watched dataset 342391."""
+    path = tmp_path / "octal.yaml"
+    path.write_text("datasets:\n  - id: 01234567\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (problem,) = err.value.problems
+    assert "line 2" in problem and "octal" in problem and "quote it" in problem
+    path.write_text("datasets:\n  - id: '01234567'\n")
+    assert load_config(path).datasets[0].id == "01234567"
+
+
+def test_limits_take_a_byte_budget_as_a_size(tmp_path):
+    path = tmp_path / "limits.yaml"
+    path.write_text("limits: {max_bytes: 64MiB}\n")
+    assert load_config(path).limits.max_bytes == 64 * 1024 * 1024
+    path.write_text("limits: {max_bytes: lots}\n")
+    with pytest.raises(ConfigError):
+        load_config(path)

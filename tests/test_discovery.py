@@ -297,3 +297,61 @@ def test_a_paging_next_that_loops_ends_the_listing_as_a_failure(start_simulator)
     scheduler = prepared(sim, config)
     assert scheduler.snapshot.discovery[f"{business.id}/owned_pixels"][0] is False
     assert sim.calls <= 3  # the first page, the page `next` named, and the same page named again: stop
+
+
+# ----- round 2 of the adversarial probe (issue 26) ----------------------------------------------------------------
+def test_endless_pages_of_new_pixels_stop_at_max_pixels_and_say_so(start_simulator):
+    sim = start_simulator(datasets=10, per_business=50)
+    business = next(iter(sim.world.businesses.values()))
+    sim.set_fault(business.id, "endless_pages")
+    config = config_for(sim, discovery=[{"business_id": business.id, "edges": ["owned_pixels"], "max_pixels": 250}])
+    scheduler = prepared(sim, config)
+    edge = f"{business.id}/owned_pixels"
+    assert len(scheduler.targets) == 250 and sim.calls <= 5  # three pages of 100, not for ever
+    assert scheduler.snapshot.discovery[edge][0] is True and scheduler.snapshot.discovery_truncated == (edge,)
+    from exporter.exposition import render
+
+    assert f'meta_dataset_quality_discovery_truncated{{source="{edge}"}} 1.0' in render(scheduler.snapshot).decode()
+
+
+def test_a_pixel_name_of_megabytes_is_cut(start_simulator):
+    sim = start_simulator(datasets=10, per_business=50)
+    business = next(iter(sim.world.businesses.values()))
+    sim.set_fault(business.pixel_ids[0], "huge_name")
+    config = config_for(sim, discovery=[{"business_id": business.id, "edges": ["owned_pixels"]}])
+    scheduler = prepared(sim, config)
+    named = next(t for t in scheduler.targets if t.dataset_id == business.pixel_ids[0])
+    assert len(named.name) < 300 and named.name.endswith("…[cut]")
+
+
+def test_discovery_never_holds_back_the_configured_datasets(start_simulator):
+    """A broken or slow edge used to hold the first cycle: /-/ready stayed 503 and configured datasets had no data.
+    The first cycle fetches them while discovery runs, and what discovery finds right after."""
+    sim = start_simulator(datasets=20, per_business=10, slow_seconds=3)
+    first, second = list(sim.world.businesses.values())[:2]
+    sim.set_fault(second.id, "slow_edge")
+    config = config_for(
+        sim,
+        discovery=[{"business_id": second.id, "edges": ["owned_pixels"]}],
+        datasets=[{"id": i} for i in first.pixel_ids[:3]],
+        collection={"interval": "1h"},
+    )
+    scheduler = Scheduler(config, Secrets({"default": TOKEN}))
+
+    async def go():
+        stop = asyncio.Event()
+        task = asyncio.create_task(scheduler.run(stop))
+        try:
+            while not scheduler.snapshot.ready:
+                await asyncio.sleep(0.02)
+            at_ready = scheduler.snapshot
+            while not any(s.target.origin == "discovery" and s.fetch_success for s in scheduler.snapshot.datasets):
+                await asyncio.sleep(0.05)
+            return at_ready
+        finally:
+            stop.set()
+            await task
+
+    at_ready = asyncio.run(go())
+    fetched = {s.target.dataset_id for s in at_ready.datasets if s.fetch_success}
+    assert fetched == set(first.pixel_ids[:3])  # ready with the configured datasets, before the slow edge answered

@@ -153,6 +153,9 @@ def test_metrics_match_the_simulator_and_promtool_accepts_them(fleet, exporter_f
     datasets += [f"  - {{id: '{ids[20]}', credential: client_b}}"]
     exporter = exporter_factory(config_for(fleet, datasets), {"CLIENT_B_TOKEN": "expired-token"})
     wait_for(lambda: http("GET", exporter.url + "/-/ready")[0] == 200, what="readiness")
+    # Ready once the configured datasets are in: the pixels' metadata (names, businesses) is read beside the
+    # first cycle, not before it, and arrives a moment later.
+    wait_for(lambda: 'business_name="Simulated' in exporter.metrics_text(), what="the pixels' metadata")
     text = exporter.metrics_text()
 
     scraped = exporter.samples()

@@ -166,3 +166,13 @@ def test_an_app_throttle_blocks_the_app_whichever_credential_was_throttled(clock
     gov = governor(clock)
     blocked = gov.throttle(("app", "1000"), BIZ, GraphError("throttled", "(#4) limit", code=4, retry_after=120))
     assert blocked == [("app", "1000")] and gov.next_release([("app", "1000"), BIZ]) == clock.now + 120
+
+
+def test_keys_not_used_for_a_while_are_forgotten_unless_they_hold_something_back(clock):
+    gov = governor(clock)
+    for n in range(5000):  # businesses named once by usage headers, never again
+        gov.observe(("business", str(n)), 0.1)
+    gov.throttled(("business", "held"), 10_000)  # still throttled when the others are forgotten
+    clock.now += 7200
+    gov.forget_idle(3600)
+    assert set(gov._states) == {("business", "held")}

@@ -621,3 +621,37 @@ def test_a_gzip_bomb_is_refused_while_it_inflates(simulator):
         tracemalloc.stop()
     assert err.reason == "invalid_response" and "over the 4194304-byte limit" in str(err)
     assert peak < 40 * 1024 * 1024  # bounded by the limit, never the 200 MB the bomb inflates to
+
+
+def test_bytes_after_the_end_of_a_gzip_stream_count_against_the_limit():
+    """What follows the end of the compressed stream used to pile up in zlib's unused_data, copied again at
+    every read, outside the size limit: only the request timeout ended it."""
+    import gzip as gzip_module
+
+    packed = gzip_module.compress(b'{"web": []}')
+    trailer = b"\0" * (2 * 1024 * 1024)
+
+    async def stream():
+        yield packed
+        for _ in range(8):
+            yield trailer
+
+    def answer(request):
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=stream())
+
+    async def go():
+        client = GraphClient("http://graph.test", transport=httpx.MockTransport(answer), max_retries=0,
+                             max_body_bytes=4 * 1024 * 1024)  # fmt: skip
+        async with client:
+            await client.dataset_quality(TOKEN, "1", "web{event_name}")
+
+    with pytest.raises(GraphError) as err:
+        asyncio.run(go())
+    assert err.value.reason == "invalid_response" and "over the 4194304-byte limit" in str(err.value)
+
+
+def test_an_fbtrace_id_of_megabytes_is_cut(start_simulator):
+    sim = start_simulator(datasets=3)
+    sim.set_fault(EXAMPLE_DATASET_ID, "huge_trace")
+    err = failure(sim, EXAMPLE_DATASET_ID, max_retries=0)
+    assert len(str(err)) < 1000 and "fbtrace_id=TTTT" in str(err)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -339,3 +342,119 @@ def test_a_writer_leaves_reading_as_it_found_it(monkeypatch, was_reading):
     finally:
         server.stop()
     assert calls == (["pause", "resume"] if was_reading else ["pause"])
+
+
+# ----- round 2 of the adversarial probe (issue 26) ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /metrics HTTP/1.1\r\nX: a\nContent-Length: 30\r\n\r\n",  # a bare LF inside a value: smuggling
+        b"GET /metrics HTTP/1.1\r\nX: a\x00b\r\n\r\n",  # NUL in a value
+        b"GET /metrics HTTP/1.1\n\r\nHost: x\r\n\r\n",  # a trailing LF on the request line
+        b"GET /metrics HTTP/1.1\r\nX\n: a\r\n\r\n",  # an LF in a header name
+    ],
+)
+def test_control_characters_in_the_head_get_400_and_the_connection_closed(server, request_bytes):
+    answer = exchange(server(), request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer
+    assert answer.count(b"HTTP/1.1") == 1  # nothing after the bad head is read as a request
+
+
+def _server_side_sockets() -> set[int]:
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("socket:"):
+                found.add(int(fd.name))
+        except OSError:  # closed meanwhile
+            pass
+    return found
+
+
+def test_answers_are_not_held_back_for_a_delayed_ack(server):
+    """The listening socket names TCP, so asyncio sets TCP_NODELAY on every accepted connection (without it,
+    each small answer on a kept-alive connection waited about 40 ms)."""
+    web = server()
+    before = _server_side_sockets()
+    with connect(web) as client:
+        client.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        client.settimeout(10)
+        assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        mine = {client.fileno()}
+        accepted = [fd for fd in _server_side_sockets() - before - mine]
+        flags = []
+        for fd in accepted:
+            try:
+                duplicate = os.dup(fd)
+            except OSError:
+                continue
+            with socket.socket(fileno=duplicate) as view:
+                if view.type == socket.SOCK_STREAM and view.getsockname()[1] == web.address[1]:
+                    flags.append(view.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        assert flags and all(flags)
+
+
+def test_running_out_of_file_descriptors_is_said_once_a_minute(caplog):
+    """asyncio reports every accept refused for want of descriptors; a flood of connects made thousands of
+    tracebacks. They are counted and said once a minute."""
+    from exporter.httpd import HttpServer, Response
+
+    async def handler(request):
+        return Response(200, b"ok")
+
+    web = HttpServer(handler, "127.0.0.1", 0)
+    try:
+        context = {"message": "socket.accept() out of system resource", "exception": OSError(24, "Too many open files")}
+        with caplog.at_level(logging.ERROR):
+            for _ in range(5000):
+                web._loop_error(web._loop, context)
+        lines = [r for r in caplog.records if "file descriptors" in r.getMessage()]
+        assert len(lines) == 1 and "(1 accepts refused" in lines[0].getMessage()
+    finally:
+        web.stop()
+
+
+def test_a_client_that_stalls_an_answer_loses_its_connection_before_a_scraper_waits():
+    """Clients that ask for a large answer and never read it used to hold their connections for ever (busy
+    connections were never evicted): at the limit, every new scraper was refused. The connection that has
+    waited longest on its client is evicted first."""
+    from exporter.httpd import HttpServer, Response
+
+    body = b"x" * (8 * 1024 * 1024)
+
+    async def handler(request):
+        return Response(200, [body])
+
+    web = HttpServer(handler, "127.0.0.1", 0, limits=Limits(max_connections=4, write_timeout=60))
+    web.start()
+    stalled = []
+    try:
+        for _ in range(4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(web.address)
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append(sock)
+        time.sleep(3)  # past the writer threads' SLOW_CLIENT: the answers wait in the event loop
+        with socket.create_connection(web.address, timeout=30) as scraper:
+            scraper.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            received = 0
+            while chunk := scraper.recv(1 << 20):
+                received += len(chunk)
+        assert received > len(body)  # the whole answer, its head too
+        assert web.evicted >= 1 and web.active <= 4
+    finally:
+        for sock in stalled:
+            sock.close()
+        web.stop()
+
+
+def test_a_large_answer_is_sent_from_the_published_bytes_never_copied_whole():
+    from exporter.httpd import WRITE_SLICE, _slices
+
+    big = b"y" * (5 * WRITE_SLICE + 7)
+    pieces = list(_slices([b"head", big, b"tail"]))
+    assert b"".join(pieces) == b"head" + big + b"tail"
+    views = [piece for piece in pieces if isinstance(piece, memoryview)]
+    assert len(views) >= 4 and all(view.obj is big for view in views)
+    assert max(len(piece) for piece in pieces) <= 2 * WRITE_SLICE  # about a slice, never the whole chunk

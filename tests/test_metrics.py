@@ -723,3 +723,18 @@ def test_series_limit_counts_offline_series_of_a_dataset_with_quality_series_onc
     kept = sum(len(f.samples) for name, f in families.items() if name.startswith(P + "offline_"))
     assert kept == 2
     assert registry_for(limited).get_sample_value(P + "series_dropped") == 2
+
+
+def test_the_exposition_has_a_byte_budget_beside_the_series_budget(caplog):
+    """A label value of megabytes multiplied by thousands of keys made /metrics 800 MB: the series count was
+    the only bound. limits.max_bytes bounds the quality lines' bytes; what it leaves out is counted."""
+    keys = tuple(MatchKey(f"key{k}-" + "k" * 150, 50.0) for k in range(100))
+    states = [state(Target(str(600 + i)), DatasetQuality((EventQuality("E" * 150, 5.0, keys),))) for i in range(30)]
+    unlimited = render(snap(*states)).decode()
+    limited_snapshot = snap(*states, max_bytes=200_000)
+    limited = render(limited_snapshot).decode()
+    quality_bytes = sum(len(line) + 1 for line in limited.splitlines() if "match_key=" in line)
+    assert quality_bytes <= 200_000 < sum(len(line) + 1 for line in unlimited.splitlines() if "match_key=" in line)
+    assert registry_for(limited_snapshot).get_sample_value(P + "series_dropped") > 0
+    assert "limits.max_bytes (200000) reached" in caplog.text
+    assert limited.count("meta_dataset_quality_fetch_success{") == 30  # health series stay

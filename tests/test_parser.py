@@ -223,3 +223,41 @@ def test_diagnostic_slug():
         == "events_sent_with_timestamps_in_the_future"
     )
     assert diagnostic_slug("日本語") == "unnamed"
+
+
+# ----- round 2 of the adversarial probe (issue 26) ----------------------------------------------------------------
+def test_wrongly_typed_values_cost_one_pass_however_many_there_are(monkeypatch):
+    """Each value of the wrong type used to cost a deep copy and a parse of the whole answer again: 100 of them
+    in 100,000 events took minutes. They are left out where they are found, and the events bounded."""
+    import exporter.parser as parser
+
+    body = {"web": [{"event_name": f"E{i}", "event_match_quality": {"composite_score": 5}} for i in range(100_000)]}
+    for event in body["web"][100:150]:
+        event["event_match_quality"]["composite_score"] = "x"
+    calls = [0]
+    real = parser._event
+
+    def counted(*args):
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(parser, "_event", counted)
+    quality = parse_dataset_quality(body)
+    assert calls[0] == parser.MAX_EVENTS  # one pass, and no more events than the bound
+    assert len(quality.events) == parser.MAX_EVENTS
+    assert len(quality.dropped) == 51  # 50 wrong values and the events past the bound, each named once
+    assert quality.dropped[0].startswith("web[100].event_match_quality.composite_score: expected a number")
+
+
+def test_names_and_lists_from_an_answer_are_bounded():
+    keys = [{"identifier": f"k{i}", "coverage": {"percentage": 1}} for i in range(2000)]
+    body = {"web": [{"event_name": "E" * 400_000, "event_match_quality": {"match_key_feedback": keys}}]}
+    (event,) = parse_dataset_quality(body).events
+    assert len(event.event_name) < 300 and event.event_name.endswith("…[cut]")
+    assert len(event.match_keys) == 200
+
+
+def test_too_many_wrong_values_make_the_answer_invalid():
+    body = {"web": [{"event_name": f"E{i}", "acr": {"percentage": "x"}} for i in range(150)]}
+    with pytest.raises(ResponseFormatError):
+        parse_dataset_quality(body)

@@ -55,6 +55,7 @@ def produced() -> set[str]:
         tokens={"default": (True, 0.0)},
         suspended={"default": "expired"},
         versions_upgraded=("v25.0",),
+        discovery_truncated=("1",),
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(lambda: snapshot))

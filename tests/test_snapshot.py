@@ -132,3 +132,33 @@ def test_a_target_whose_nothing_changed_keeps_its_state_object_and_any_change_ma
     assert f[0] is not e[0] and f[0].target.name == "Shop" and f[1] is e[1]
     rec.source_outcome(second, "offline", None, None)
     assert states(renamed, second, extras=Extras(last_fired={"2": (5.0, None)}))[1] is not f[1]
+
+
+# ----- round 2 of the adversarial probe (issue 26) ----------------------------------------------------------------
+def test_usage_headers_naming_thousands_of_businesses_keep_a_bounded_state():
+    """20,000 business IDs per answer made 360,000 api_usage_ratio series after two cycles; Meta's page says a
+    header names up to 32 objects, and the recorder keeps the most recently seen readings only."""
+    import json
+
+    from exporter.graph.ratelimit import MAX_OBJECTS, parse_rate_limit_headers
+    from exporter.snapshot import MAX_USAGE_SERIES
+
+    recorder = Recorder(Clock())
+    for round_ in range(50):
+        header = {
+            str(10**12 + round_ * 20_000 + i): [{"type": "ads_management", "call_count": 5}] for i in range(20_000)
+        }
+        usage = parse_rate_limit_headers({"X-Business-Use-Case-Usage": json.dumps(header)})
+        assert len({s.object_id for s in usage.samples}) == MAX_OBJECTS
+        recorder.on_usage(usage)
+    assert len(publish(recorder, ()).usage) <= MAX_USAGE_SERIES
+
+
+def test_a_new_error_code_on_every_answer_keeps_a_bounded_count_of_series():
+    from exporter.snapshot import MAX_ERROR_CODES
+
+    recorder = Recorder(Clock())
+    for code in range(10_000):
+        recorder.on_graph_error(100_000 + code, "other")
+    errors = publish(recorder, ()).api_errors
+    assert len(errors) <= MAX_ERROR_CODES + 1 and errors[("other", "other")] == 10_000 - MAX_ERROR_CODES

@@ -308,3 +308,85 @@ def test_a_large_answer_over_tls_is_sent_by_the_event_loop(certs, monkeypatch):
         assert response.status_code == 200 and response.content == b"".join(chunks)
     finally:
         server.stop()
+
+
+# ----- round 2 of the adversarial probe (issue 26) ----------------------------------------------------------------
+def test_tls_handshakes_that_never_complete_count_as_connections_and_are_cut_off(certs):
+    """A TLS connection counts from its first byte: handshakes that never finish are held to the connection
+    limit (the longest waiting evicted first) and cut off after handshake_timeout, not header_timeout."""
+    from exporter.httpd import Limits
+
+    security = load_web_config(
+        web_config(certs, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+    )
+    limits = Limits(max_connections=20, handshake_timeout=1.0, header_timeout=30)
+    server = WebServer(App(), "127.0.0.1", 0, security=security, limits=limits)
+    server.start()
+    raw = []
+    try:
+        for _ in range(60):  # three times the limit, each sends nothing (no ClientHello)
+            raw.append(socket.create_connection(server.address, timeout=10))
+        time.sleep(0.3)
+        assert server._server.active <= 20
+        answer = httpx.get(f"https://127.0.0.1:{server.address[1]}/-/healthy", verify=trusting(certs), timeout=10)
+        assert answer.status_code == 200  # a scraper gets in: a pending handshake made room
+        deadline = time.monotonic() + 10
+        while server._server.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server._server.active == 0  # every silent handshake cut off after handshake_timeout
+        survivors = 0
+        for sock in raw:
+            sock.settimeout(0.5)
+            try:
+                survivors += sock.recv(1) != b""
+            except TimeoutError:
+                survivors += 1
+            except OSError:
+                pass
+        assert survivors == 0
+    finally:
+        for sock in raw:
+            sock.close()
+        server.stop()
+
+
+def test_a_flood_of_wrong_passwords_from_one_address_never_locks_out_another(certs, serve):
+    """Password checks are bounded per source address: a flood from one address fills its own share, and a user
+    elsewhere who has never logged in is checked at once (it used to get 429 for as long as the flood lasted)."""
+    import threading as threads
+
+    costly = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()  # htpasswd -B's cost
+    address = serve(web_config(certs, f"basic_auth_users:\n  alice: '{costly}'\n"))
+    stop = threads.Event()
+    refused = []
+
+    def flood():
+        with httpx.Client(timeout=30) as client:  # from 127.0.0.1
+            while not stop.is_set():
+                refused.append(client.get(f"http://{address}/metrics", auth=("alice", "wrong")).status_code)
+
+    workers = [threads.Thread(target=flood) for _ in range(16)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.5)
+        elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")  # another source address on loopback
+        with httpx.Client(transport=elsewhere, timeout=30) as client:
+            answers = [client.get(f"http://{address}/metrics", auth=("alice", PASSWORD)).status_code]
+            answers += [client.get(f"http://{address}/metrics", auth=("alice", PASSWORD)).status_code]
+        assert answers == [200, 200]
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(60)
+    assert 429 in refused  # the flood itself was held to its share
+
+
+def test_a_password_over_72_bytes_is_compared_on_its_first_72_as_exporter_toolkit_does(certs, serve):
+    """bcrypt reads 72 bytes; Go's, which Prometheus's exporter-toolkit uses, compares those and ignores the
+    rest. bcrypt 5 for Python raises instead: each such login was a 500 and a traceback."""
+    long_password = "p" * 100
+    stored = bcrypt.hashpw(long_password.encode()[:72], bcrypt.gensalt(rounds=4)).decode()  # as htpasswd writes it
+    address = serve(web_config(certs, f"basic_auth_users:\n  alice: '{stored}'\n"))
+    assert httpx.get(f"http://{address}/metrics", auth=("alice", long_password)).status_code == 200
+    assert httpx.get(f"http://{address}/metrics", auth=("alice", "q" * 100)).status_code == 401

@@ -24,7 +24,7 @@ from exporter import __version__
 from exporter.graph.errors import BUSINESS_THROTTLE_CODES, GraphError, classify
 from exporter.graph.ratelimit import RateLimitUsage, parse_rate_limit_headers
 from exporter.graph.versions import LATEST_VERSION
-from exporter.text import scrub
+from exporter.text import bounded, scrub
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,17 @@ class GraphClient:
         chunks: list[bytes] = []
         size = 0
         async for raw in _raw_chunks(response):
+            if inflater is not None and inflater.eof:
+                # Bytes after the end of the compressed stream: counted against the limit, never kept (zlib
+                # would pile them up in unused_data, copying them again at every read).
+                size += len(raw)
+                if size > self.max_body_bytes:
+                    raise GraphError(
+                        "invalid_response",
+                        f"response body is over the {self.max_body_bytes}-byte limit",
+                        http_status=response.status_code,
+                    )
+                continue
             # Inflate with the limit applied as the bytes arrive: a 200 KB gzip bomb never becomes 200 MB.
             pending = raw
             while pending:
@@ -440,7 +451,7 @@ class GraphClient:
             code=code,
             subcode=subcode,
             http_status=status,
-            fbtrace_id=str(error["fbtrace_id"]) if error.get("fbtrace_id") else None,
+            fbtrace_id=bounded(str(error["fbtrace_id"]), 64) if error.get("fbtrace_id") else None,
             retry_after=retry_after,
             usage=usage,
         )

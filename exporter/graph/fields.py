@@ -57,6 +57,7 @@ def web_fields(blocks: Iterable[str]) -> str:
 # What to ask for instead when Meta refuses a field: Meta's own page spells the dedupe block both ways.
 ALTERNATES = {"dedupe_key_feedback": "dedup_key_feedback"}
 RETRY_UNSUPPORTED_AFTER = 86400.0
+MAX_REFUSED = 32  # fields left out at once
 _NONEXISTING = re.compile(r"nonexisting field \(([A-Za-z0-9_]+)\)(?: on node type \(([A-Za-z0-9_]+)\))?")
 
 
@@ -80,7 +81,7 @@ class UnsupportedFields:
         """Leave a refused field out from now on; said in the log once (a call sent before the news arrived
         comes back refused too)."""
         self._expire()
-        if field in self._since:
+        if field in self._since or len(self._since) >= MAX_REFUSED:  # a hostile answer may name any field
             return
         self._since[field] = (node_type, self._clock())
         log.warning(

@@ -13,6 +13,10 @@ log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 RESOURCES = ("call_count", "total_cputime", "total_time")
+# What one header can make us keep: Meta's page says up to 32 objects; a few use-case types each.
+MAX_OBJECTS = 32
+MAX_ENTRIES = 8
+MAX_ID = 32  # characters of an object's ID (digits, or act_ and digits)
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,17 @@ def parse_rate_limit_headers(
     if (raw := lowered.get("x-business-use-case-usage")) is not None:
         value = _load("X-Business-Use-Case-Usage", raw)
         if isinstance(value, dict):
-            for object_id, entries in value.items():
+            if len(value) > MAX_OBJECTS:
+                _warn_once("X-Business-Use-Case-Usage", f"more than {MAX_OBJECTS} objects; the rest are ignored")
+            for object_id, entries in list(value.items())[:MAX_OBJECTS]:
                 if not isinstance(entries, list):
                     _warn_once("X-Business-Use-Case-Usage", "an entry is not a list")
                     continue
-                for entry in entries:
+                object_id = str(object_id)[:MAX_ID]
+                for entry in entries[:MAX_ENTRIES]:
                     if not isinstance(entry, dict):
                         continue
-                    kind = str(entry.get("type", "unknown"))
+                    kind = str(entry.get("type", "unknown"))[:MAX_ID]
                     for resource in RESOURCES:
                         if (number := _number(entry.get(resource))) is not None:
                             samples.append(

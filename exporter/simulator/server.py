@@ -78,6 +78,10 @@ HOSTILE_FAULTS = (
     "token_echo",  # error 190 whose message repeats the token, as Meta's "Malformed access token" does
     "gzip_bomb",  # 200 KB of gzip that inflates to 200 MB
     "paging_loop",  # on a business or ad account: every page's `paging.next` points at the page itself
+    "endless_pages",  # on a business or ad account: page after page of new pixels, never an end
+    "slow_edge",  # on a business or ad account: its edges answer after slow_seconds
+    "huge_name",  # on a pixel: a name of 4,000,000 characters
+    "huge_trace",  # on a dataset: an error whose fbtrace_id is 3,000,000 characters
 )
 MAX_BATCH = 50
 MAX_PAGE = 100
@@ -428,6 +432,10 @@ class Simulator:
             data = self.world.shared_quality(dataset_id, agent)  # `select` builds new objects; nothing is changed
         if fault == "token_echo":
             return self._error("token_malformed", token=token)
+        if fault == "huge_trace":
+            reply = self._error("transient_1")
+            reply.body["error"]["fbtrace_id"] = "T" * 3_000_000
+            return reply
         if fault == "huge_numbers":
             headers = {"X-Business-Use-Case-Usage": "[" * 5000, "X-App-Usage": '{"call_count": ' + "9" * 400 + "}"}
         reply = Reply(200, _body_fault(select(data, tree, DATASET_QUALITY_SCHEMA), fault), headers)
@@ -453,7 +461,7 @@ class Simulator:
         now = time.time()
         full: dict[str, Any] = {
             "id": pixel.id,
-            "name": pixel.name,
+            "name": "N" * 4_000_000 if self.faults.get(pixel_id) == "huge_name" else pixel.name,
             "last_fired_time": _graph_time(now - pixel.last_fired_ago),
             "is_unavailable": pixel.is_unavailable,
             "creation_time": _graph_time(pixel.creation_time),
@@ -502,6 +510,14 @@ class Simulator:
         headers, throttled = self._charge(token, business_id)
         if throttled:
             return throttled
+        edge_fault = self.faults.get(owner.removeprefix("act_"))
+        if edge_fault == "endless_pages":  # new pixels on every page: ids the world does not have
+            page_ids = [str(200_000_000_000_000 + start + n) for n in range(limit)]
+            query = {k: v for k, v in params.items() if k in ("fields", "limit")}
+            query["after"] = _encode_cursor(start + limit - 1)
+            data = [{"id": i, "name": f"Endless {i}"} for i in page_ids]
+            next_url = f"{base}/{version}/{owner}/{edge}?{urlencode(query)}"
+            return Reply(200, {"data": data, "paging": {"next": next_url}}, headers)
         # Meta may hand out an empty page that still has `next`: do so on the first page of every other owner.
         empty_first = start == 0 and "after" not in params and int(owner.removeprefix("act_")) % 2 == 0
         page = [] if empty_first else list(ids[start : start + limit])
@@ -516,7 +532,10 @@ class Simulator:
             paging["next"] = f"{base}/{version}/{owner}/{edge}?{urlencode(query)}"
         if ids or empty_first:
             body["paging"] = paging
-        return Reply(200, body, headers)
+        reply = Reply(200, body, headers)
+        if self.faults.get(owner.removeprefix("act_")) == "slow_edge":
+            reply.fault = "slow"
+        return reply
 
     def _debug_token(self, params: dict[str, str], token: str | None) -> Reply:
         app_token = f"{self.settings.app_id}|{self.settings.app_secret}" if self.settings.app_secret else None
