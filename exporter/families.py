@@ -1,4 +1,4 @@
-"""What the per-dataset metric families are (the metric contract, ../shared/reference/metrics.md), one class
+"""What the per-dataset metric families are (the metric contract, docs/metrics.md), one class
 per group: quality, offline, the dataset's info and its health. Nothing here calls the API.
 
 Each group names its families (`Spec`) and writes one dataset's sample lines at a time, straight from its

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import ctypes
+import ctypes.util
 import itertools
 import logging
 import os
@@ -43,6 +45,9 @@ WRITERS = 4
 IOV_MAX = 1024  # buffers per sendmsg call (Linux's UIO_MAXIOV)
 SLOW_CLIENT = 2  # seconds a client may take over one sendmsg call before the event loop sends the rest
 RESOURCE_LOG_EVERY = 60.0  # seconds between log lines about accepts refused for want of file descriptors
+TRIM_EVERY = 10.0  # seconds between looks at whether connections churned
+FIRST_BYTE_POLL = 0.02  # seconds between looks for a TLS client's first byte
+TRIM_AFTER = 64  # connections ended since the last look that make a churn (scrapers make a handful)
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _REQUEST_LINE = re.compile(rb"([A-Z]+) ([!-~]+) HTTP/(1\.[01])")  # whole: `$` would let a trailing LF through
 # A field value: visible characters, spaces, tabs and obs-text, nothing else (RFC 9110 5.5). A bare LF, CR or NUL
@@ -134,10 +139,13 @@ class HttpServer:
         self._loop = asyncio.new_event_loop()
         self._connections: set[asyncio.Task[None]] = set()
         # Connections that wait on their client (a handshake, a request's head, an answer it does not read), and
-        # since when they last made progress: the longest waiting is evicted first when all slots are taken.
+        # since when they last made progress: when all slots are taken, the longest waiting of those that never
+        # sent a whole request is evicted first, then the longest waiting of the others.
         self._waiting: dict[asyncio.Task[None], float] = {}
+        self._proven: set[asyncio.Task[None]] = set()  # connections that sent a whole request
         self._resource_errors = 0  # accepts refused for want of file descriptors since the last log line
         self._resource_logged = 0.0
+        self._closed = 0  # connections ended since memory was last handed back
         self._thread_stopping = False
         self._context = tls()
         # Bind now, in the caller's thread, so that a busy port is an error of the constructor.
@@ -167,7 +175,10 @@ class HttpServer:
             self._server = self._loop.run_until_complete(self._listen(self._socket))
         finally:
             self._started.set()
+        trimming = self._loop.create_task(self._hand_memory_back())
         self._loop.run_forever()
+        trimming.cancel()
+        self._loop.run_until_complete(asyncio.gather(trimming, return_exceptions=True))
         self._loop.run_until_complete(self._loop.shutdown_default_executor())
         self._loop.close()
         self._writers.shutdown(wait=True)
@@ -191,6 +202,16 @@ class HttpServer:
                 context.get("exception"),
             )
             self._resource_errors, self._resource_logged = 0, now
+
+    async def _hand_memory_back(self) -> None:
+        """After a churn of connections (a flood of TLS handshakes or of clients that stalled an answer), hand
+        the memory they used back to the system: glibc keeps freed heap memory for reuse, and a flood would
+        otherwise leave the exporter hundreds of megabytes larger for good."""
+        while True:
+            await asyncio.sleep(TRIM_EVERY)
+            if self._closed >= TRIM_AFTER:
+                self._closed = 0
+                malloc_trim()
 
     def _accept(self, transport: asyncio.Transport) -> None:
         self._loop.create_task(self._accepted(transport))
@@ -249,7 +270,8 @@ class HttpServer:
                 self.refused += 1
                 transport.abort()  # every connection is busy: no thread, no buffer, no answer
                 return
-            oldest = min(self._waiting, key=self._waiting.__getitem__)
+            unproven = [task for task in self._waiting if task not in self._proven]
+            oldest = min(unproven or self._waiting, key=self._waiting.__getitem__)
             del self._waiting[oldest]
             self.evicted += 1
             oldest.cancel()
@@ -272,7 +294,9 @@ class HttpServer:
             self.active -= 1
             self._connections.discard(task)
             self._waiting.pop(task, None)
+            self._proven.discard(task)
             transport.abort()
+            self._closed += 1
 
     async def _streams(self, transport: asyncio.Transport) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A reader and writer over the connection, after a TLS handshake (within handshake_timeout) where the
@@ -282,12 +306,14 @@ class HttpServer:
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         context = self._context
         if context is not None:
+            started = time.monotonic()
+            await self._first_byte(transport, self.limits.handshake_timeout)
             transport = await loop.start_tls(  # type: ignore[assignment]
                 transport,
                 protocol,
                 context,
                 server_side=True,
-                ssl_handshake_timeout=self.limits.handshake_timeout,
+                ssl_handshake_timeout=max(0.1, self.limits.handshake_timeout - (time.monotonic() - started)),
             )
         else:
             transport.set_protocol(protocol)
@@ -295,6 +321,26 @@ class HttpServer:
         if context is None:
             transport.resume_reading()
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    @staticmethod
+    async def _first_byte(transport: asyncio.Transport, timeout: float) -> None:
+        """Wait for the client's first byte (peeked: it stays for the TLS layer) before a TLS session is set up,
+        with its buffers of a quarter of a megabyte: a connection that sends nothing costs a socket only."""
+        fd = transport.get_extra_info("socket").fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            view = socket.socket(fileno=fd)  # the transport's descriptor, borrowed: detached, never closed, below
+            try:
+                if view.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return
+                raise ConnectionResetError("closed before its handshake")
+            except BlockingIOError:
+                pass
+            finally:
+                view.detach()
+            if time.monotonic() >= deadline:
+                raise TimeoutError("no handshake within handshake_timeout")
+            await asyncio.sleep(FIRST_BYTE_POLL)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
@@ -307,6 +353,10 @@ class HttpServer:
                 return
             if request is None:
                 return
+            if first:
+                task = asyncio.current_task()
+                assert task is not None
+                self._proven.add(task)
             first = False
             try:
                 response = await self.handler(request)
@@ -485,6 +535,22 @@ def _send_blocking(sock: Any, head: bytes, chunks: Sequence[bytes]) -> int | Non
         duplicate.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
         duplicate.close()
     return sent
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def malloc_trim() -> None:
+    """glibc's malloc_trim(0): free heap memory handed back to the system."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _wants_close(request: Request) -> bool:

@@ -458,3 +458,22 @@ def test_a_large_answer_is_sent_from_the_published_bytes_never_copied_whole():
     views = [piece for piece in pieces if isinstance(piece, memoryview)]
     assert len(views) >= 4 and all(view.obj is big for view in views)
     assert max(len(piece) for piece in pieces) <= 2 * WRITE_SLICE  # about a slice, never the whole chunk
+
+
+def test_a_flood_of_fresh_connections_never_evicts_a_scraper_between_its_scrapes(server):
+    """When every slot is taken, connections that never sent a whole request go first: a scraper's kept-alive
+    connection, idle between two scrapes, used to be the longest waiting and the first evicted."""
+    web = server(max_connections=20)
+    with connect(web) as scraper:
+        scraper.settimeout(10)
+        scraper.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert scraper.recv(65536).startswith(b"HTTP/1.1 200")
+        flood = [connect(web) for _ in range(100)]  # newer than the scraper's last request, none sends a byte
+        try:
+            time.sleep(0.5)
+            assert web._server.evicted >= 80
+            scraper.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, still open
+            assert scraper.recv(65536).startswith(b"HTTP/1.1 200")
+        finally:
+            for sock in flood:
+                sock.close()

@@ -1,4 +1,4 @@
-"""Graph API errors, classified by `code` and `error_subcode` (graph-api.md section 2), never by HTTP status."""
+"""Graph API errors, classified by `code` and `error_subcode` (docs/graph-api.md section 2), never by HTTP status."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rate-limit headers (graph-api.md section 3) parsed into values the scheduler and /metrics can use."""
+"""Rate-limit headers (docs/graph-api.md section 3) parsed into values the scheduler and /metrics can use."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Graph API error bodies as Meta sends them (section 2 of graph-api.md)."""
+"""Graph API error bodies as Meta sends them (docs/graph-api.md, section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The simulator's HTTP side: a fake Graph API on loopback, faithful to ../shared/reference/graph-api.md."""
+"""The simulator's HTTP side: a fake Graph API on loopback, faithful to docs/graph-api.md."""
 
 from __future__ import annotations
 
@@ -82,6 +82,10 @@ HOSTILE_FAULTS = (
     "slow_edge",  # on a business or ad account: its edges answer after slow_seconds
     "huge_name",  # on a pixel: a name of 4,000,000 characters
     "huge_trace",  # on a dataset: an error whose fbtrace_id is 3,000,000 characters
+    "many_events",  # on a dataset: 100,000 events, the last 100 with a composite_score of "x" (7.5 MB)
+    "huge_labels",  # on a dataset: a 400,000-character event name with 2,000 match keys
+    "usage_flood",  # on a dataset: usage headers that name 20,000 businesses
+    "gzip_trailer",  # on a dataset: a gzip answer followed by 20 MB of bytes after its end
 )
 MAX_BATCH = 50
 MAX_PAGE = 100
@@ -438,10 +442,26 @@ class Simulator:
             return reply
         if fault == "huge_numbers":
             headers = {"X-Business-Use-Case-Usage": "[" * 5000, "X-App-Usage": '{"call_count": ' + "9" * 400 + "}"}
+        if fault == "usage_flood":
+            entry = [{"type": "ads_management", "call_count": 5, "total_cputime": 1, "total_time": 1}]
+            base_id = 300_000_000_000_000 + self.rng.randrange(10**9) * 20_000
+            headers = {"X-Business-Use-Case-Usage": json.dumps({str(base_id + n): entry for n in range(20_000)})}
+        if fault == "many_events":
+            events = [{"event_name": f"E{n}", "event_match_quality": {"composite_score": 5}} for n in range(100_000)]
+            for event in events[-100:]:
+                event["event_match_quality"]["composite_score"] = "x"
+            return Reply(200, {"web": events}, headers)
+        if fault == "huge_labels":
+            keys = [{"identifier": f"k{n}", "coverage": {"percentage": 50}} for n in range(2000)]
+            event = {
+                "event_name": "E" * 400_000,
+                "event_match_quality": {"composite_score": 5, "match_key_feedback": keys},
+            }
+            return Reply(200, {"web": [event]}, headers)
         reply = Reply(200, _body_fault(select(data, tree, DATASET_QUALITY_SCHEMA), fault), headers)
         if fault == "deep_json":
             reply.raw = ("application/json", b'{"web": ' + b"[" * 3000 + b"]" * 3000 + b"}")
-        if fault in ("slow", "drip", "gzip_bomb", "stall"):
+        if fault in ("slow", "drip", "gzip_bomb", "stall", "gzip_trailer", "usage_flood"):
             reply.fault = fault
         return reply
 
@@ -573,7 +593,7 @@ class Simulator:
         token = form.get("access_token")
         top_proof = {k: form[k] for k in ("appsecret_proof", "appsecret_time") if k in form}
         # Meta requires the top-level token even when every item carries its own, and a rejected one fails the
-        # whole request (graph-api.md section 4). An app token (`app_id|secret`) authorises debug_token batches.
+        # whole request (docs/graph-api.md section 4). An app token (`app_id|secret`) authorises debug_token batches.
         if token is not None and token.startswith(f"{self.settings.app_id}|"):
             if not self.settings.app_secret or token != f"{self.settings.app_id}|{self.settings.app_secret}":
                 return self._error("token_invalid")
@@ -611,10 +631,10 @@ class Simulator:
                 item_token = token
                 params.update(top_proof)
             reply = self.dispatch(str(item.get("method", "GET")).upper(), url.path, params, item_token, base)
-            for name in USAGE_HEADERS:
+            for name in USAGE_HEADERS if reply.fault != "usage_flood" else ():  # that one rides in the item
                 if name in reply.headers:
                     usage[name] = reply.headers[name]
-            if "X-Business-Use-Case-Usage" in reply.headers:
+            if "X-Business-Use-Case-Usage" in reply.headers and reply.fault != "usage_flood":
                 business_usage.update(json.loads(reply.headers["X-Business-Use-Case-Usage"]))
             out.append(None if reply.fault == "null" else self._item(reply))
             stalled = stalled or reply.fault == "stall"
@@ -632,7 +652,7 @@ class Simulator:
         headers = [
             {"name": k, "value": v}
             for k, v in reply.headers.items()
-            if self.settings.item_usage_headers or k not in USAGE_HEADERS
+            if self.settings.item_usage_headers or reply.fault == "usage_flood" or k not in USAGE_HEADERS
         ]
         headers.append({"name": "Content-Type", "value": reply.content_type()})
         return {
@@ -713,6 +733,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = reply.body_bytes()
         if reply.fault == "gzip_bomb":
             body = _gzip_bomb()
+            reply.headers["Content-Encoding"] = "gzip"
+        if reply.fault == "gzip_trailer":
+            body = zlib.compress(body, wbits=31) + bytes(20 * 1024 * 1024)
             reply.headers["Content-Encoding"] = "gzip"
         self.send_response(reply.status)
         for name, value in reply.headers.items():
