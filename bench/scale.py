@@ -42,17 +42,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 try:  # the code before issue 27 ran its collection loop on a loop of its own (compared side by side)
-    from exporter.loop import run as run_loop  # type: ignore[import-not-found]
+    from exporter.collect.eventloop import run as run_loop  # type: ignore[import-not-found]
 except ImportError:
     from asyncio import run as run_loop
-from exporter.app import prepare_process
-from exporter.config import Secrets, validate
-from exporter.exposition import Publisher
+from exporter.cli.app import prepare_process
+from exporter.collect.scheduler import Scheduler
+from exporter.config.settings import Secrets, validate
+from exporter.exposition.publisher import Publisher
 from exporter.graph.fields import BLOCKS, web_fields
-from exporter.parser import DatasetQuality
-from exporter.scheduler import Scheduler
-from exporter.snapshot import DatasetState, Snapshot
-from exporter.web import WebServer
+from exporter.graph.parser import DatasetQuality
+from exporter.state.snapshot import DatasetState, Snapshot
+from exporter.web.server import WebServer
 
 LATENCY, ITEM_LATENCY, BATCH, CONCURRENCY = 0.2, 0.002, 50, 8
 TOKEN = "bench-token"

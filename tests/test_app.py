@@ -1,4 +1,4 @@
-"""Process-wide settings that `exporter.app.run` makes before it starts any thread."""
+"""Process-wide settings that `exporter.cli.app.run` makes before it starts any thread."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PREPARED = """
 import resource, sys
-from exporter.app import GIL_SWITCH_INTERVAL, prepare_process
+from exporter.cli.app import GIL_SWITCH_INTERVAL, prepare_process
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 prepare_process()
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import main
+from exporter.cli.main import main
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN
 
@@ -130,7 +130,7 @@ def test_bad_flags_fail_before_anything_starts(args, capsys):
 
 
 def test_logging_flags_work_before_and_after_the_command():
-    from exporter.cli import build_parser
+    from exporter.cli.main import build_parser
 
     after = build_parser().parse_args(["run", "--config", "c.yaml", "--log-format", "json", "--log-level", "debug"])
     assert (after.log_format, after.log_level) == ("json", "debug")
@@ -220,8 +220,8 @@ def test_log_lines_and_the_progress_bar_never_share_a_terminal_line():
     import io
     import logging
 
-    from exporter.logsetup import LineSafeHandler
-    from exporter.report import ProgressBar
+    from exporter.cli.report import ProgressBar
+    from exporter.common.logsetup import LineSafeHandler
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -264,10 +264,10 @@ def test_help_shows_the_run_flags_and_every_command_has_a_description(capsys):
 
 
 def test_once_table_summary_cuts_and_wide_characters():
-    from exporter.parser import DatasetQuality, EventQuality
-    from exporter.report import table, width
-    from exporter.snapshot import DatasetState, Snapshot
-    from exporter.targets import Target
+    from exporter.cli.report import table, width
+    from exporter.config.targets import Target
+    from exporter.graph.parser import DatasetQuality, EventQuality
+    from exporter.state.snapshot import DatasetState, Snapshot
 
     events = (
         EventQuality("購入完了", composite_score=3.1, coverage=40.0),

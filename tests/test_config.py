@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import (
+from exporter.config.settings import (
     BLOCKS,
     Config,
     ConfigError,

@@ -6,11 +6,11 @@ import asyncio
 import logging
 import time
 
-from exporter.config import Secrets, resolve_secrets, validate
-from exporter.credentials import Credentials
-from exporter.exposition import render
+from exporter.collect.credentials import Credentials
+from exporter.collect.scheduler import Scheduler
+from exporter.config.settings import Secrets, resolve_secrets, validate
+from exporter.exposition.publisher import render
 from exporter.graph import GraphError
-from exporter.scheduler import Scheduler
 from tests.conftest import TOKEN
 
 

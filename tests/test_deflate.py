@@ -1,4 +1,4 @@
-"""exporter.deflate: a family's pieces compressed in blocks kept between publishes, in one gzip member."""
+"""exporter.exposition.deflate: a family's pieces compressed in blocks kept between publishes, in one gzip member."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import zlib
 
 import pytest
 
-from exporter import deflate
-from exporter.deflate import (
+from exporter.exposition import deflate
+from exporter.exposition.deflate import (
     BLOCK,
     FINAL_BLOCK,
     GZIP_HEADER,

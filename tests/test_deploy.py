@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.cli import build_parser
-from exporter.config import DEFAULT_PORT, load_config, validate
+from exporter.cli.main import build_parser
+from exporter.config.settings import DEFAULT_PORT, load_config, validate
 from exporter.simulator import World
 
 ROOT = Path(__file__).parent.parent

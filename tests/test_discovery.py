@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 
-from exporter.config import Secrets, validate
-from exporter.discovery import Gateway, Housekeeping, graph_time, in_shard
-from exporter.governor import Governor
+from exporter.collect.governor import Governor
+from exporter.collect.housekeeping import Gateway, Housekeeping, graph_time, in_shard
+from exporter.collect.scheduler import Scheduler
+from exporter.config.settings import Secrets, validate
 from exporter.graph import GraphClient, GraphError
-from exporter.scheduler import Scheduler
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN, http
 
@@ -269,7 +269,7 @@ def test_a_pixel_field_meta_refuses_costs_that_field_in_discovery_and_metadata(s
 def test_discovery_and_metadata_calls_wait_for_the_governor(start_simulator, monkeypatch):
     """Housekeeping's calls count against the same limits: a throttled business's edges are not read (they used
     to be called regardless, each call counted by Meta while throttled)."""
-    import exporter.discovery as discovery
+    import exporter.collect.housekeeping as discovery
 
     monkeypatch.setattr(discovery, "GOVERNOR_WAIT", 0.2, raising=False)
     sim = start_simulator(datasets=20, per_business=50)
@@ -309,7 +309,7 @@ def test_endless_pages_of_new_pixels_stop_at_max_pixels_and_say_so(start_simulat
     edge = f"{business.id}/owned_pixels"
     assert len(scheduler.targets) == 250 and sim.calls <= 5  # three pages of 100, not for ever
     assert scheduler.snapshot.discovery[edge][0] is True and scheduler.snapshot.discovery_truncated == (edge,)
-    from exporter.exposition import render
+    from exporter.exposition.publisher import render
 
     assert f'meta_dataset_quality_discovery_truncated{{source="{edge}"}} 1.0' in render(scheduler.snapshot).decode()
 

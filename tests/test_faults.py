@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from exporter.config import Secrets, validate
+from exporter.collect.scheduler import Scheduler
+from exporter.config.settings import Secrets, validate
 from exporter.graph.errors import REASONS
-from exporter.parser import parse_dataset_quality
-from exporter.scheduler import Scheduler
+from exporter.graph.parser import parse_dataset_quality
 from tests.conftest import TOKEN
 
 TRANSPORT_REASONS = {"transient", "timeout", "network", "invalid_response", "throttled"}

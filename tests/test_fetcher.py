@@ -10,15 +10,15 @@ from collections import Counter
 
 import pytest
 
-from exporter.config import Secrets, validate
-from exporter.credentials import Credentials
-from exporter.fetcher import PARSE_STEP, Fetcher
-from exporter.governor import Governor
+from exporter.collect.credentials import Credentials
+from exporter.collect.fetcher import PARSE_STEP, Fetcher
+from exporter.collect.governor import Governor
+from exporter.collect.scheduler import Scheduler
+from exporter.config.settings import Secrets, validate
+from exporter.config.targets import Target
 from exporter.graph import BatchAnswer, GraphError, GraphResponse
 from exporter.graph.ratelimit import RateLimitUsage
-from exporter.scheduler import Scheduler
-from exporter.snapshot import Recorder
-from exporter.targets import Target
+from exporter.state.recorder import Recorder
 from tests.conftest import TOKEN
 
 
@@ -453,7 +453,7 @@ def test_an_unexpected_error_in_a_request_ends_its_datasets_as_other_and_frees_t
 
 
 def test_a_bug_in_handling_one_answer_fails_that_dataset_only(start_simulator, monkeypatch):
-    import exporter.fetcher as fetcher_module
+    import exporter.collect.fetcher as fetcher_module
 
     sim = start_simulator(datasets=10)
     ids = sim.world.dataset_ids[:6]
@@ -474,7 +474,7 @@ def test_a_bug_in_handling_one_answer_fails_that_dataset_only(start_simulator, m
 
 
 def test_an_unexpected_error_in_housekeeping_never_stops_collection(simulator, monkeypatch, caplog):
-    from exporter.discovery import Housekeeping
+    from exporter.collect.housekeeping import Housekeeping
 
     async def broken(*args, **kwargs):
         raise RuntimeError("metadata bug")
@@ -542,7 +542,7 @@ def _fetcher_against(sim, recorder, done, **kw):
 
 def _watch(monkeypatch, on_send, on_parse):
     """Call `on_send(items)` as each batch request is made, and `on_parse()` before each answer is parsed."""
-    import exporter.fetcher as fetcher_module
+    import exporter.collect.fetcher as fetcher_module
     from exporter.graph import GraphClient
 
     real_parse, real_batch = fetcher_module.parse_dataset_quality, GraphClient.batch

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from exporter.governor import Governor
+from exporter.collect.governor import Governor
 
 APP, BIZ = ("app", "default"), ("business", "42")
 

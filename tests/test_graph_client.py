@@ -27,7 +27,7 @@ from exporter.graph import (
 )
 from exporter.graph import ratelimit as ratelimit_module
 from exporter.graph.client import batch_form
-from exporter.parser import parse_dataset_quality
+from exporter.graph.parser import parse_dataset_quality
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN, http
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.httpd import Limits
-from exporter.snapshot import Snapshot
-from exporter.web import WebServer, accepts_gzip, prefers_openmetrics
+from exporter.state.snapshot import Snapshot
+from exporter.web.httpd import Limits
+from exporter.web.server import WebServer, accepts_gzip, prefers_openmetrics
 
 
 class App:
@@ -196,7 +196,7 @@ def test_an_answer_of_many_chunks_arrives_whole_in_slices(monkeypatch):
     import random
     import urllib.request
 
-    from exporter import httpd
+    from exporter.web import httpd
 
     monkeypatch.setattr(httpd, "WRITE_SLICE", 1000)  # slices end mid-answer, on and across chunk boundaries
     monkeypatch.setattr(httpd, "BLOCKING_WRITE", 1 << 40)  # through the event loop, as TLS answers go
@@ -219,7 +219,7 @@ def test_an_answer_of_many_chunks_arrives_whole_in_slices(monkeypatch):
 def _big_answer_server(monkeypatch, size: int = 16 * 1024 * 1024):
     import random
 
-    from exporter import httpd
+    from exporter.web import httpd
 
     rng = random.Random(7)
     chunks = [rng.randbytes(rng.randrange(1, 70_000)) for _ in range(size // 35_000)]
@@ -275,7 +275,7 @@ def test_a_large_answer_is_sent_whole_by_a_writer_thread_and_the_connection_stay
 
 
 def test_a_client_that_does_not_read_gets_the_rest_through_the_event_loop(monkeypatch):
-    from exporter import httpd
+    from exporter.web import httpd
 
     monkeypatch.setattr(httpd, "SLOW_CLIENT", 1)
     server, expected, sent_by_writer = _big_answer_server(monkeypatch, 64 * 1024 * 1024)
@@ -297,7 +297,7 @@ def test_a_client_that_does_not_read_gets_the_rest_through_the_event_loop(monkey
 
 @pytest.mark.parametrize("sent", [0, 1, 5, 6, 7, 10, 11, 15, 16])
 def test_what_is_left_after_a_partial_send(sent):
-    from exporter.httpd import _after
+    from exporter.web.httpd import _after
 
     head, chunks = b"HEAD\n", [b"abc", b"", b"defgh", b"ij"]
     assert b"".join(_after(head, chunks, sent)) == (head + b"".join(chunks))[sent:]
@@ -309,7 +309,7 @@ def test_a_writer_leaves_reading_as_it_found_it(monkeypatch, was_reading):
     answer; otherwise a client could push past the reader's bound while its answer is sent."""
     import asyncio
 
-    from exporter import httpd
+    from exporter.web import httpd
 
     calls = []
 
@@ -397,7 +397,7 @@ def test_answers_are_not_held_back_for_a_delayed_ack(server):
 def test_running_out_of_file_descriptors_is_said_once_a_minute(caplog):
     """asyncio reports every accept refused for want of descriptors; a flood of connects made thousands of
     tracebacks. They are counted and said once a minute."""
-    from exporter.httpd import HttpServer, Response
+    from exporter.web.httpd import HttpServer, Response
 
     async def handler(request):
         return Response(200, b"ok")
@@ -418,7 +418,7 @@ def test_a_client_that_stalls_an_answer_loses_its_connection_before_a_scraper_wa
     """Clients that ask for a large answer and never read it used to hold their connections for ever (busy
     connections were never evicted): at the limit, every new scraper was refused. The connection that has
     waited longest on its client is evicted first."""
-    from exporter.httpd import HttpServer, Response
+    from exporter.web.httpd import HttpServer, Response
 
     body = b"x" * (8 * 1024 * 1024)
 
@@ -450,7 +450,7 @@ def test_a_client_that_stalls_an_answer_loses_its_connection_before_a_scraper_wa
 
 
 def test_a_large_answer_is_sent_from_the_published_bytes_never_copied_whole():
-    from exporter.httpd import WRITE_SLICE, _slices
+    from exporter.web.httpd import WRITE_SLICE, _slices
 
     big = b"y" * (5 * WRITE_SLICE + 7)
     pieces = list(_slices([b"head", big, b"tail"]))

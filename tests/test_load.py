@@ -9,10 +9,10 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.parser import DatasetQuality, EventQuality, MatchKey
-from exporter.snapshot import DatasetState, Snapshot
-from exporter.targets import Target
-from exporter.web import WebServer
+from exporter.config.targets import Target
+from exporter.graph.parser import DatasetQuality, EventQuality, MatchKey
+from exporter.state.snapshot import DatasetState, Snapshot
+from exporter.web.server import WebServer
 
 CLIENTS, SECONDS = 50, 4.0
 DATASETS = 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from exporter import loop as collection_loop
+from exporter.collect import eventloop as collection_loop
 
 
 def test_the_waiting_event_is_set_only_while_the_loop_waits_in_its_selector():

@@ -12,9 +12,10 @@ from collections import Counter
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import Publisher, SnapshotCollector, render, render_exposition
+from exporter.config.targets import Target
+from exporter.exposition.publisher import Publisher, SnapshotCollector, render, render_exposition
 from exporter.graph.errors import REASONS
-from exporter.parser import (
+from exporter.graph.parser import (
     DatasetQuality,
     DedupeKey,
     Diagnostic,
@@ -23,8 +24,7 @@ from exporter.parser import (
     OfflineEvent,
     parse_dataset_quality,
 )
-from exporter.snapshot import DatasetState, Histogram, Snapshot
-from exporter.targets import Target
+from exporter.state.snapshot import DatasetState, Histogram, Snapshot
 from tests.conftest import load_fixture
 
 P = "meta_dataset_quality_"
@@ -408,7 +408,7 @@ def test_series_limit_covers_offline_series_too():
 def test_remembered_numbers_keep_their_exact_text():
     from prometheus_client.utils import floatToGoString
 
-    from exporter.render import number, ratio
+    from exporter.exposition.render import number, ratio
 
     for value in (0.0, -0.0, 1.0, 99.9, 0.999, 1e-7, 12345678.0, float("inf"), float("nan"), 3):
         assert number(value) == floatToGoString(value) and number(value) == floatToGoString(value)  # twice: memo
@@ -419,7 +419,7 @@ def test_remembered_numbers_keep_their_exact_text():
 def test_a_changed_dataset_costs_its_block_of_each_gzip_family_and_the_rest_is_kept():
     """A publish that changes one dataset compresses again the block it is in, in each family it has lines in,
     and keeps every other block; an answer is a few chunks per family, joined at publish, not by each scrape."""
-    from exporter.deflate import BLOCK
+    from exporter.exposition.deflate import BLOCK
 
     events = tuple(
         EventQuality(f"E{i}", composite_score=i / 2, match_keys=(MatchKey("email", i), MatchKey("phone", i)))
@@ -524,7 +524,7 @@ def test_a_publish_that_changes_one_dataset_cuts_the_fleet_at_the_series_limit()
 def test_a_publish_that_raised_midway_leaves_the_next_one_right(monkeypatch):
     """A dataset whose rendering raises fails the publish; the next publish of the same snapshot counts the
     series of the datasets rendered before the failure once, not twice, and so still cuts at the limit."""
-    from exporter.families import QualityFamilies
+    from exporter.exposition.families import QualityFamilies
 
     small = DatasetQuality((EventQuality("Lead", composite_score=3.0),))  # one series
     grown = DatasetQuality(  # four series
@@ -567,25 +567,25 @@ def test_a_publish_that_raised_midway_leaves_the_next_one_right(monkeypatch):
 def test_a_publish_that_raised_while_assembling_leaves_the_next_one_right(monkeypatch):
     """A publish that raises after its datasets' lines are in (here, in the exporter's own families) must not
     leave the next one comparing against half of what it did: the next publish's gzip is its text."""
-    import exporter.exposition
+    import exporter.exposition.publisher
 
     states = [state(Target(str(400 + i)), DatasetQuality((FULL_EVENT,))) for i in range(40)]
     publisher = Publisher()
     publisher.publish(snap(*states))
     states[3] = state(states[3].target, DatasetQuality((EventQuality("Lead", composite_score=1.5),)))
-    fleet_families = exporter.exposition.fleet_families
+    fleet_families = exporter.exposition.publisher.fleet_families
 
     def broken(*args):
         raise RuntimeError("a bug in the exporter's own families")
 
-    monkeypatch.setattr(exporter.exposition, "fleet_families", broken)
+    monkeypatch.setattr(exporter.exposition.publisher, "fleet_families", broken)
     try:
         publisher.publish(snap(*states))
     except RuntimeError:
         pass
     else:
         raise AssertionError("the publish should have raised")
-    monkeypatch.setattr(exporter.exposition, "fleet_families", fleet_families)
+    monkeypatch.setattr(exporter.exposition.publisher, "fleet_families", fleet_families)
     states[35] = state(states[35].target, DatasetQuality((EventQuality("Lead", composite_score=2.5),)))
     exposition = publisher.publish(snap(*states))
     text = exposition.get(openmetrics=False, compressed=False).bytes()
@@ -598,8 +598,13 @@ def test_a_datasets_lines_are_what_a_family_writes_sample_by_sample():
     formatting. Each must write what the plain `Family` writer writes when given the same samples one by one:
     labels sorted by name and escaped, numbers as prometheus_client writes them, percentages as ratios, no
     line for a missing value, and the first of a repeated label set (records the parser did not build)."""
-    from exporter.families import DatasetHealthFamilies, DatasetInfoFamilies, OfflineFamilies, QualityFamilies
-    from exporter.render import Family, ratio
+    from exporter.exposition.families import (
+        DatasetHealthFamilies,
+        DatasetInfoFamilies,
+        OfflineFamilies,
+        QualityFamilies,
+    )
+    from exporter.exposition.render import Family, ratio
 
     rng = random.Random(12)
     names = ["Purchase", "Lead", 'q"uote', "back\\slash", "new\nline", "購入", ""]

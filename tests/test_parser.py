@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from exporter.parser import ResponseFormatError, diagnostic_slug, parse_dataset_quality
+from exporter.graph.parser import ResponseFormatError, diagnostic_slug, parse_dataset_quality
 from tests.conftest import load_fixture
 
 
@@ -229,7 +229,7 @@ def test_diagnostic_slug():
 def test_wrongly_typed_values_cost_one_pass_however_many_there_are(monkeypatch):
     """Each value of the wrong type used to cost a deep copy and a parse of the whole answer again: 100 of them
     in 100,000 events took minutes. They are left out where they are found, and the events bounded."""
-    import exporter.parser as parser
+    import exporter.graph.parser as parser
 
     body = {"web": [{"event_name": f"E{i}", "event_match_quality": {"composite_score": 5}} for i in range(100_000)]}
     for event in body["web"][100:150]:

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import render
-from exporter.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
-from exporter.snapshot import DatasetState, Snapshot
-from exporter.status import status_html, status_json
-from exporter.targets import Target
+from exporter.config.targets import Target
+from exporter.exposition.publisher import render
+from exporter.graph.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
+from exporter.state.snapshot import DatasetState, Snapshot
+from exporter.web.status import status_html, status_json
 
 PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 P = "meta_dataset_quality_"

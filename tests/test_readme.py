@@ -7,11 +7,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from exporter.config import load_config
-from exporter.exposition import SnapshotCollector
-from exporter.parser import DatasetQuality, DedupeKey, Diagnostic, EventQuality, MatchKey, OfflineEvent
-from exporter.snapshot import DatasetState, Histogram, Snapshot
-from exporter.targets import Target
+from exporter.config.settings import load_config
+from exporter.config.targets import Target
+from exporter.exposition.publisher import SnapshotCollector
+from exporter.graph.parser import DatasetQuality, DedupeKey, Diagnostic, EventQuality, MatchKey, OfflineEvent
+from exporter.state.snapshot import DatasetState, Histogram, Snapshot
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text("utf-8")
@@ -73,8 +73,8 @@ def test_every_contract_metric_is_produced():
 def test_example_config_shows_every_key_and_passes_check_config():
     import yaml
 
-    from exporter.cli import main
-    from exporter.config import SCHEMA
+    from exporter.cli.main import main
+    from exporter.config.settings import SCHEMA
 
     path = ROOT / "deploy" / "config.example.yaml"
     raw = yaml.safe_load(path.read_text("utf-8"))

@@ -11,11 +11,11 @@ import weakref
 
 import pytest
 
-from exporter import scheduler as scheduler_module
-from exporter.config import Secrets, validate
-from exporter.exposition import render
-from exporter.parser import parse_dataset_quality
-from exporter.scheduler import Scheduler
+from exporter.collect import scheduler as scheduler_module
+from exporter.collect.scheduler import Scheduler
+from exporter.config.settings import Secrets, validate
+from exporter.exposition.publisher import render
+from exporter.graph.parser import parse_dataset_quality
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import TOKEN
 
@@ -386,7 +386,7 @@ def test_a_reload_looks_up_only_what_it_changed(start_simulator):
 
 
 def test_stop_during_a_reloads_discovery_returns_promptly(simulator, monkeypatch):
-    from exporter.discovery import Housekeeping
+    from exporter.collect.housekeeping import Housekeeping
 
     ids = simulator.world.dataset_ids
     business = next(iter(simulator.world.businesses.values()))
@@ -424,7 +424,7 @@ def test_stop_during_a_reloads_discovery_returns_promptly(simulator, monkeypatch
     ("held_back", "advice"), [(0.0, "collection.concurrency"), (0.2, "rate limits held calls back")]
 )
 def test_the_overrun_warning_gives_advice_that_matches_its_cause(simulator, monkeypatch, caplog, held_back, advice):
-    from exporter.fetcher import Fetcher
+    from exporter.collect.fetcher import Fetcher
 
     async def slow_run(self, targets, *, spacing, deadline):
         self.held_back = held_back
@@ -442,8 +442,8 @@ def test_the_overrun_warning_gives_advice_that_matches_its_cause(simulator, monk
 def test_no_answer_can_poison_the_fleet(start_simulator):
     """A lone surrogate, values out of range and a token echoed back: each costs its value or its dataset,
     and /metrics and /status still render for the whole fleet."""
-    from exporter.exposition import render
-    from exporter.status import status_html, status_json
+    from exporter.exposition.publisher import render
+    from exporter.web.status import status_html, status_json
 
     token = "EAAB" + "q" * 40
     sim = start_simulator(datasets=6, tokens=(token,))
@@ -465,7 +465,7 @@ def test_no_answer_can_poison_the_fleet(start_simulator):
 
 
 def test_a_mid_cycle_render_runs_beside_the_fetching_not_in_its_way(start_simulator, monkeypatch):
-    from exporter.exposition import Publisher
+    from exporter.exposition.publisher import Publisher
 
     sim = start_simulator(datasets=30, seed=7, latency=0.02)
     monkeypatch.setattr(scheduler_module, "BURST_PUBLISH_EVERY", 0.0)  # publish whenever no render is running
@@ -492,7 +492,7 @@ def test_a_mid_cycle_render_runs_beside_the_fetching_not_in_its_way(start_simula
 def test_a_burst_renders_once_its_last_requests_are_out(start_simulator, monkeypatch):
     """In a burst, once what is left to fetch fits in the requests in flight, a render begins without waiting
     for the clock: the cycle's last publish is left with the last answers only. A paced cycle does not."""
-    from exporter.exposition import Publisher
+    from exporter.exposition.publisher import Publisher
 
     sim = start_simulator(datasets=30, seed=7, latency=0.02)
     monkeypatch.setattr(scheduler_module, "BURST_PUBLISH_EVERY", 3600.0)  # no mid-cycle render by the clock
@@ -520,9 +520,9 @@ def test_a_burst_renders_once_its_last_requests_are_out(start_simulator, monkeyp
 def test_a_render_defers_to_a_busy_loop_until_the_loop_waits_for_it(simulator):
     """Before each dataset it renders, a mid-cycle render waits while the loop has work (its selector is not
     waiting); the loop's own wait for the render (`result`) hurries it."""
-    from exporter.exposition import Publisher
-    from exporter.snapshot import DatasetState, Snapshot
-    from exporter.targets import Target
+    from exporter.config.targets import Target
+    from exporter.exposition.publisher import Publisher
+    from exporter.state.snapshot import DatasetState, Snapshot
 
     quality = parse_dataset_quality(simulator.world.quality(simulator.world.dataset_ids[0], None))
     states = tuple(DatasetState(Target(str(100 + i)), quality, True, 1.0) for i in range(20))
@@ -550,10 +550,10 @@ def test_a_render_defers_to_a_busy_loop_until_the_loop_waits_for_it(simulator):
 
 
 def test_mid_cycle_renders_defer_to_a_collection_loop_only(start_simulator, monkeypatch):
-    """On the exporter's CollectionLoop (exporter.loop) mid-cycle renders get a way to give way to the loop;
+    """On the exporter's CollectionLoop (exporter.collect.eventloop) mid-cycle renders get a way to give way to the loop;
     on any other loop they render at once. Closing the scheduler leaves no render thread behind."""
-    from exporter import loop as collection_loop
-    from exporter.exposition import Publisher
+    from exporter.collect import eventloop as collection_loop
+    from exporter.exposition.publisher import Publisher
 
     sim = start_simulator(datasets=12, seed=3, latency=0.02)
     monkeypatch.setattr(scheduler_module, "BURST_PUBLISH_EVERY", 0.0)

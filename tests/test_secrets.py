@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from exporter.logsetup import JsonFormatter, RedactingFormatter, register_secrets
+from exporter.common.logsetup import JsonFormatter, RedactingFormatter, register_secrets
 from exporter.simulator import EXAMPLE_DATASET_ID
 from tests.conftest import http
 from tests.test_e2e import free_port, wait_for

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+from exporter.config.targets import Target
+from exporter.graph.parser import DatasetQuality, EventQuality
 from exporter.graph.ratelimit import RateLimitUsage, UsageSample
-from exporter.parser import DatasetQuality, EventQuality
-from exporter.snapshot import Recorder
-from exporter.targets import Target
+from exporter.state.recorder import Recorder
 
 
 class Clock:
@@ -104,7 +104,7 @@ def test_usage_of_an_app_or_business_no_longer_called_leaves_after_two_intervals
 
 def test_a_target_whose_nothing_changed_keeps_its_state_object_and_any_change_makes_a_new_one():
     """The publisher skips an unchanged dataset by the identity of its state: every kind of change must show."""
-    from exporter.snapshot import Extras
+    from exporter.state.snapshot import Extras
 
     clock = [1000.0]
     rec = Recorder(clock=lambda: clock[0])
@@ -141,7 +141,7 @@ def test_usage_headers_naming_thousands_of_businesses_keep_a_bounded_state():
     import json
 
     from exporter.graph.ratelimit import MAX_OBJECTS, parse_rate_limit_headers
-    from exporter.snapshot import MAX_USAGE_SERIES
+    from exporter.state.recorder import MAX_USAGE_SERIES
 
     recorder = Recorder(Clock())
     for round_ in range(50):
@@ -155,7 +155,7 @@ def test_usage_headers_naming_thousands_of_businesses_keep_a_bounded_state():
 
 
 def test_a_new_error_code_on_every_answer_keeps_a_bounded_count_of_series():
-    from exporter.snapshot import MAX_ERROR_CODES
+    from exporter.state.recorder import MAX_ERROR_CODES
 
     recorder = Recorder(Clock())
     for code in range(10_000):

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from exporter.parser import DatasetQuality, Diagnostic, EventQuality, MatchKey
-from exporter.snapshot import DatasetState, Snapshot
-from exporter.status import status_html, status_model
-from exporter.targets import Target
-from exporter.web import WebServer
+from exporter.config.targets import Target
+from exporter.graph.parser import DatasetQuality, Diagnostic, EventQuality, MatchKey
+from exporter.state.snapshot import DatasetState, Snapshot
+from exporter.web.server import WebServer
+from exporter.web.status import status_html, status_model
 from tests.conftest import http
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -93,7 +93,7 @@ def test_model_orders_events_worst_first_and_ranks_opportunities():
 
 
 def test_by_customer_counts_every_opportunity_and_the_page_says_when_a_list_is_cut():
-    from exporter import status
+    from exporter.web import status
 
     quality = DatasetQuality(tuple(EventQuality(f"E{i}", potential_acr_increase=50 + i / 1000) for i in range(150)))
     small = DatasetQuality((EventQuality("Lead", potential_acr_increase=1.0),))

@@ -7,10 +7,10 @@ import gzip
 import httpx
 import pytest
 
-from exporter.parser import DatasetQuality, EventQuality
-from exporter.snapshot import DatasetState, Snapshot
-from exporter.targets import Target
-from exporter.web import WebServer
+from exporter.config.targets import Target
+from exporter.graph.parser import DatasetQuality, EventQuality
+from exporter.state.snapshot import DatasetState, Snapshot
+from exporter.web.server import WebServer
 from tests.conftest import http
 
 

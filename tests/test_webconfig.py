@@ -14,10 +14,10 @@ import bcrypt
 import httpx
 import pytest
 
-from exporter.config import ConfigError
-from exporter.snapshot import Snapshot
-from exporter.web import WebServer
-from exporter.webconfig import load_web_config
+from exporter.config.settings import ConfigError
+from exporter.state.snapshot import Snapshot
+from exporter.web.server import WebServer
+from exporter.web.webconfig import load_web_config
 from tests.conftest import TOKEN
 from tests.test_e2e import free_port
 
@@ -264,7 +264,7 @@ def test_unknown_users_cost_a_bcrypt_check_too_and_checks_run_one_at_a_time(cert
 
 
 def test_the_healthcheck_command_finds_plain_tls_and_basic_auth_listeners(certs, serve, tmp_path, capsys):
-    from exporter.cli import main
+    from exporter.cli.main import main
 
     plain = serve(web_config(tmp_path, ""))
     tls = serve(web_config(certs, "tls_server_config: {cert_file: server.crt, key_file: server.key}\n"))
@@ -288,7 +288,7 @@ def test_the_healthcheck_command_finds_plain_tls_and_basic_auth_listeners(certs,
 def test_a_large_answer_over_tls_is_sent_by_the_event_loop(certs, monkeypatch):
     import random
 
-    from exporter import httpd
+    from exporter.web import httpd
 
     def never(*args):
         raise AssertionError("a TLS answer must not bypass the TLS layer")
@@ -314,7 +314,7 @@ def test_a_large_answer_over_tls_is_sent_by_the_event_loop(certs, monkeypatch):
 def test_tls_handshakes_that_never_complete_count_as_connections_and_are_cut_off(certs):
     """A TLS connection counts from its first byte: handshakes that never finish are held to the connection
     limit (the longest waiting evicted first) and cut off after handshake_timeout, not header_timeout."""
-    from exporter.httpd import Limits
+    from exporter.web.httpd import Limits
 
     security = load_web_config(
         web_config(certs, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")

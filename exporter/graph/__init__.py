@@ -1,4 +1,8 @@
-"""The Graph API client: requests, auth, errors and rate-limit headers."""
+"""The Graph API: the client (`client`: requests, auth, batches, retries), its errors (`errors`), the fields
+asked for (`fields`), the versions (`versions`), the rate-limit headers (`ratelimit`) and the parser of its
+answers (`parser`: JSON to immutable records).
+
+May import exporter.common only."""
 
 from exporter.graph.client import BatchAnswer, BatchCall, GraphClient, GraphResponse, RequestObserver, appsecret_proof
 from exporter.graph.errors import REASONS, GraphError, classify

@@ -21,10 +21,10 @@ from urllib.parse import parse_qsl, quote_plus, urlsplit
 import httpx
 
 from exporter import __version__
+from exporter.common.text import bounded, scrub
 from exporter.graph.errors import BUSINESS_THROTTLE_CODES, GraphError, classify
 from exporter.graph.ratelimit import RateLimitUsage, parse_rate_limit_headers
 from exporter.graph.versions import LATEST_VERSION
-from exporter.text import bounded, scrub
 
 log = logging.getLogger(__name__)
 
@@ -432,12 +432,12 @@ class GraphClient:
             reason = "throttled"
         retry_after = None
         if reason == "throttled":
-            waits = [seconds for _, seconds in usage.regain_seconds]
+            waits = [regain.seconds for regain in usage.regain_seconds]
             retry_after = max(waits) if waits else None
             if code in BUSINESS_THROTTLE_CODES and retry_after is None:
                 data = _error_data(error.get("error_data"))
                 minutes = data.get("estimated_time_to_regain_access")
-                if type(minutes) in (int, float) and minutes > 0:
+                if isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes > 0:
                     retry_after = float(min(minutes, 10**7)) * 60  # a 400-digit number must not overflow
         if self.observer and code is not None:
             self.observer.on_graph_error(code, reason)

@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -28,10 +28,17 @@ class UsageSample:
     ratio: float
 
 
+class Regain(NamedTuple):
+    """When a throttled business or ad account expects access back."""
+
+    object_id: str
+    seconds: float
+
+
 @dataclass(frozen=True)
 class RateLimitUsage:
     samples: tuple[UsageSample, ...] = ()
-    regain_seconds: tuple[tuple[str, float], ...] = ()  # (business id, seconds until access returns)
+    regain_seconds: tuple[Regain, ...] = ()
 
     @property
     def max_ratio(self) -> float:
@@ -60,7 +67,7 @@ def parse_rate_limit_headers(
 ) -> RateLimitUsage:
     """Parse X-App-Usage, X-Business-Use-Case-Usage and X-Ad-Account-Usage; malformed ones are ignored."""
     samples: list[UsageSample] = []
-    regain: list[tuple[str, float]] = []
+    regain: list[Regain] = []
     lowered = {k.lower(): v for k, v in headers.items()}
 
     if (raw := lowered.get("x-app-usage")) is not None:
@@ -91,7 +98,7 @@ def parse_rate_limit_headers(
                             )
                     minutes = _number(entry.get("estimated_time_to_regain_access"))
                     if minutes:
-                        regain.append((str(object_id), minutes * 60))
+                        regain.append(Regain(str(object_id), minutes * 60))
 
     if (raw := lowered.get("x-ad-account-usage")) is not None:
         value = _load("X-Ad-Account-Usage", raw)
@@ -99,7 +106,7 @@ def parse_rate_limit_headers(
             samples.append(UsageSample("ad_account", ad_account_id, "ads_management", "acc_id_util", number / 100))
             reset = _number(value.get("reset_time_duration"))
             if reset:
-                regain.append((ad_account_id, reset))
+                regain.append(Regain(ad_account_id, reset))
     return RateLimitUsage(tuple(samples), tuple(regain))
 
 

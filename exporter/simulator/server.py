@@ -192,7 +192,7 @@ class Simulator:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def stop(self) -> None:
         if self._server:
@@ -447,7 +447,9 @@ class Simulator:
             base_id = 300_000_000_000_000 + self.rng.randrange(10**9) * 20_000
             headers = {"X-Business-Use-Case-Usage": json.dumps({str(base_id + n): entry for n in range(20_000)})}
         if fault == "many_events":
-            events = [{"event_name": f"E{n}", "event_match_quality": {"composite_score": 5}} for n in range(100_000)]
+            events: list[dict[str, Any]] = [
+                {"event_name": f"E{n}", "event_match_quality": {"composite_score": 5}} for n in range(100_000)
+            ]
             for event in events[-100:]:
                 event["event_match_quality"]["composite_score"] = "x"
             return Reply(200, {"web": events}, headers)

@@ -11,9 +11,10 @@ from typing import Any
 
 import yaml
 
-from exporter import loop as collection_loop
-from exporter.app import Exporter, prepare_process
-from exporter.config import (
+from exporter.cli.app import Exporter, prepare_process
+from exporter.cli.report import ProgressBar
+from exporter.collect import eventloop as collection_loop
+from exporter.config.settings import (
     CollectionConfig,
     Config,
     CredentialConfig,
@@ -23,7 +24,6 @@ from exporter.config import (
     ServerConfig,
     show_duration,
 )
-from exporter.report import ProgressBar
 from exporter.simulator import EXAMPLE_DATASET_ID, Simulator, SimulatorSettings
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ class TerminalLine(Protocol):
     def redraw(self) -> None: ...
 
 
-class LineSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class LineSafeHandler(logging.StreamHandler):
     """Clears a progress bar's line before a log line and draws it again after, so they never share a line."""
 
     live_line: TerminalLine | None = None

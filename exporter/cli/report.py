@@ -9,10 +9,10 @@ import unicodedata
 from collections import Counter
 from typing import Any, TextIO
 
-from exporter.exposition import render
-from exporter.logsetup import LineSafeHandler
-from exporter.parser import EventQuality
-from exporter.snapshot import DatasetState, Snapshot
+from exporter.common.logsetup import LineSafeHandler
+from exporter.exposition.publisher import render
+from exporter.graph.parser import EventQuality
+from exporter.state.snapshot import DatasetState, Snapshot
 
 SUMMARY_WORST = 10
 _DETAIL = re.compile(r"\s*\(reason=[^()]*\)$")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from exporter.text import MAX_NAME, bounded, encodable
+from exporter.common.text import MAX_NAME, bounded, encodable
 
 
 class ResponseFormatError(ValueError):
@@ -116,14 +116,13 @@ def parse_dataset_quality(body: Any) -> DatasetQuality:
 
 
 def _leaf(path: str, problem: str) -> None:
-    """A value of the wrong type, or one too many: left out, and named in `dropped` (None, to return)."""
+    """A value of the wrong type, or one too many: left out, and named in `dropped`."""
     dropped = _DROPPED.get()
     if dropped is None:  # outside parse_dataset_quality
         raise ResponseFormatError(path, problem, leaf=True)
     if len(dropped) >= MAX_DROPPED:
         raise ResponseFormatError(path, f"{problem} (and {MAX_DROPPED} values of the wrong type before it)")
     dropped.append(f"{path or '<root>'}: {problem}")
-    return None
 
 
 def _parse(body: Any) -> DatasetQuality:
@@ -239,7 +238,9 @@ def _offline(obj: dict[str, Any], path: str) -> OfflineEvent:
 
 def _merge_events(first: EventQuality, second: EventQuality) -> EventQuality:
     """Fill what the first occurrence lacks from the second; list blocks keep first-seen keys."""
-    merged = []
+    merged: list[Any] = []
+    a: Any
+    b: Any
     for a, b in zip(first, second, strict=True):
         if isinstance(a, tuple):
             seen = {_key(x) for x in a}
@@ -304,7 +305,8 @@ def _opt_obj(parent: dict[str, Any] | None, key: str, path: str) -> dict[str, An
     value = None if parent is None else parent.get(key)
     if value is None or type(value) is dict:
         return value
-    return _leaf(f"{path}.{key}" if path else key, f"expected an object, got {_describe(value)}")
+    _leaf(f"{path}.{key}" if path else key, f"expected an object, got {_describe(value)}")
+    return None
 
 
 def _list(parent: dict[str, Any], key: str, path: str) -> list[Any]:
@@ -338,7 +340,8 @@ def _str(
     if not isinstance(value, str):
         if required:
             raise ResponseFormatError(f"{path}.{key}", f"expected a string, got {_describe(value)}")
-        return _leaf(f"{path}.{key}", f"expected a string, got {_describe(value)}")
+        _leaf(f"{path}.{key}", f"expected a string, got {_describe(value)}")
+        return None
     if required and not value:
         raise ResponseFormatError(f"{path}.{key}", "empty")
     return sys.intern(value)
@@ -356,18 +359,22 @@ def _num(parent: dict[str, Any] | None, key: str, path: str, bounds: tuple[float
     kind = type(value)
     if kind is float:
         if not math.isfinite(value):
-            return _leaf(f"{path}.{key}", f"expected a finite number, got {value!r}")
+            _leaf(f"{path}.{key}", f"expected a finite number, got {value!r}")
+            return None
     elif kind is int:
         try:
             value = float(value)
         except OverflowError:
-            return _leaf(f"{path}.{key}", "number too large")
+            _leaf(f"{path}.{key}", "number too large")
+            return None
     else:
         shown = repr(value) if isinstance(value, str | bool) else _describe(value)
-        return _leaf(f"{path}.{key}", f"expected a number, got {shown[:40]}")
+        _leaf(f"{path}.{key}", f"expected a number, got {shown[:40]}")
+        return None
     low, high = bounds
     if not low <= value <= high:
-        return _leaf(f"{path}.{key}", f"{value:g} is outside its range {low:g} to {high:g}")
+        _leaf(f"{path}.{key}", f"{value:g} is outside its range {low:g} to {high:g}")
+        return None
     return value
 
 
@@ -378,7 +385,8 @@ def _percentage(
     if block is None:
         return None
     if type(block) is not dict:
-        return _leaf(f"{path}.{key}", f"expected an object, got {_describe(block)}")
+        _leaf(f"{path}.{key}", f"expected an object, got {_describe(block)}")
+        return None
     value = block.get("percentage")
     if type(value) is float and bounds[0] <= value <= bounds[1]:
         return value  # the common case, without building the path that only an error needs

@@ -21,12 +21,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from exporter.config import Config, DiscoveryConfig, Secrets
-from exporter.governor import Governor, Key
+from exporter.collect.governor import Governor, Key
+from exporter.common.text import bounded, encodable
+from exporter.config.settings import Config, DiscoveryConfig, Secrets
+from exporter.config.targets import Target
 from exporter.graph import BatchAnswer, BatchCall, GraphClient, GraphError, GraphResponse
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
-from exporter.targets import Target
-from exporter.text import bounded, encodable
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def graph_time(value: Any) -> float | None:
 
 
 def pixel_meta(item: dict[str, Any]) -> PixelMeta:
-    owner = item.get("owner_business") if isinstance(item.get("owner_business"), dict) else {}
+    owner: dict[str, Any] = item["owner_business"] if isinstance(item.get("owner_business"), dict) else {}
     return PixelMeta(
         name=bounded(encodable(str(item.get("name") or ""))),
         business_id=bounded(encodable(str(owner.get("id") or "")), 32),
@@ -429,7 +429,7 @@ async def _pages(
         items.extend(item for item in body.get("data") or [] if isinstance(item, dict))
         if len(items) >= limit:
             return items[:limit]
-        paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
+        paging: dict[str, Any] = body["paging"] if isinstance(body.get("paging"), dict) else {}
         next_url = paging.get("next")
         if not isinstance(next_url, str):
             return items

@@ -1,6 +1,6 @@
 """What the exporter's own families are: its build, API requests, rate limits, housekeeping and cycles, one
 collector class per group, filling `render.Family` writers from a snapshot at every publish. They are small;
-the per-dataset families are exporter.families. Nothing here calls the API.
+the per-dataset families are exporter.exposition.families. Nothing here calls the API.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
+from exporter.exposition.render import Family, add, counter, gauge, single
 from exporter.graph import versions
-from exporter.render import Family, add, counter, gauge, single
-from exporter.snapshot import DURATION_BUCKETS, Snapshot
+from exporter.state.snapshot import DURATION_BUCKETS, Snapshot
 
 _ORIGIN = operator.attrgetter("target.origin")
 

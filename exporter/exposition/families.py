@@ -2,9 +2,9 @@
 per group: quality, offline, the dataset's info and its health. Nothing here calls the API.
 
 Each group names its families (`Spec`) and writes one dataset's sample lines at a time, straight from its
-records: exporter.exposition keeps each dataset's lines until its data changes, and a burst cycle at 10,000
+records: exporter.exposition.publisher keeps each dataset's lines until its data changes, and a burst cycle at 10,000
 datasets writes two million of them. The exporter's own families (build, API, rate limits, cycles) are
-exporter.fleet.
+exporter.exposition.fleet.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from exporter.graph.errors import REASONS
-from exporter.render import (
+from exporter.exposition.render import (
     NUMBERS,
     SHARES,
     Family,
@@ -24,7 +23,8 @@ from exporter.render import (
     sample_start,
     share,
 )
-from exporter.snapshot import DatasetState
+from exporter.graph.errors import REASONS
+from exporter.state.snapshot import DatasetState
 
 CACHED = "Cached from the last successful fetch."
 UPLOAD_INTERVALS = {"real_time": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 604800.0}
@@ -278,7 +278,7 @@ class DatasetInfoFamilies:
     meta_dataset_quality_diagnostic_info{description="...",diagnostic="server_sending_mismatched_ip_addresses",...} 1.0
 
     A dataset watched with several agent filters is described once, and a diagnostic's text is the first seen
-    for its slug: exporter.exposition picks those across the fleet.
+    for its slug: exporter.exposition.publisher picks those across the fleet.
     """
 
     @staticmethod

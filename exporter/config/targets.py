@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from exporter.config import Config
+from exporter.config.settings import Config
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Every cost a client can impose has a bound:
   connection, so no leftover bytes are ever read as a new request;
 - a response a client does not read is abandoned after `write_timeout`.
 
-Handlers are coroutines; CPU-heavy work belongs in an executor (see exporter.web).
+Handlers are coroutines; CPU-heavy work belongs in an executor (see exporter.web.server).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ class HttpServer:
         self._waiting[task] = time.monotonic()
         try:
             reader, writer = await self._streams(transport)
-            transport = writer.transport
+            transport = writer.transport  # type: ignore[assignment]  # the TLS one, if any: both read and write
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, OSError):
             pass  # the client went away, or was too slow: nothing to answer
@@ -464,6 +464,7 @@ class HttpServer:
         the rest through the event loop. Plain TCP only: TLS goes through the event loop. False if nothing
         was sent."""
         transport = writer.transport
+        assert isinstance(transport, asyncio.Transport)
         sock = transport.get_extra_info("socket")
         if sock is None or transport.get_extra_info("sslcontext") is not None or self._writing >= WRITERS:
             return False  # TLS, or every writer busy (slow clients): the event loop sends it
@@ -539,7 +540,7 @@ def _send_blocking(sock: Any, head: bytes, chunks: Sequence[bytes]) -> int | Non
 
 def _libc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc: nothing to hand back this way
         return None
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from exporter import __version__
-from exporter.snapshot import DatasetState, Snapshot
+from exporter.state.snapshot import DatasetState, Snapshot
 
 MAX_OPPORTUNITIES = 100
 EVENTS_SHOWN = 6

@@ -4,7 +4,7 @@ The first cycle runs as fast as `concurrency` allows so dashboards fill at once;
 calls evenly over the interval, as Meta asks. A reload swaps the config between cycles; targets it adds are
 fetched at once, the rest keep their schedule. During a cycle a snapshot is published every PUBLISH_EVERY
 seconds (BURST_PUBLISH_EVERY in a burst), its exposition rendered on a thread of its own while the loop keeps
-fetching; on a CollectionLoop (exporter.loop) the render works only while the loop waits.
+fetching; on a CollectionLoop (exporter.collect.eventloop) the render works only while the loop waits.
 """
 
 from __future__ import annotations
@@ -16,21 +16,22 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import replace
 from typing import Any
 
-from exporter.config import Config, Secrets
-from exporter.credentials import Credentials
-from exporter.discovery import Gateway, Housekeeping
-from exporter.exposition import Publisher
-from exporter.fetcher import Fetcher
-from exporter.governor import Governor
+from exporter.collect.credentials import Credentials
+from exporter.collect.eventloop import idle_signal
+from exporter.collect.fetcher import Fetcher
+from exporter.collect.governor import Governor
+from exporter.collect.housekeeping import Gateway, Housekeeping
+from exporter.config.settings import Config, Secrets
+from exporter.config.targets import Target, configured_targets
+from exporter.exposition.publisher import Publisher
 from exporter.graph import GraphClient, GraphError, versions
 from exporter.graph.fields import UnsupportedFields
-from exporter.loop import idle_signal
-from exporter.snapshot import Extras, Recorder, Snapshot
-from exporter.targets import Target, configured_targets
+from exporter.state.recorder import Recorder
+from exporter.state.snapshot import Extras, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +297,9 @@ class Scheduler:
             await self._client.aclose()
             self._client = None
 
-    async def _until_stopped(self, work: object, stop: asyncio.Event) -> bool:
-        """Run `work` (a coroutine) unless `stop` comes first; False if it was cancelled."""
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    async def _until_stopped(self, work: Awaitable[Any], stop: asyncio.Event) -> bool:
+        """Run `work` unless `stop` comes first; False if it was cancelled."""
+        task = asyncio.ensure_future(work)
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -461,10 +462,10 @@ class _Render:
     while answers wait unread and no request leaves. The thread ends with the render; the loop swaps the
     result in (Scheduler._swap_rendered).
 
-    With `loop_waiting` (exporter.loop) the render defers to the loop: before each dataset it renders and each
-    family it assembles, it waits until the loop waits for I/O, unless the loop itself waits for the render
-    (`result`). Both threads share one GIL: without it, the render takes the GIL half of the time the loop
-    wants it, and a burst's answers wait to be read meanwhile (bench/README.md)."""
+    With `loop_waiting` (exporter.collect.eventloop) the render defers to the loop: before each dataset it
+    renders and each family it assembles, it waits until the loop waits for I/O, unless the loop itself waits
+    for the render (`result`). Both threads share one GIL: without it, the render takes the GIL half of the
+    time the loop wants it, and a burst's answers wait to be read meanwhile (bench/README.md)."""
 
     def __init__(self, publisher: Publisher, snapshot: Snapshot, loop_waiting: threading.Event | None = None) -> None:
         self._snapshot: Snapshot = snapshot

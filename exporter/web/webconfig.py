@@ -35,7 +35,7 @@ from typing import Any
 import bcrypt
 import yaml
 
-from exporter.config import MAX_CONFIG_BYTES, ConfigError, read_small_file, safe_yaml
+from exporter.config.settings import MAX_CONFIG_BYTES, ConfigError, read_small_file, safe_yaml
 
 MAX_PASSWORD_BYTES = 72  # what bcrypt reads of a password
 _BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")

@@ -16,10 +16,11 @@ from dataclasses import replace
 from typing import Any
 
 from exporter import __version__
-from exporter import loop as collection_loop
-from exporter.app import EXIT_CONFIG, ConfigSource, file_source, load_all
-from exporter.app import run as run_exporter
-from exporter.config import (
+from exporter.cli.app import EXIT_CONFIG, ConfigSource, file_source, load_all
+from exporter.cli.app import run as run_exporter
+from exporter.collect import eventloop as collection_loop
+from exporter.common.logsetup import configure_logging
+from exporter.config.settings import (
     DEFAULT_PORT,
     Config,
     ConfigError,
@@ -31,7 +32,6 @@ from exporter.config import (
     resolve_secrets,
     show_duration,
 )
-from exporter.logsetup import configure_logging
 from exporter.simulator import SCENARIOS, Simulator, SimulatorSettings
 
 log = logging.getLogger("exporter")
@@ -270,8 +270,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from exporter import report
-    from exporter.scheduler import Scheduler
+    from exporter.cli import report
+    from exporter.collect.scheduler import Scheduler
 
     if not args.config and not args.dataset_id:
         log.error("nothing to fetch: give --config FILE or at least one --dataset-id")
@@ -368,7 +368,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from exporter.demo import run_demo
+    from exporter.cli.demo import run_demo
 
     return run_demo(args.datasets, args.listen[0], args.listen[1], args.interval, args.latency)
 

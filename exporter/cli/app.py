@@ -11,13 +11,13 @@ import sys
 import threading
 from collections.abc import Callable
 
-from exporter import loop as collection_loop
-from exporter.config import Config, ConfigError, Secrets, load_config, resolve_secrets
-from exporter.logsetup import redact, register_secrets
-from exporter.scheduler import Progress, Scheduler
-from exporter.snapshot import Snapshot
-from exporter.web import WebServer
-from exporter.webconfig import load_web_config
+from exporter.collect import eventloop as collection_loop
+from exporter.collect.scheduler import Progress, Scheduler
+from exporter.common.logsetup import redact, register_secrets
+from exporter.config.settings import Config, ConfigError, Secrets, load_config, resolve_secrets
+from exporter.state.snapshot import Snapshot
+from exporter.web.server import WebServer
+from exporter.web.webconfig import load_web_config
 
 log = logging.getLogger(__name__)
 

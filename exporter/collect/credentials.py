@@ -17,10 +17,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from exporter.config import MAX_SECRET_BYTES, Config, Secrets, clean_secret, read_small_file
+from exporter.common.logsetup import register_secrets
+from exporter.config.settings import MAX_SECRET_BYTES, Config, Secrets, clean_secret, read_small_file
 from exporter.graph.errors import GraphError
-from exporter.logsetup import register_secrets
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class _Source:
 
     value: str
     path: str | None = None
-    stat_key: tuple[int, int, int] | None = None
+    stat_key: FileStamp | None = None
     looked: float = 0.0
 
 
@@ -199,12 +200,19 @@ class Credentials:
             self.suspend(name, GraphError("auth", message, code=190))
 
 
-def _stat(path: str | None) -> tuple[int, int, int] | None:
+class FileStamp(NamedTuple):
     """What tells a file's new contents from its old: a rewrite changes the size or mtime, a rename the inode."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+def _stat(path: str | None) -> FileStamp | None:
     if path is None:
         return None
     try:
         info = os.stat(path)
     except OSError:
         return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns)
+    return FileStamp(info.st_ino, info.st_size, info.st_mtime_ns)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from exporter.logsetup import REDACTED, redact
+from exporter.common.logsetup import REDACTED, redact
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Meta's access tokens start with EAA; its "Malformed access token ..." messages echo the token sent.

@@ -1,6 +1,6 @@
 """The HTTP side: `/`, `/metrics`, `/status`, `/-/healthy`, `/-/ready`, `/-/reload`. It reads snapshots only.
 
-Connections, parsing and their limits are exporter.httpd's; this module routes, authenticates and answers.
+Connections, parsing and their limits are exporter.web.httpd's; this module routes, authenticates and answers.
 Rendering, bcrypt and reloads run in executors, so the event loop that holds every connection never waits
 on them; bcrypt has one thread of its own, so failing logins can take at most one core.
 """
@@ -18,11 +18,11 @@ from collections import Counter
 from typing import Protocol
 
 from exporter import __version__
-from exporter.exposition import OPENMETRICS, TEXT, ProcessMetrics, render_exposition
-from exporter.httpd import HttpServer, Limits, Request, Response
-from exporter.snapshot import Snapshot
-from exporter.status import status_html, status_json
-from exporter.webconfig import WebSecurity
+from exporter.exposition.publisher import OPENMETRICS, TEXT, ProcessMetrics, render_exposition
+from exporter.state.snapshot import Snapshot
+from exporter.web.httpd import HttpServer, Limits, Request, Response
+from exporter.web.status import status_html, status_json
+from exporter.web.webconfig import WebSecurity
 
 log = logging.getLogger(__name__)
 PLAIN = "text/plain; charset=utf-8"

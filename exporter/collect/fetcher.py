@@ -10,7 +10,7 @@ Meta's limits, so it is re-sent through the governor, never whole by the client.
 nonexisting is left out of the expansion and the call sent again at once; a source left with no field is not
 asked any more.
 
-A token Meta refuses for a whole request suspends its credential (exporter.credentials); one batch item's
+A token Meta refuses for a whole request suspends its credential (exporter.collect.credentials); one batch item's
 error 190 fails that dataset only.
 """
 
@@ -24,14 +24,14 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.credentials import Credentials
-from exporter.governor import Governor, Key, readings
+from exporter.collect.credentials import Credentials
+from exporter.collect.governor import Governor, Key, readings
+from exporter.config.targets import Target
 from exporter.graph import OFFLINE_FIELDS, BatchAnswer, BatchCall, GraphClient, GraphError, GraphResponse, web_fields
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
+from exporter.graph.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
 from exporter.graph.ratelimit import RateLimitUsage
-from exporter.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
-from exporter.snapshot import Recorder
-from exporter.targets import Target
+from exporter.state.recorder import Recorder
 
 log = logging.getLogger(__name__)
 

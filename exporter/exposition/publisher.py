@@ -6,8 +6,8 @@ family's lines together, so the exposition is family after family: its header, t
 it in snapshot order. OpenMetrics is the same lines under its own headers, ended by `# EOF`. Both are kept as
 runs of those pieces, never joined into one copy of the body.
 
-Gzip is one member made of segments kept between publishes (exporter.deflate): a publish compresses again only
-the blocks in which a dataset changed. One member, not several concatenated: Go's reader (Prometheus) reads
+Gzip is one member made of segments kept between publishes (exporter.exposition.deflate): a publish compresses
+again only the blocks in which a dataset changed. One member, not several concatenated: Go's reader (Prometheus) reads
 concatenated members, but httpx's and curl's decoders stop after the first.
 """
 
@@ -29,8 +29,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as om_lates
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporter.deflate import FINAL_BLOCK, GZIP_HEADER, BlockDeflater, Segments, combined, deflate
-from exporter.families import (
+from exporter.exposition.deflate import FINAL_BLOCK, GZIP_HEADER, BlockDeflater, Segments, combined, deflate
+from exporter.exposition.families import (
     DatasetHealthFamilies,
     DatasetInfoFamilies,
     Lines,
@@ -38,9 +38,9 @@ from exporter.families import (
     QualityFamilies,
     dataset_headers,
 )
-from exporter.fleet import fleet_families
-from exporter.render import Family
-from exporter.snapshot import DatasetState, Snapshot
+from exporter.exposition.fleet import fleet_families
+from exporter.exposition.render import Family
+from exporter.state.snapshot import DatasetState, Snapshot
 
 log = logging.getLogger(__name__)
 

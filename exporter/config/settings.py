@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,8 +130,8 @@ class Config:
 
     def label_names(self) -> tuple[str, ...]:
         """The users' own label names across all datasets (the info metric needs one consistent set)."""
-        owners = (*self.datasets, *self.discovery)
-        return tuple(sorted({k for d in owners for k, _ in d.labels}))
+        pairs = [*(d.labels for d in self.datasets), *(d.labels for d in self.discovery)]
+        return tuple(sorted({k for labels in pairs for k, _ in labels}))
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ class _Problems:
         self.items.append(f"{self.source}: {key or '<top level>'}: {problem}")
 
 
-def _mapping(value: Any, key: str, allowed: set[str] | None, problems: _Problems) -> dict[str, Any]:
+def _mapping(value: Any, key: str, allowed: Set[str] | None, problems: _Problems) -> dict[str, Any]:
     """A YAML mapping with string keys; every key outside `allowed` (None: any key) is reported."""
     if value is None:
         return {}

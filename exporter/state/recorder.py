@@ -1,7 +1,7 @@
-"""The immutable snapshot that /metrics reads, and the recorder the collection loop fills to build it.
+"""The recorder the collection loop fills as answers come, and freezes into a Snapshot at each publish.
 
-The recorder is mutable and lives on the collection loop's thread only; `publish()` freezes it into a new
-Snapshot that is swapped in whole, so a scrape never sees half a cycle's bookkeeping.
+Mutable and used from the collection loop's thread only; `publish()` builds a new immutable Snapshot, reusing a
+dataset's state object while nothing about it changed (the publisher then skips it by identity).
 """
 
 from __future__ import annotations
@@ -9,96 +9,19 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any
 
+from exporter.common.text import scrub
+from exporter.config.targets import Target
 from exporter.graph.errors import REASONS
+from exporter.graph.parser import DatasetQuality
 from exporter.graph.ratelimit import RateLimitUsage
-from exporter.parser import DatasetQuality
-from exporter.targets import Target
-from exporter.text import scrub
+from exporter.state.snapshot import DURATION_BUCKETS, DatasetState, Extras, Histogram, Snapshot, UsageKey
 
 USAGE_KEPT_INTERVALS = 2  # rate-limit usage not seen again for this many intervals is dropped
 MAX_USAGE_SERIES = 1000  # usage readings kept at once (the least recently seen goes): headers can name anything
 MAX_ERROR_CODES = 64  # Graph error codes counted apart; a new one beyond these is counted as "other"
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-@dataclass(frozen=True)
-class DatasetState:
-    target: Target
-    quality: DatasetQuality | None  # the last good data, None once stale or before the first success
-    fetch_success: bool | None  # None until the first fetch finished
-    last_success: float | None
-    last_reason: str | None = None
-    last_message: str | None = None
-    failures: Mapping[str, int] = field(default_factory=dict)
-    last_fired: float | None = None
-    server_last_fired: float | None = None
-    # sources other than the primary one (`offline`): latest success, and failures by (source, reason)
-    source_success: Mapping[str, bool] = field(default_factory=dict)
-    source_failures: Mapping[tuple[str, str], int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Histogram:
-    buckets: tuple[int, ...]  # cumulative counts per DURATION_BUCKETS bound, then +Inf
-    total: float
-    count: int
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    generation: int
-    created: float
-    datasets: tuple[DatasetState, ...] = ()
-    label_names: tuple[str, ...] = ()
-    graph_api_version: str = ""
-    interval: float = 0.0
-    ready: bool = False
-    cycle_duration: float | None = None
-    last_cycle_end: float | None = None
-    cycles: int = 0
-    overruns: int = 0
-    cycle_done: int = 0
-    cycle_total: int = 0
-    requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    durations: Mapping[str, Histogram] = field(default_factory=dict)
-    api_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    usage: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
-    reload_success: bool = True
-    reload_timestamp: float | None = None
-    throttled_until: Mapping[tuple[str, str], float] = field(default_factory=dict)
-    discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
-    tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
-    max_series: int = 0
-    max_bytes: int = 0
-    unsupported_fields: Mapping[str, str] = field(default_factory=dict)  # field -> node type
-    values_dropped: int = 0
-    cycle_started: float | None = None  # while a cycle runs
-    suspended: Mapping[str, str] = field(default_factory=dict)  # credential -> why Meta refuses its token
-    discovery_truncated: tuple[str, ...] = ()  # edges whose listing held more than discovery[].max_pixels
-    versions_upgraded: tuple[str, ...] = ()  # versions Meta answered with instead of the configured one
-    # The exposition, built when the snapshot was published (exporter.exposition.Exposition); None until then.
-    exposition: Any = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Extras:
-    """What the loop knows besides fetch results, handed to `publish` as it stands."""
-
-    last_fired: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
-    throttled_until: Mapping[tuple[str, str], float] = field(default_factory=dict)
-    discovery: Mapping[str, tuple[bool, float | None]] = field(default_factory=dict)
-    tokens: Mapping[str, tuple[bool, float]] = field(default_factory=dict)
-    max_series: int = 0
-    max_bytes: int = 0
-    unsupported_fields: Mapping[str, str] = field(default_factory=dict)
-    suspended: Mapping[str, str] = field(default_factory=dict)
-    versions_upgraded: tuple[str, ...] = ()
-    discovery_truncated: tuple[str, ...] = ()
 
 
 class _TargetRecord:
@@ -137,7 +60,7 @@ class Recorder:
         self._requests: Counter[tuple[str, str]] = Counter()
         self._durations: dict[str, list[float]] = {}
         self._api_errors: Counter[tuple[str, str]] = Counter()
-        self._usage: dict[tuple[str, str, str, str], tuple[float, float]] = {}  # key -> (ratio, when seen)
+        self._usage: dict[UsageKey, tuple[float, float]] = {}  # key -> (ratio, when seen)
         self._generation = 0
         self.cycles = 0
         self.overruns = 0
@@ -166,7 +89,7 @@ class Recorder:
     def on_usage(self, usage: RateLimitUsage) -> None:
         now = self._now()
         for s in usage.samples:
-            key = (s.scope, s.object_id, s.type, s.resource)
+            key = UsageKey(s.scope, s.object_id, s.type, s.resource)
             self._usage.pop(key, None)  # re-inserted last: the dict is ordered from least to most recently seen
             self._usage[key] = (s.ratio, now)
         while len(self._usage) > MAX_USAGE_SERIES:
@@ -209,7 +132,7 @@ class Recorder:
         for key in set(self._records) - keys:
             del self._records[key]
 
-    def _recent_usage(self, since: float) -> dict[tuple[str, str, str, str], float]:
+    def _recent_usage(self, since: float) -> dict[UsageKey, float]:
         """Usage of apps and businesses still called: one no longer called (a removed credential or dataset)
         leaves after two intervals, rather than holding MetaDatasetAPIUsageHigh on forever."""
         for key in [k for k, (_, seen) in self._usage.items() if seen < since]:

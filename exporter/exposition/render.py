@@ -2,7 +2,7 @@
 
 Each sample becomes its line at once, so a fleet's millions of series never exist as objects. Labels are
 sorted by name, as prometheus_client writes them. Numbers are written as prometheus_client writes them, each
-value formatted once (a fleet repeats a few thousand). The per-dataset groups (exporter.families) write their
+value formatted once (a fleet repeats a few thousand). The per-dataset groups (exporter.exposition.families) write their
 lines with these helpers directly; `Family` serves the fleet's small families and every family's header.
 """
 

@@ -1,6 +1,6 @@
 """The collection loop's event loop: an asyncio loop that tells other threads when it is waiting for I/O.
 
-The exposition of a mid-cycle snapshot is rendered on a thread of its own (exporter.scheduler), and both
+The exposition of a mid-cycle snapshot is rendered on a thread of its own (exporter.collect.scheduler), and both
 threads share one GIL. Left to itself, the render takes the GIL half of the time the loop wants it, and a
 burst cycle's answers wait to be read while it runs. With this loop the render works only while the loop
 waits in its selector, and gets out of the way at its next dataset or family once the loop has work again:
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class _WatchedSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _WatchedSelector(selectors.DefaultSelector):
     """The platform's default selector, with an event that is set while a `select` call waits."""
 
     def __init__(self) -> None:
