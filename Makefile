@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint tools venv clean
+.PHONY: demo test check lint tools venv clean
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ lint: venv
 
 test: venv tools lint
 	$(VENV)/bin/pytest
+
+# The fast loop while changing code: everything but the tests marked slow (see pyproject.toml), four at a time
+# (most of their time is spent waiting on sockets, so four workers fit two cores).
+check: venv tools lint
+	$(VENV)/bin/pytest -m "not slow" -q -n 4
 
 demo: venv
 	$(PY) -m exporter demo

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import socket
 import threading
 import time
 import urllib.request
@@ -11,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from exporter.common.clock import Clock
 from exporter.simulator import Simulator, SimulatorSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -59,6 +63,77 @@ def graph_get(sim: Simulator, path: str, token: str | None = TOKEN, **params: st
 
 def load_fixture(name: str) -> Any:
     return json.loads((FIXTURES / "api" / name).read_text("utf-8"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
+    """Poll `condition` from a test's own thread until it is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def until(condition: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    """`wait_for` inside the event loop a scheduler runs on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def run_cycle(scheduler: Any, targets: Any = None, *, paced: bool = False, prepare: bool = False) -> Any:
+    """One collection cycle of `scheduler` (after discovery and metadata if `prepare`); its snapshot."""
+
+    async def go() -> None:
+        try:
+            if prepare:
+                await scheduler.prepare()
+            await scheduler.run_cycle(targets or scheduler.targets, paced=paced)
+        finally:
+            await scheduler.close()
+
+    asyncio.run(go())
+    return scheduler.snapshot
+
+
+class SteppedClock(Clock):
+    """The system's time plus however far a test moved it on: a one-minute back-off or a five-minute interval
+    passes in one `advance`, and whatever slept through that moment wakes. HTTP timeouts keep real time."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._moved: asyncio.Event | None = None
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Call on the event loop the sleepers run on."""
+        self.offset += seconds
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
+    async def sleep(self, seconds: float) -> None:
+        wake = self.monotonic() + seconds
+        while (left := wake - self.monotonic()) > 0:
+            if self._moved is None:
+                self._moved = asyncio.Event()
+            moved = self._moved
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), left)
 
 
 # ----- nothing a test starts outlives it ------------------------------------------------------------------------

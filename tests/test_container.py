@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TOKEN, http
-from tests.test_e2e import free_port, wait_for
+from tests.conftest import TOKEN, free_port, http, wait_for
 
 ROOT = Path(__file__).parent.parent
 BASE_IMAGE = "localhost/meta-dataset-quality-exporter-test-base:bookworm"
@@ -31,6 +30,8 @@ IMAGE = "localhost/meta-dataset-quality-exporter:test"
 ROOTFS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "meta-dataset-quality-exporter"
 ROOTFS_MAX_AGE = 7 * 86400
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+
+pytestmark = pytest.mark.slow
 
 
 def cannot_run(reason: str) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from exporter.collect.credentials import Credentials
 from exporter.collect.scheduler import Scheduler
 from exporter.config.settings import Secrets, resolve_secrets, validate
 from exporter.exposition.publisher import render
 from exporter.graph import GraphError
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, SteppedClock, run_cycle, until
 
 
 def config_for(sim, datasets, credentials=None, graph_api=None, **collection):
@@ -25,24 +24,6 @@ def config_for(sim, datasets, credentials=None, graph_api=None, **collection):
     return validate(raw, "test.yaml")
 
 
-def cycle(scheduler):
-    async def go():
-        try:
-            await scheduler.run_cycle(scheduler.targets, paced=False)
-        finally:
-            await scheduler.close()
-
-    asyncio.run(go())
-    return scheduler.snapshot
-
-
-async def until(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def all_ok(snapshot):
     return bool(snapshot.datasets) and all(s.fetch_success for s in snapshot.datasets)
 
@@ -54,38 +35,63 @@ def test_one_items_190_fails_that_dataset_only_and_never_its_credential(start_si
     ids = sim.world.dataset_ids[:20]
     sim.set_fault(ids[3], "token_invalid")  # 190/467 for this item alone
     scheduler = Scheduler(config_for(sim, ids), Secrets({"default": TOKEN}))
-    first = {s.target.dataset_id: s for s in cycle(scheduler).datasets}
+    first = {s.target.dataset_id: s for s in run_cycle(scheduler).datasets}
     assert [i for i in ids if not first[i].fetch_success] == [ids[3]] and first[ids[3]].last_reason == "auth"
     assert not scheduler.credentials.suspended and not scheduler.snapshot.suspended
     sim.set_fault(ids[3], None)
-    assert all_ok(cycle(scheduler))
+    assert all_ok(run_cycle(scheduler))
 
 
-def test_a_suspended_credential_is_checked_with_back_off_and_resumes_by_itself(start_simulator, caplog):
-    sim = start_simulator(datasets=6, expired_tokens=(TOKEN,))
-    ids = sim.world.dataset_ids[:6]
-    scheduler = Scheduler(config_for(sim, ids, interval="2s"), Secrets({"default": TOKEN}))
+def run_with(scheduler, scenario):
+    """Run `scheduler` on its loop while `scenario()` (a coroutine function) acts; what the scenario returns."""
 
     async def go():
         stop = asyncio.Event()
         task = asyncio.create_task(scheduler.run(stop))
         try:
-            await until(lambda: scheduler.snapshot.suspended and scheduler.snapshot.cycles)
-            suspended = scheduler.snapshot
-            calls = sim.calls
-            await asyncio.sleep(2.5)  # a cycle and the first check (after min(1 minute, one interval)) go by
-            checks = [r for r in sim.requests if r.startswith("GET /v27.0/me?")]
-            assert checks and sim.calls == calls + len(checks)  # nothing but checks while it is suspended
-            with sim.lock:
-                sim.expired_tokens.discard(TOKEN)  # the user renewed the token's session
-            await until(lambda: all_ok(scheduler.snapshot))
-            return suspended, scheduler.snapshot
+            return await scenario()
         finally:
             stop.set()
             await task
 
+    return asyncio.run(go())
+
+
+def token_checks(sim):
+    return [r for r in sim.requests if r.startswith("GET /v27.0/me?")]
+
+
+def test_a_suspended_credential_is_checked_with_back_off_and_resumes_by_itself(start_simulator, caplog):
+    sim = start_simulator(datasets=6, expired_tokens=(TOKEN,))
+    ids = sim.world.dataset_ids[:6]
+    clock = SteppedClock()
+    scheduler = Scheduler(config_for(sim, ids, interval="5m"), Secrets({"default": TOKEN}), clock=clock)
+
+    async def scenario():
+        await until(lambda: scheduler.snapshot.suspended and scheduler.snapshot.cycles)
+        suspended, calls = scheduler.snapshot, sim.calls
+        assert not token_checks(sim)  # the first check waits a minute
+        backoff = lambda: scheduler.credentials.suspended["default"].backoff  # noqa: E731
+        clock.advance(61)
+        await until(lambda: backoff() == 120, what="the check after a minute, refused")
+        assert len(token_checks(sim)) == 1
+        clock.advance(61)  # the next one waits two minutes
+        await asyncio.sleep(0.3)
+        assert len(token_checks(sim)) == 1
+        clock.advance(60)
+        await until(lambda: backoff() == 240, what="the check after two minutes, refused")
+        assert len(token_checks(sim)) == 2
+        assert sim.calls == calls + 2  # nothing but checks while it is suspended
+        with sim.lock:
+            sim.expired_tokens.discard(TOKEN)  # the user renewed the token's session
+        clock.advance(240)  # the third check, after four minutes
+        await until(lambda: not scheduler.credentials.suspended, what="the credential resumed")
+        clock.advance(300)
+        await until(lambda: all_ok(scheduler.snapshot), what="the datasets fetched again")
+        return suspended, scheduler.snapshot
+
     with caplog.at_level(logging.INFO):
-        suspended, healed = asyncio.run(go())
+        suspended, healed = run_with(scheduler, scenario)
     assert dict(suspended.suspended) == {"default": "expired"}
     assert {s.last_reason for s in suspended.datasets} == {"auth"}
     exposition = render(suspended).decode()
@@ -96,29 +102,27 @@ def test_a_suspended_credential_is_checked_with_back_off_and_resumes_by_itself(s
     assert any("works again" in r.getMessage() for r in caplog.records)
 
 
-def test_a_token_file_replaced_while_running_takes_effect_within_two_cycles_without_a_reload(start_simulator, tmp_path):
+def test_a_token_file_replaced_while_running_takes_effect_within_a_cycle_without_a_reload(start_simulator, tmp_path):
     sim = start_simulator(datasets=6)
     ids = sim.world.dataset_ids[:6]
     token_file = tmp_path / "token"
     token_file.write_text("dead-token-0123456789\n")
-    config = config_for(sim, ids, credentials={"default": {"token_file": str(token_file)}}, interval="1s")
-    scheduler = Scheduler(config, resolve_secrets(config))
+    config = config_for(sim, ids, credentials={"default": {"token_file": str(token_file)}}, interval="5m")
+    clock = SteppedClock()
+    scheduler = Scheduler(config, resolve_secrets(config), clock=clock)
 
-    async def go():
-        stop = asyncio.Event()
-        task = asyncio.create_task(scheduler.run(stop))
-        try:
-            await until(lambda: scheduler.snapshot.suspended)
-            assert dict(scheduler.snapshot.suspended) == {"default": "invalid"}
-            replaced_at = scheduler.snapshot.cycles
-            token_file.write_text(TOKEN + "\n")  # a Kubernetes secret rotation, a Vault agent
-            await until(lambda: all_ok(scheduler.snapshot))
-            return scheduler.snapshot.cycles - replaced_at
-        finally:
-            stop.set()
-            await task
+    async def scenario():
+        await until(lambda: scheduler.snapshot.suspended)
+        assert dict(scheduler.snapshot.suspended) == {"default": "invalid"}
+        replaced_at = scheduler.snapshot.cycles
+        token_file.write_text(TOKEN + "\n")  # a Kubernetes secret rotation, a Vault agent
+        # checked at once, not after the minute of back-off
+        await until(lambda: not scheduler.credentials.suspended, what="the new token checked")
+        clock.advance(300)
+        await until(lambda: all_ok(scheduler.snapshot), what="the datasets fetched with the new token")
+        return scheduler.snapshot.cycles - replaced_at
 
-    assert asyncio.run(go()) <= 2
+    assert run_with(scheduler, scenario) == 1
 
 
 def test_a_rotated_app_secret_file_is_used_without_a_reload(start_simulator, tmp_path):
@@ -127,22 +131,18 @@ def test_a_rotated_app_secret_file_is_used_without_a_reload(start_simulator, tmp
     secret_file = tmp_path / "app_secret"
     secret_file.write_text("the-old-app-secret")
     graph_api = {"app_id": sim.settings.app_id, "app_secret_file": str(secret_file)}
-    config = config_for(sim, ids, graph_api=graph_api, interval="1s")
-    scheduler = Scheduler(config, Secrets({"default": TOKEN}, "the-old-app-secret"))
+    config = config_for(sim, ids, graph_api=graph_api, interval="5m")
+    clock = SteppedClock()
+    scheduler = Scheduler(config, Secrets({"default": TOKEN}, "the-old-app-secret"), clock=clock)
 
-    async def go():
-        stop = asyncio.Event()
-        task = asyncio.create_task(scheduler.run(stop))
-        try:
-            await until(lambda: scheduler.snapshot.cycles)
-            assert not any(s.fetch_success for s in scheduler.snapshot.datasets)  # Meta refuses the old proof
-            secret_file.write_text("the-new-app-secret\n")
-            await until(lambda: all_ok(scheduler.snapshot))
-        finally:
-            stop.set()
-            await task
+    async def scenario():
+        await until(lambda: scheduler.snapshot.cycles)
+        assert not any(s.fetch_success for s in scheduler.snapshot.datasets)  # Meta refuses the old proof
+        secret_file.write_text("the-new-app-secret\n")
+        clock.advance(300)
+        await until(lambda: all_ok(scheduler.snapshot), what="the datasets fetched with the new proof")
 
-    asyncio.run(go())
+    run_with(scheduler, scenario)
 
 
 def test_subcodes_say_what_a_person_must_do():

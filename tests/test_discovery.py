@@ -327,7 +327,7 @@ def test_a_pixel_name_of_megabytes_is_cut(start_simulator):
 def test_discovery_never_holds_back_the_configured_datasets(start_simulator):
     """A broken or slow edge used to hold the first cycle: /-/ready stayed 503 and configured datasets had no data.
     The first cycle fetches them while discovery runs, and what discovery finds right after."""
-    sim = start_simulator(datasets=20, per_business=10, slow_seconds=3)
+    sim = start_simulator(datasets=20, per_business=10, slow_seconds=1.5)
     first, second = list(sim.world.businesses.values())[:2]
     sim.set_fault(second.id, "slow_edge")
     config = config_for(

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,25 +18,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import EXAMPLE_DATASET_ID
-from tests.conftest import TOKEN, http
+from tests.conftest import TOKEN, free_port, http, wait_for
 
 P = "meta_dataset_quality_"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+pytestmark = pytest.mark.slow
 
 
 class Exporter:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from exporter.collect.scheduler import Scheduler
 from exporter.config.settings import Secrets, validate
 from exporter.graph.errors import REASONS
@@ -18,6 +20,7 @@ from tests.conftest import TOKEN
 TRANSPORT_REASONS = {"transient", "timeout", "network", "invalid_response", "throttled"}
 
 
+@pytest.mark.slow
 def test_the_loop_survives_mixed_faults_and_recovers_within_two_cycles(start_simulator):
     sim = start_simulator(datasets=59, per_business=20, throttle_seconds=1.5, slow_seconds=1.5, fault_rate=0.3, seed=4)
     ids = sim.world.dataset_ids

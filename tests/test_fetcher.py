@@ -19,7 +19,7 @@ from exporter.config.targets import Target
 from exporter.graph import BatchAnswer, GraphError, GraphResponse
 from exporter.graph.ratelimit import RateLimitUsage
 from exporter.state.recorder import Recorder
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, run_cycle
 
 
 def config_for(sim, collection=None, **sections):
@@ -31,19 +31,6 @@ def config_for(sim, collection=None, **sections):
     return validate(raw, "test.yaml")
 
 
-def cycle(scheduler, prepare=False):
-    async def go():
-        try:
-            if prepare:
-                await scheduler.prepare()
-            await scheduler.run_cycle(scheduler.targets, paced=False)
-        finally:
-            await scheduler.close()
-
-    asyncio.run(go())
-    return scheduler.snapshot
-
-
 @pytest.mark.parametrize("usage_headers_after", [0, 10**9])
 def test_batches_of_fifty_with_or_without_usage_headers(start_simulator, usage_headers_after):
     """Meta sends usage headers only once enough calls have been made: without any reading the configured batch
@@ -51,7 +38,7 @@ def test_batches_of_fifty_with_or_without_usage_headers(start_simulator, usage_h
     when none came: batches of 10, a fifth of the throughput)."""
     sim = start_simulator(datasets=119, usage_headers_after=usage_headers_after)
     datasets = [{"id": i} for i in sim.world.dataset_ids]
-    snap = cycle(Scheduler(config_for(sim, {"concurrency": 2}, datasets=datasets), Secrets({"default": TOKEN})))
+    snap = run_cycle(Scheduler(config_for(sim, {"concurrency": 2}, datasets=datasets), Secrets({"default": TOKEN})))
     assert all(s.fetch_success for s in snap.datasets) and len(snap.datasets) == 120
     assert sorted(sim.batch_sizes) == [20, 50, 50]
     assert snap.requests[("batch", "200")] == 3
@@ -62,7 +49,7 @@ def test_sources_share_batches_and_are_merged(start_simulator):
     sim = start_simulator(datasets=20)
     datasets = [{"id": i} for i in sim.world.dataset_ids]
     config = config_for(sim, {"sources": ["web", "offline"]}, datasets=datasets)
-    snap = cycle(Scheduler(config, Secrets({"default": TOKEN})))
+    snap = run_cycle(Scheduler(config, Secrets({"default": TOKEN})))
     with_offline = [s for s in snap.datasets if s.quality.offline]
     assert all(s.fetch_success for s in snap.datasets) and with_offline
     assert all(s.quality.events for s in with_offline if sim.world.quality(s.target.dataset_id, None)["web"])
@@ -76,7 +63,7 @@ def test_a_fleet_larger_than_the_quota_is_collected_without_repeated_throttling(
     discovery = [{"business_id": b, "edges": ["owned_pixels"]} for b in sim.world.businesses]
     config = config_for(sim, {"concurrency": 2, "cooldown": "2s", "interval": "2m"}, discovery=discovery)
     with caplog.at_level(logging.INFO):
-        snap = cycle(Scheduler(config, Secrets({"default": TOKEN})), prepare=True)
+        snap = run_cycle(Scheduler(config, Secrets({"default": TOKEN})), prepare=True)
     assert len(snap.datasets) > 40 and all(s.fetch_success for s in snap.datasets)
     last: dict[str, bool] = {}
     for business, throttled in sim.outcomes:
@@ -94,7 +81,7 @@ def test_throttled_business_waits_while_others_go_ahead(start_simulator):
     datasets = [{"id": i} for i in (*a.pixel_ids[:5], *b.pixel_ids[:5])]
     config = config_for(sim, {"interval": "3s", "batch_size": 1, "concurrency": 1}, datasets=datasets)
     scheduler = Scheduler(config, Secrets({"default": TOKEN}))
-    snap = cycle(scheduler, prepare=True)  # the metadata read tells which business owns each dataset
+    snap = run_cycle(scheduler, prepare=True)  # the metadata read tells which business owns each dataset
     states = {s.target.dataset_id: s for s in snap.datasets}
     assert all(states[i].fetch_success for i in b.pixel_ids[:5])
     assert {states[i].last_reason for i in a.pixel_ids[:5]} == {"throttled"}
@@ -115,7 +102,7 @@ def test_a_throttle_stops_the_calls_it_governs_when_meta_counts_them_under_anoth
     config = config_for(sim, {"interval": "3s", "batch_size": 1, "concurrency": 1}, datasets=datasets)
     scheduler = Scheduler(config, Secrets({"default": TOKEN}))
     sim.set_fault(a.pixel_ids[0], "throttle_business")  # throttles the agency's business, which counts them all
-    snap = cycle(scheduler, prepare=True)  # the metadata read names each pixel's owner
+    snap = run_cycle(scheduler, prepare=True)  # the metadata read names each pixel's owner
     agency_calls = [throttled for business, throttled in sim.outcomes if business == sim.world.agency_id]
     assert agency_calls.count(True) == 1  # after the throttle, not one more call counted under it
     assert ("business", sim.world.agency_id) in snap.throttled_until
@@ -169,7 +156,7 @@ def test_credentials_of_one_app_share_its_budget(start_simulator):
     }  # fmt: skip
     scheduler = Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN, "client_b": "client-b-token"},
                                                                  "app-secret"))  # fmt: skip
-    snap = cycle(scheduler)
+    snap = run_cycle(scheduler)
     assert snap.api_errors[("4", "throttled")] == 1  # one throttled answer: then no call of that app
     assert sum(s.fetch_success for s in snap.datasets) == 6
     assert set(snap.throttled_until) == {("app", sim.settings.app_id)}
@@ -186,7 +173,7 @@ def test_a_batch_that_times_out_is_re_sent_in_smaller_batches_not_whole(start_si
         "collection": {"interval": "1h", "concurrency": 1},
         "datasets": [{"id": i} for i in ids],
     }
-    snap = cycle(Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN})))
+    snap = run_cycle(Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN})))
     sizes = list(sim.batch_sizes)
     assert sizes[0] == 10 and max(sizes[1:]) <= 5 and sum(sizes) <= 25
     ok_count = sum(s.fetch_success for s in snap.datasets)
@@ -202,7 +189,7 @@ def test_a_source_meta_refuses_as_nonexisting_is_no_longer_asked(start_simulator
     ids = sim.world.dataset_ids[:6]
     config = config_for(sim, {"sources": ["web", "offline"], "concurrency": 1}, datasets=[{"id": i} for i in ids])
     with caplog.at_level(logging.WARNING):
-        snap = cycle(Scheduler(config, Secrets({"default": TOKEN})))
+        snap = run_cycle(Scheduler(config, Secrets({"default": TOKEN})))
     assert all(s.fetch_success for s in snap.datasets)  # web is unaffected
     assert all(s.source_success.get("offline") is False for s in snap.datasets)
     assert all(not any(s.source_failures.values()) for s in snap.datasets)  # not asked: no failure counted
@@ -215,7 +202,7 @@ def test_hourly_budget_is_respected(start_simulator):
     sim = start_simulator(datasets=30)
     datasets = [{"id": i} for i in sim.world.dataset_ids]
     config = config_for(sim, {"max_calls_per_hour": 12, "interval": "2s"}, datasets=datasets)
-    snap = cycle(Scheduler(config, Secrets({"default": TOKEN})))
+    snap = run_cycle(Scheduler(config, Secrets({"default": TOKEN})))
     assert sim.calls == 12
     assert sum(1 for s in snap.datasets if s.fetch_success) == 12
     assert {s.last_reason for s in snap.datasets if not s.fetch_success} == {"throttled"}
@@ -304,7 +291,7 @@ def test_a_rejected_token_never_fails_another_credentials_datasets(start_simulat
     sim = start_simulator(datasets=30, expired_tokens=("expired-client-token",))
     ids = sim.world.dataset_ids[:20]
     scheduler = two_credentials(sim, ids, TOKEN, "expired-client-token", concurrency=1)
-    snap = cycle(scheduler)
+    snap = run_cycle(scheduler)
     states = {s.target.dataset_id: s for s in snap.datasets}
     assert all(states[i].fetch_success for n, i in enumerate(ids) if n % 2)
     assert {states[i].last_reason for n, i in enumerate(ids) if not n % 2} == {"auth"}
@@ -322,7 +309,7 @@ def test_a_transient_item_error_is_retried_in_the_same_cycle(start_simulator):
         "collection": {"interval": "1h", "concurrency": 1},
         "datasets": [{"id": i} for i in ids],
     }
-    snap = cycle(Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN})))
+    snap = run_cycle(Scheduler(validate(raw, "test.yaml"), Secrets({"default": TOKEN})))
     assert all(s.fetch_success for s in snap.datasets)
     assert sum(f"dataset_id={ids[3]}" in line for line in sim.requests) == 2
     assert snap.requests[("batch", "200")] == 1 and snap.requests[("dataset_quality", "200")] == 1  # a later request
@@ -334,7 +321,7 @@ def test_the_governor_reads_the_batch_responses_usage_headers(start_simulator):
         config_for(sim, {"concurrency": 1}, datasets=[{"id": i} for i in sim.world.dataset_ids]),
         Secrets({"default": TOKEN}),
     )
-    snap = cycle(scheduler)
+    snap = run_cycle(scheduler)
     assert all(s.fetch_success for s in snap.datasets)
     assert scheduler.governor._state(("app", "default")).usage is not None
     assert all(scheduler.governor._state(("business", b)).usage is not None for b in sim.world.businesses)
@@ -350,7 +337,7 @@ def test_a_field_meta_refuses_is_left_out_and_the_data_arrives_in_the_same_cycle
         Secrets({"default": TOKEN}),
     )
     with caplog.at_level(logging.WARNING):
-        snap = cycle(scheduler)
+        snap = run_cycle(scheduler)
     assert all(s.fetch_success for s in snap.datasets)
     assert any(e.events and e.events[0].composite_score is not None for e in (s.quality for s in snap.datasets))
     assert all(e.acr is None and not e.dedupe_keys for s in snap.datasets for e in s.quality.events)
@@ -364,7 +351,7 @@ def test_a_field_meta_refuses_is_left_out_and_the_data_arrives_in_the_same_cycle
     sim.withdraw_field("AdsPixelCAPIIntegrationQuality", "acr", withdrawn=False)
     scheduler.replace_config(scheduler.config, scheduler.secrets)  # a reload asks for every field again
     scheduler._apply_pending()
-    snap = cycle(scheduler)
+    snap = run_cycle(scheduler)
     assert any(e.acr is not None for s in snap.datasets for e in s.quality.events)
     assert dict(snap.unsupported_fields) == {
         "dedupe_key_feedback": "AdsPixelCAPIIntegrationQuality",
@@ -383,7 +370,7 @@ def test_a_wrongly_typed_value_costs_the_value_and_a_wrapped_body_is_invalid(sta
     sim.set_fault(wrapped, "wrapped_body")
     config = config_for(sim, datasets=[{"id": i} for i in (string_pct, wrong_leaf, wrapped)])
     with caplog.at_level(logging.WARNING):
-        snap = cycle(Scheduler(config, Secrets({"default": TOKEN})))
+        snap = run_cycle(Scheduler(config, Secrets({"default": TOKEN})))
     states = {s.target.dataset_id: s for s in snap.datasets}
     assert states[string_pct].fetch_success and states[wrong_leaf].fetch_success
     assert states[wrapped].last_reason == "invalid_response" and "no web or offline" in states[wrapped].last_message
@@ -399,7 +386,7 @@ def test_a_policy_block_rests_the_credential_and_is_never_retried_at_once(start_
     sim.set_fault(ids[0], "policy_block")
     config = config_for(sim, {"interval": "2s", "batch_size": 1, "concurrency": 1}, datasets=[{"id": i} for i in ids])
     scheduler = Scheduler(config, Secrets({"default": TOKEN}))
-    snap = cycle(scheduler)
+    snap = run_cycle(scheduler)
     states = {s.target.dataset_id: s for s in snap.datasets}
     assert states[ids[0]].last_reason == "blocked" and states[ids[0]].failures["blocked"] == 1
     assert sum(f"dataset_id={ids[0]}" in line for line in sim.requests) == 1
@@ -413,7 +400,7 @@ def test_a_throttle_announced_only_in_error_data_as_a_string_is_honoured(start_s
     sim.set_fault(a.pixel_ids[1], "throttle_business_error_data_string")
     datasets = [{"id": i} for i in (*a.pixel_ids[1:4], *b.pixel_ids[:3])]
     config = config_for(sim, {"interval": "3s", "batch_size": 1, "concurrency": 1}, datasets=datasets)
-    snap = cycle(Scheduler(config, Secrets({"default": TOKEN})), prepare=True)
+    snap = run_cycle(Scheduler(config, Secrets({"default": TOKEN})), prepare=True)
     until = snap.throttled_until[("business", a.id)]
     assert 400 < until - time.time() <= 420  # the 7 minutes of error_data, not the default 5
     assert all(s.fetch_success for s in snap.datasets if s.target.dataset_id in b.pixel_ids)
@@ -467,7 +454,7 @@ def test_a_bug_in_handling_one_answer_fails_that_dataset_only(start_simulator, m
         return real(body)
 
     monkeypatch.setattr(fetcher_module, "parse_dataset_quality", parse)
-    snap = cycle(Scheduler(config_for(sim, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})))
+    snap = run_cycle(Scheduler(config_for(sim, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})))
     failed = [s for s in snap.datasets if not s.fetch_success]
     assert len(failed) == 1 and failed[0].last_reason == "other" and "KeyError" in failed[0].last_message
     assert sum(s.fetch_success for s in snap.datasets) == 5
@@ -482,7 +469,7 @@ def test_an_unexpected_error_in_housekeeping_never_stops_collection(simulator, m
     monkeypatch.setattr(Housekeeping, "refresh_metadata", broken)
     ids = simulator.world.dataset_ids[:3]
     with caplog.at_level(logging.ERROR):
-        snap = cycle(
+        snap = run_cycle(
             Scheduler(config_for(simulator, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})),
             prepare=True,
         )
@@ -501,7 +488,7 @@ def test_a_cycle_gives_up_at_once_on_calls_the_rate_limit_holds_past_its_deadlin
     asked = []
     real = Governor.next_release
     monkeypatch.setattr(Governor, "next_release", lambda self, keys: asked.append(keys) or real(self, keys))
-    snap = cycle(scheduler, prepare=True)
+    snap = run_cycle(scheduler, prepare=True)
     assert {s.last_reason for s in snap.datasets} == {"throttled"}
     assert all("before this cycle ends" in s.last_message for s in snap.datasets[1:])
     assert len(asked) <= 3  # one look, then the give-up; the old code looked every 50 ms until the deadline
@@ -638,7 +625,7 @@ def test_a_bug_in_reading_one_answers_headers_fails_that_dataset_only(start_simu
         return real(self, call, usage)
 
     monkeypatch.setattr(Fetcher, "_observe", observe)
-    snap = cycle(Scheduler(config_for(sim, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})))
+    snap = run_cycle(Scheduler(config_for(sim, datasets=[{"id": i} for i in ids]), Secrets({"default": TOKEN})))
     failed = [s for s in snap.datasets if not s.fetch_success]
     assert [s.target.dataset_id for s in failed] == [ids[2]] and failed[0].last_reason == "other"
     assert "KeyError" in failed[0].last_message and sum(s.fetch_success for s in snap.datasets) == 5

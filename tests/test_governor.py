@@ -15,8 +15,14 @@ class Clock:
     def __init__(self):
         self.now = 100.0
 
-    def __call__(self):
+    def monotonic(self):
         return self.now
+
+    def time(self):
+        return 1_700_000_000 + self.now
+
+    async def sleep(self, seconds):
+        self.now += seconds
 
 
 @pytest.fixture
@@ -25,7 +31,7 @@ def clock():
 
 
 def governor(clock, **kw):
-    return Governor(clock=clock, wall_clock=lambda: 1_700_000_000 + clock.now, **kw)
+    return Governor(clock=clock, **kw)
 
 
 def reserve_all(gov, key, limit=1000):

@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TOKEN, http
+from tests.conftest import TOKEN, free_port, http, wait_for
 from tests.test_dashboards import BOARDS
-from tests.test_e2e import free_port, wait_for
 
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules"
@@ -35,6 +34,8 @@ EXEMPT = {  # panels that may legitimately be empty here, and why
     "Throttled": "nothing is throttled in a healthy run",
 }
 EXEMPT_TARGETS = {("Tokens", "B"): "the simulator's system-user tokens never expire (expires_at 0)"}
+
+pytestmark = pytest.mark.slow
 
 
 def shortened(text: str) -> str:

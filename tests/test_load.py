@@ -7,6 +7,7 @@ import http.client
 import threading
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config.targets import Target
@@ -37,6 +38,7 @@ class SwappingApp:
         return True, ""
 
 
+@pytest.mark.slow
 def test_concurrent_scrapes_during_snapshot_swaps():
     app = SwappingApp()
     server = WebServer(app, "127.0.0.1", 0)

@@ -17,7 +17,7 @@ from exporter.config.settings import Secrets, validate
 from exporter.exposition.publisher import render
 from exporter.graph.parser import parse_dataset_quality
 from exporter.simulator import EXAMPLE_DATASET_ID
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, SteppedClock, run_cycle, until
 
 
 def make(
@@ -44,17 +44,6 @@ def secrets(**extra):
 
 def by_id(snapshot):
     return {(s.target.dataset_id, s.target.agent_name): s for s in snapshot.datasets}
-
-
-def run_cycle(scheduler, targets=None, paced=False):
-    async def go():
-        try:
-            await scheduler.run_cycle(targets or scheduler.targets, paced=paced)
-        finally:
-            await scheduler.close()
-
-    asyncio.run(go())
-    return scheduler.snapshot
 
 
 def test_a_cycle_fetches_every_target_with_the_simulators_values(simulator):
@@ -148,14 +137,30 @@ def test_offline_source(simulator):
     assert state.quality.offline and state.quality.events
 
 
-def test_paced_cycle_spreads_calls_over_the_interval(simulator):
+def test_paced_cycle_spreads_calls_over_the_interval_and_ends_with_its_last_answer(simulator):
+    """Five requests over 90 % of five minutes: one a minute. The pass used to wait one more spacing after
+    the last request (with one request, 90 % of the interval for nothing)."""
     ids = simulator.world.dataset_ids[:5]
-    scheduler = Scheduler(make(simulator, [{"id": i} for i in ids], interval="1s"), secrets())
-    started = time.monotonic()
-    run_cycle(scheduler, paced=True)
-    # five calls spread over 90 % of one second: the last may not start before 4 * 0.18 s
-    assert time.monotonic() - started >= 0.72
-    assert scheduler.snapshot.cycles == 1
+    clock = SteppedClock()
+    config = make(simulator, [{"id": i} for i in ids], interval="5m", batch_size=1, concurrency=1)
+    scheduler = Scheduler(config, secrets(), clock=clock)
+
+    async def go():
+        cycle = asyncio.create_task(scheduler.run_cycle(scheduler.targets, paced=True))
+        try:
+            for sent in range(1, 6):
+                await until(lambda: simulator.calls == sent, what=f"request {sent}")  # noqa: B023
+                await asyncio.sleep(0.2)
+                assert simulator.calls == sent  # the next one waits for its moment
+                if sent < 5:
+                    clock.advance(54)
+            await asyncio.wait_for(cycle, 10)  # no more time passes: the cycle ends with the last answer
+        finally:
+            cycle.cancel()
+            await scheduler.close()
+
+    asyncio.run(go())
+    assert scheduler.snapshot.cycles == 1 and all(s.fetch_success for s in scheduler.snapshot.datasets)
 
 
 def test_overrun_is_counted(start_simulator):

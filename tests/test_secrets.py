@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from exporter.common.logsetup import JsonFormatter, RedactingFormatter, register_secrets
 from exporter.simulator import EXAMPLE_DATASET_ID
-from tests.conftest import http
-from tests.test_e2e import free_port, wait_for
+from tests.conftest import free_port, http, wait_for
 
 CANARY_TOKEN = "CANARY-TOKEN-7f3a9c1d"
 CANARY_REJECTED = "CANARY-REJECTED-0e55aa21"
@@ -25,6 +26,7 @@ def assert_clean(where: str, text: str) -> None:
         assert canary not in text, f"{canary} leaked into {where}"
 
 
+@pytest.mark.slow
 def test_canaries_appear_nowhere(start_simulator, tmp_path):
     sim = start_simulator(datasets=12, tokens=(CANARY_TOKEN,), app_secret=CANARY_SECRET, require_proof=True)
     ids = sim.world.dataset_ids

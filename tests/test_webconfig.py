@@ -18,8 +18,7 @@ from exporter.config.settings import ConfigError
 from exporter.state.snapshot import Snapshot
 from exporter.web.server import WebServer
 from exporter.web.webconfig import load_web_config
-from tests.conftest import TOKEN
-from tests.test_e2e import free_port
+from tests.conftest import TOKEN, free_port
 
 PASSWORD = "correct horse battery staple"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 from exporter.collect.credentials import Credentials
 from exporter.collect.governor import Governor, Key, readings
+from exporter.common.clock import SYSTEM_CLOCK, Clock
 from exporter.config.targets import Target
 from exporter.graph import OFFLINE_FIELDS, BatchAnswer, BatchCall, GraphClient, GraphError, GraphResponse, web_fields
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
@@ -82,7 +82,9 @@ class Fetcher:
         on_done: Done,
         unsupported: UnsupportedFields | None = None,
         item_retries: int = 2,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.client = client
         self.governor = governor
         self.recorder = recorder
@@ -111,14 +113,14 @@ class Fetcher:
         self._deadline = deadline
         semaphore = asyncio.Semaphore(self.concurrency)
         in_flight = self._in_flight
-        started, sent = time.monotonic(), 0
+        started, sent = self.clock.monotonic(), 0
         last_wait_log = 0.0
         try:
             while self._queue or in_flight:
-                if spacing:
-                    delay = started + sent * spacing - time.monotonic()
+                if spacing and self._queue:  # with nothing left to send, the pass ends with its last answer
+                    delay = started + sent * spacing - self.clock.monotonic()
                     if delay > 0:
-                        await asyncio.sleep(delay)
+                        await self.clock.sleep(delay)
                 await semaphore.acquire()  # before taking: the batch then reflects every answer so far
                 batch = self._take()
                 if batch:
@@ -134,7 +136,7 @@ class Fetcher:
                 # The earliest moment any waiting call may go: each call needs every one of its keys.
                 needs = {self._keys(c.target) for c in self._queue}
                 wake = min(self.governor.next_release(keys) for keys in needs)
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 if wake >= deadline:
                     self._give_up("the rate limit allows no call for it before this cycle ends")
                     break
@@ -146,7 +148,7 @@ class Fetcher:
                         wake - now,
                     )
                 self.held_back += max(0.05, wake - now)
-                await asyncio.sleep(max(0.05, wake - now))
+                await self.clock.sleep(max(0.05, wake - now))
         finally:
             for task in in_flight:
                 task.cancel()
@@ -388,7 +390,7 @@ class Fetcher:
         log.debug("%s: %s; retrying in %.1fs", call.target.describe(), error.reason, delay)
 
         async def requeue() -> None:
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             self._queue.append(call)
 
         self._track(requeue())
@@ -440,7 +442,7 @@ class Fetcher:
         app, *business = self._keys(call.target)
         keys = self.governor.throttle(app, business[0] if business else None, error)
         call.attempts += 1
-        if time.monotonic() >= self._deadline:
+        if self.clock.monotonic() >= self._deadline:
             # Past the deadline, probing call after call would hold the cycle open for minutes: this call and
             # every waiting call of the same business or app wait for the next cycle.
             self._fail(call, "throttled", str(error))

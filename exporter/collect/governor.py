@@ -14,14 +14,13 @@ An optional hard budget caps calls in any rolling hour. The governor is used fro
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from exporter.common.clock import SYSTEM_CLOCK, Clock
 from exporter.graph.errors import BUSINESS_THROTTLE_CODES, GraphError
 from exporter.graph.ratelimit import RateLimitUsage
 
@@ -54,15 +53,16 @@ class Governor:
         cooldown: float = 60.0,
         default_wait: float = 300.0,
         max_calls_per_hour: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
         self.default_wait = default_wait
         self.max_calls_per_hour = max_calls_per_hour
-        self._now = clock
-        self._wall = wall_clock
+        self.clock = clock
+        self._now = clock.monotonic
+        self._wall = clock.time
+        self._sleep = clock.sleep
         self._states: dict[Key, _State] = {}
         self._calls: deque[float] = deque()  # start times within the last hour, for the budget
 
@@ -125,7 +125,7 @@ class Governor:
             wake = self.next_release(keys)
             if wake >= deadline:
                 return False
-            await asyncio.sleep(max(0.05, wake - self._now()))
+            await self._sleep(max(0.05, wake - self._now()))
         return True
 
     def release(self, keys: Iterable[Key]) -> None:

@@ -15,13 +15,13 @@ import asyncio
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from exporter.collect.governor import Governor, Key
+from exporter.common.clock import SYSTEM_CLOCK, Clock
 from exporter.common.text import bounded, encodable
 from exporter.config.settings import Config, DiscoveryConfig, Secrets
 from exporter.config.targets import Target
@@ -73,7 +73,7 @@ class Gateway:
     ) -> Any:
         app: Key = ("app", self.app_of(credential))
         keys: tuple[Key, ...] = (app, ("business", business)) if business else (app,)
-        if not await self.governor.acquire(keys, time.monotonic() + GOVERNOR_WAIT):
+        if not await self.governor.acquire(keys, self.governor.clock.monotonic() + GOVERNOR_WAIT):
             raise GraphError("throttled", "Meta's rate limits allow no call for it now; it is tried again later")
         try:
             answer = await call()
@@ -133,7 +133,8 @@ def pixel_meta(item: dict[str, Any]) -> PixelMeta:
 class Housekeeping:
     """State that outlives cycles: discovered targets, pixel metadata, token checks, and when each is due."""
 
-    def __init__(self, unsupported: UnsupportedFields | None = None) -> None:
+    def __init__(self, unsupported: UnsupportedFields | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.discovered: dict[str, tuple[Target, ...]] = {}  # per edge: "{business}/owned_pixels", "act_1/adspixels"
         self.sources: dict[str, SourceStatus] = {}  # per edge, like `discovered`
         self.meta: dict[str, PixelMeta] = {}
@@ -144,7 +145,7 @@ class Housekeeping:
         self._meta_asked: set[str] = set()  # configured datasets whose metadata was asked for since the last refresh
 
     def _is_due(self, key: str, every: float) -> bool:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now < self._due.get(key, 0.0):
             return False
         self._due[key] = now + every
@@ -206,7 +207,7 @@ class Housekeeping:
             return
         self.discovered[edge] = tuple(found)
         truncated = len(items) >= source.max_pixels
-        self.sources[edge] = SourceStatus(True, time.time(), truncated)
+        self.sources[edge] = SourceStatus(True, self.clock.time(), truncated)
         if truncated:
             log.warning(
                 "discovery from %s: more than discovery[].max_pixels (%d) pixels; the rest are left out",

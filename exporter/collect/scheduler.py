@@ -25,6 +25,7 @@ from exporter.collect.eventloop import idle_signal
 from exporter.collect.fetcher import Fetcher
 from exporter.collect.governor import Governor
 from exporter.collect.housekeeping import Gateway, Housekeeping
+from exporter.common.clock import SYSTEM_CLOCK, Clock
 from exporter.config.settings import Config, Secrets
 from exporter.config.targets import Target, configured_targets
 from exporter.exposition.publisher import Publisher
@@ -51,8 +52,15 @@ Progress = Callable[[int, int, int], None]  # (done, total, failed)
 
 class Scheduler:
     def __init__(
-        self, config: Config, secrets: Secrets, *, progress: Progress | None = None, one_shot: bool = False
+        self,
+        config: Config,
+        secrets: Secrets,
+        *,
+        progress: Progress | None = None,
+        one_shot: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.config = config
         self.one_shot = one_shot  # `once`: one cycle, no reloads to speak of
         self.secrets = secrets
@@ -60,13 +68,13 @@ class Scheduler:
         self.unsupported_fields = UnsupportedFields(
             until="for the rest of this run" if one_shot else "until a reload or for a day"
         )
-        self.housekeeping = Housekeeping(self.unsupported_fields)
+        self.housekeeping = Housekeeping(self.unsupported_fields, clock=clock)
         self.targets: tuple[Target, ...] = self.housekeeping.targets(configured_targets(config), config)
-        self.recorder = Recorder()
+        self.recorder = Recorder(clock.time)
         self.publisher = Publisher()
         self.progress = progress
         self._client: GraphClient | None = None
-        self.credentials = Credentials(config, secrets)
+        self.credentials = Credentials(config, secrets, clock=clock.monotonic)
         self.business_of: dict[tuple[str, str], str] = {}  # learnt from usage headers (fetcher._counted_as)
         self.governor = self._make_governor()
         self._pending: tuple[Config, Secrets] | None = None
@@ -75,7 +83,7 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._last_publish = 0.0
         self._rendering: _Render | None = None  # a mid-cycle exposition being rendered while the loop fetches
-        versions.warn_if_expiring(config.graph_api.version, time.time())
+        versions.warn_if_expiring(config.graph_api.version, self.clock.time())
         self.snapshot: Snapshot = self._publish()
 
     # ----- configuration ---------------------------------------------------------------------------------
@@ -89,7 +97,7 @@ class Scheduler:
         """Record a reload's outcome for /metrics; thread-safe, and visible in the snapshot when it returns."""
         self.recorder.reload_success = success
         if success:
-            self.recorder.reload_timestamp = time.time()
+            self.recorder.reload_timestamp = self.clock.time()
         self._publish_from_any_thread()
 
     def partial_snapshot(self) -> Snapshot:
@@ -139,11 +147,12 @@ class Scheduler:
             return
         old_config, old_secrets = self.config, self.secrets
         self.config, self.secrets = pending
-        versions.warn_if_expiring(self.config.graph_api.version, time.time())
+        versions.warn_if_expiring(self.config.graph_api.version, self.clock.time())
         # Only what changed is looked up again: a reload must not spend quota on what is already known.
         self.housekeeping.forget_changed(old_config, old_secrets, self.config, self.secrets)
         self.unsupported_fields.reset()
-        self.credentials = Credentials(self.config, self.secrets)  # suspensions end: an operator's reset
+        # suspensions end: an operator's reset
+        self.credentials = Credentials(self.config, self.secrets, clock=self.clock.monotonic)
         self.governor = self.governor.reconfigured(self._make_governor())
         if self._client:  # it reads the credentials' app secret and app labels
             asyncio.get_running_loop().create_task(self._client.aclose())
@@ -157,6 +166,7 @@ class Scheduler:
             cooldown=c.cooldown,
             default_wait=c.throttle_wait,
             max_calls_per_hour=c.max_calls_per_hour,
+            clock=self.clock,
         )
 
     def _graph_client(self) -> GraphClient:
@@ -215,8 +225,8 @@ class Scheduler:
             for name in credentials.due():
                 await self._check_credential(credentials, name)
             due = credentials.next_check()
-            wait = HEAL_TICK if due is None else min(HEAL_TICK, due - time.monotonic())
-            await asyncio.sleep(max(0.05, wait))
+            wait = HEAL_TICK if due is None else min(HEAL_TICK, due - self.clock.monotonic())
+            await self.clock.sleep(max(0.05, wait))
 
     async def _check_credential(self, credentials: Credentials, name: str) -> None:
         try:
@@ -241,7 +251,7 @@ class Scheduler:
         try:
             while not stop.is_set():
                 self._apply_pending()
-                started = time.monotonic()
+                started = self.clock.monotonic()
                 cycle = self._first_cycle() if not paced and self.targets else self._cycle(paced)
                 if not await self._until_stopped(cycle, stop):
                     break
@@ -261,10 +271,10 @@ class Scheduler:
                         ):
                             return
                         continue
-                    remaining = started + self.config.collection.interval - time.monotonic()
+                    remaining = started + self.config.collection.interval - self.clock.monotonic()
                     if remaining <= 0:
                         break
-                    await _wait_any((stop, self._wake), remaining)
+                    await _wait_any((stop, self._wake), remaining, self.clock)
         finally:
             healing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -316,7 +326,7 @@ class Scheduler:
         """Fetch every target once. With `paced`, requests are spread over the interval."""
         config = self.config.collection
         total, done, failed = len(targets), 0, 0
-        started = time.monotonic()
+        started = self.clock.monotonic()
         calls = total * len(config.sources)
         requests = -(-calls // config.batch_size) if calls else 0
         spacing = config.interval * PACING_SHARE / requests if paced and requests else 0.0
@@ -326,7 +336,7 @@ class Scheduler:
         in_flight = config.concurrency * config.batch_size // max(1, len(config.sources))  # targets, at most
         tail_rendered = False
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
-        self.recorder.cycle_started = time.time()
+        self.recorder.cycle_started = self.clock.time()
         self.governor.forget_idle(2 * config.interval)
 
         def target_done(_: Target, ok: bool) -> None:
@@ -334,7 +344,7 @@ class Scheduler:
             done += 1
             failed += not ok
             self.recorder.cycle_done = done
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if self.progress:
                 self.progress(done, total, failed)
             if now - last_progress >= PROGRESS_EVERY and done < total:
@@ -367,10 +377,11 @@ class Scheduler:
             on_done=target_done,
             unsupported=self.unsupported_fields,
             item_retries=self.config.graph_api.max_retries,
+            clock=self.clock,
         )
         with _records_frozen_until_done():
             await fetcher.run(targets, spacing=spacing, deadline=started + config.interval)
-            duration = time.monotonic() - started
+            duration = self.clock.monotonic() - started
             if count:
                 self._count_cycle(duration, total, config.interval, fetcher.held_back)
             self.recorder.cycle_done = self.recorder.cycle_total = 0
@@ -383,7 +394,7 @@ class Scheduler:
     def _count_cycle(self, duration: float, total: int, interval: float, held_back: float) -> None:
         rec = self.recorder
         rec.cycles += 1
-        rec.cycle_duration, rec.last_cycle_end = duration, time.time()
+        rec.cycle_duration, rec.last_cycle_end = duration, self.clock.time()
         if duration > interval:
             rec.overruns += 1
             if held_back > 0.1 * duration:
@@ -405,7 +416,7 @@ class Scheduler:
         """A snapshot of now with its exposition, rendered here (after any mid-cycle render: the publisher
         serves one thread at a time)."""
         self._swap_rendered(wait=True)
-        self._last_publish = time.monotonic()
+        self._last_publish = self.clock.monotonic()
         snapshot = self._recorded()
         # Rendered here, on the loop's side, so that a scrape only copies bytes; only changed datasets render.
         return replace(snapshot, exposition=self.publisher.publish(snapshot))
@@ -421,7 +432,7 @@ class Scheduler:
         """The versions Meta answered with instead of the configured one in the last two intervals."""
         if self._client is None:
             return ()
-        since = time.time() - 2 * self.config.collection.interval
+        since = time.time() - 2 * self.config.collection.interval  # the client stamps with the system's time
         return tuple(sorted(v for v, seen in self._client.versions.upgraded.items() if seen >= since))
 
     def _recorded(self) -> Snapshot:
@@ -525,10 +536,11 @@ async def _survive(what: str, work: Coroutine[Any, Any, None]) -> None:
         log.exception("%s failed unexpectedly; collection goes on with what is already known", what)
 
 
-async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float, clock: Clock) -> None:
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(e.wait()) for e in events]
+    waiters.append(asyncio.ensure_future(clock.sleep(timeout)))
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()

@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
@@ -463,8 +463,7 @@ class HttpServer:
         waited up to a switch interval). A client that does not take a call's bytes within SLOW_CLIENT gets
         the rest through the event loop. Plain TCP only: TLS goes through the event loop. False if nothing
         was sent."""
-        transport = writer.transport
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, writer.transport)  # a socket's: it reads as well as writes
         sock = transport.get_extra_info("socket")
         if sock is None or transport.get_extra_info("sslcontext") is not None or self._writing >= WRITERS:
             return False  # TLS, or every writer busy (slow clients): the event loop sends it
