@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.common.clock import Clock
+from exporter.exposition.publisher import render
 from exporter.simulator import Simulator, SimulatorSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -197,3 +199,14 @@ def nothing_left_behind() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not any(left), f"left behind: threads {left[0]}, child processes {left[1]}, listening ports {left[2]}"
+
+
+class SnapshotCollector:
+    """A snapshot's families for a prometheus_client registry (`get_sample_value`), read back from the
+    exposition by prometheus_client's own parser."""
+
+    def __init__(self, source: Callable[[], Any]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        yield from text_string_to_metric_families(render(self.source()).decode())

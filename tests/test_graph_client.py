@@ -49,10 +49,18 @@ class Recorder:
         self.usage.append(usage)
 
 
+async def dataset_quality(client, token, dataset_id, fields, agent_name=None):
+    """The one read the exporter makes per dataset, as a single GET (the exporter batches them)."""
+    params = {"dataset_id": dataset_id, "fields": fields}
+    if agent_name:
+        params["agent_name"] = agent_name
+    return await client.get("dataset_quality", params, token, endpoint="dataset_quality")
+
+
 def fetch(sim, dataset_id, *, token=TOKEN, version="v25.0", fields=None, **client_options):
     async def go():
         async with GraphClient(sim.url, version, **client_options) as client:
-            return await client.dataset_quality(token, dataset_id, fields or web_fields(BLOCKS))
+            return await dataset_quality(client, token, dataset_id, fields or web_fields(BLOCKS))
 
     return asyncio.run(go())
 
@@ -169,7 +177,7 @@ def test_flaky_faults_are_all_classified(start_simulator):
         async with GraphClient(sim.url, timeout=0.5, max_retries=0) as client:
             for _ in range(40):
                 try:
-                    await client.dataset_quality(TOKEN, EXAMPLE_DATASET_ID, "web{event_name}")
+                    await dataset_quality(client, TOKEN, EXAMPLE_DATASET_ID, "web{event_name}")
                     reasons["ok"] += 1
                 except GraphError as exc:
                     reasons[exc.reason] += 1
@@ -189,7 +197,7 @@ def test_retry_recovers_after_transient_errors():
 
     async def go():
         async with GraphClient("http://graph.test", backoff=0.001, transport=httpx.MockTransport(handler)) as client:
-            return await client.dataset_quality(TOKEN, "1", "web{event_name}")
+            return await dataset_quality(client, TOKEN, "1", "web{event_name}")
 
     assert asyncio.run(go()).body == {"web": []}
 
@@ -205,7 +213,7 @@ def test_backoff_grows_and_is_bounded(monkeypatch):
     async def go():
         transport = httpx.MockTransport(lambda r: httpx.Response(503, text="busy"))
         async with GraphClient("http://graph.test", backoff=1, backoff_max=3, max_retries=4, transport=transport) as c:
-            await c.dataset_quality(TOKEN, "1", "web{event_name}")
+            await dataset_quality(c, TOKEN, "1", "web{event_name}")
 
     with pytest.raises(GraphError):
         asyncio.run(go())
@@ -231,7 +239,7 @@ def test_appsecret_proof_matches_an_independent_hmac():
         async with GraphClient(
             "http://graph.test", app_secret="app-secret", transport=httpx.MockTransport(handler)
         ) as c:
-            await c.dataset_quality("token-1", "1", "web{event_name}")
+            await dataset_quality(c, "token-1", "1", "web{event_name}")
 
     asyncio.run(go())
     stamp = seen[0]["appsecret_time"]
@@ -293,7 +301,7 @@ def test_malformed_header_never_fails_the_call():
 
     async def go():
         async with GraphClient("http://graph.test", transport=transport) as c:
-            return await c.dataset_quality(TOKEN, "1", "web{event_name}")
+            return await dataset_quality(c, TOKEN, "1", "web{event_name}")
 
     assert asyncio.run(go()).body == {"web": []}
 
@@ -330,7 +338,7 @@ def test_http_status_alone_never_decides():
 
     async def go():
         async with GraphClient("http://graph.test", transport=transport, backoff=0.001) as c:
-            await c.dataset_quality(TOKEN, "1", "web{event_name}")
+            await dataset_quality(c, TOKEN, "1", "web{event_name}")
 
     with pytest.raises(GraphError) as err:
         asyncio.run(go())
@@ -351,7 +359,7 @@ def test_a_silent_version_upgrade_is_logged_once(caplog):
     async def go():
         async with GraphClient("http://graph.test", "v25.0", transport=transport) as c:
             for _ in range(3):
-                await c.dataset_quality(TOKEN, "1", "web{event_name}")
+                await dataset_quality(c, TOKEN, "1", "web{event_name}")
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(go())
@@ -392,7 +400,7 @@ def test_a_new_version_warning_on_every_answer_is_kept_and_logged_within_a_bound
     async def go():
         async with GraphClient("http://graph.test", "v25.0", transport=transport) as c:
             for _ in range(200):
-                await c.dataset_quality(TOKEN, "1", "web{event_name}")
+                await dataset_quality(c, TOKEN, "1", "web{event_name}")
             return c
 
     with caplog.at_level(logging.WARNING):
@@ -553,7 +561,7 @@ def test_network_errors_name_the_host_and_the_cause(simulator, base, expected):
 
         async def go():
             async with GraphClient(url, max_retries=0, timeout=5) as client:
-                await client.dataset_quality(TOKEN, "1", "web{event_name}")
+                await dataset_quality(client, TOKEN, "1", "web{event_name}")
 
         with pytest.raises(GraphError) as err:
             asyncio.run(go())
@@ -574,7 +582,7 @@ def test_app_usage_is_labelled_with_the_tokens_app_so_it_joins_the_throttle_seri
 
     async def go():
         async with GraphClient(simulator.url, observer=recorder, app_labels={TOKEN: "client_a"}) as c:
-            await c.dataset_quality(TOKEN, EXAMPLE_DATASET_ID, "web{event_name}")
+            await dataset_quality(c, TOKEN, EXAMPLE_DATASET_ID, "web{event_name}")
 
     asyncio.run(go())
     assert {s.object_id for u in recorder.usage for s in u.samples if s.scope == "app"} == {"client_a"}
@@ -643,7 +651,7 @@ def test_bytes_after_the_end_of_a_gzip_stream_count_against_the_limit():
         client = GraphClient("http://graph.test", transport=httpx.MockTransport(answer), max_retries=0,
                              max_body_bytes=4 * 1024 * 1024)  # fmt: skip
         async with client:
-            await client.dataset_quality(TOKEN, "1", "web{event_name}")
+            await dataset_quality(client, TOKEN, "1", "web{event_name}")
 
     with pytest.raises(GraphError) as err:
         asyncio.run(go())

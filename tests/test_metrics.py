@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config.targets import Target
-from exporter.exposition.publisher import Publisher, SnapshotCollector, render, render_exposition
+from exporter.exposition.publisher import Publisher, render, render_exposition
 from exporter.graph.errors import REASONS
 from exporter.graph.parser import (
     DatasetQuality,
@@ -25,7 +25,7 @@ from exporter.graph.parser import (
     parse_dataset_quality,
 )
 from exporter.state.snapshot import DatasetState, Histogram, Snapshot
-from tests.conftest import load_fixture
+from tests.conftest import SnapshotCollector, load_fixture
 
 P = "meta_dataset_quality_"
 

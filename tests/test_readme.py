@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from exporter.config.settings import load_config
 from exporter.config.targets import Target
-from exporter.exposition.publisher import SnapshotCollector
 from exporter.graph.parser import DatasetQuality, DedupeKey, Diagnostic, EventQuality, MatchKey, OfflineEvent
 from exporter.state.snapshot import DatasetState, Histogram, Snapshot
+from tests.conftest import SnapshotCollector
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text("utf-8")

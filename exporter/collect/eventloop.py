@@ -4,7 +4,7 @@ The exposition of a mid-cycle snapshot is rendered on a thread of its own (expor
 threads share one GIL. Left to itself, the render takes the GIL half of the time the loop wants it, and a
 burst cycle's answers wait to be read while it runs. With this loop the render works only while the loop
 waits in its selector, and gets out of the way at its next dataset or family once the loop has work again:
-the renders fill the loop's idle time (bench/README.md, section 1).
+the renders fill the loop's idle time (bench/README.md, section 2).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from exporter.state.snapshot import DURATION_BUCKETS, Snapshot
 _ORIGIN = operator.attrgetter("target.origin")
 
 
-class BuildCollector:
+class BuildInfoFamilies:
     """Which build, calling which Graph API version, and when Meta stops serving that version.
 
     meta_dataset_quality_build_info{version="0.1.0",graph_api_version="v27.0"} 1
@@ -57,7 +57,7 @@ class BuildCollector:
         yield from (build, expiry, upgraded)
 
 
-class FleetHealthCollector:
+class ExporterHealthFamilies:
     """The exporter's own health: targets, API requests, rate-limit usage, housekeeping, cycles, reloads.
 
     meta_dataset_quality_api_requests_total{endpoint="dataset_quality",status="200"} 42
@@ -208,8 +208,8 @@ def origins(snapshot: Snapshot) -> Counter[str]:
 def fleet_families(snapshot: Snapshot, dropped: int, by_origin: Counter[str] | None = None) -> list[Family]:
     """The families of the exporter as a whole, `series_dropped` last; `by_origin`: the snapshot's `origins`."""
     return [
-        *BuildCollector(snapshot).collect(),
-        *FleetHealthCollector(snapshot, by_origin).collect(),
+        *BuildInfoFamilies(snapshot).collect(),
+        *ExporterHealthFamilies(snapshot, by_origin).collect(),
         *single(
             "series_dropped",
             "Quality series left out of the last snapshot by limits.max_series or limits.max_bytes.",

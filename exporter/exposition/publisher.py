@@ -17,17 +17,14 @@ import logging
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, gc_collector, platform_collector, process_collector
 from prometheus_client.exposition import generate_latest as text_latest
-from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from exporter.exposition.deflate import FINAL_BLOCK, GZIP_HEADER, BlockDeflater, Segments, combined, deflate
 from exporter.exposition.families import (
@@ -328,14 +325,3 @@ class ProcessMetrics:
             if openmetrics:
                 return om_latest(self.registry).removesuffix(b"# EOF\n")
             return text_latest(self.registry)
-
-
-# ----- for prometheus_client registries (tests: get_sample_value) ---------------------------------------------
-class SnapshotCollector(Collector):
-    """A snapshot's families, read back from the exposition by prometheus_client's own parser."""
-
-    def __init__(self, source: Callable[[], Snapshot]) -> None:
-        self.source = source
-
-    def collect(self) -> Iterator[Metric]:
-        yield from text_string_to_metric_families(render(self.source()).decode())

@@ -202,14 +202,6 @@ class GraphClient:
         await self.aclose()
 
     # ----- endpoints -----------------------------------------------------------------------------------
-    async def dataset_quality(
-        self, token: str, dataset_id: str, fields: str, agent_name: str | None = None
-    ) -> GraphResponse:
-        params = {"dataset_id": dataset_id, "fields": fields}
-        if agent_name:
-            params["agent_name"] = agent_name
-        return await self.get("dataset_quality", params, token, endpoint="dataset_quality")
-
     async def get_next(self, url: str, token: str, *, endpoint: str) -> GraphResponse:
         """Follow a `paging.next` URL: same host only, and the token moves from its query to the header."""
         parts = urlsplit(url)
