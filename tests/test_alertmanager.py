@@ -28,12 +28,26 @@ def test_amtool_check_config():
 @pytest.mark.parametrize(
     ("labels", "receivers"),
     [
-        (["severity=critical", "alertname=MetaDatasetEMQPoor", "customer=initech"], "pager"),
-        (["severity=warning", "alertname=MetaDatasetEMQLow", "customer=acme"], "customer-acme"),
-        (["severity=critical", "alertname=MetaDatasetDedupeBroken", "customer=acme"], "customer-acme,pager"),
-        (["severity=warning", "alertname=MetaDatasetEMQDropped", "customer=globex"], "customer-globex"),
-        (["severity=info", "alertname=MetaDatasetEMQUpperFunnelLow", "customer=acme"], "null"),
-        (["severity=warning", "alertname=MetaDatasetCycleOverrun"], "default"),
+        (["severity=warning", "audience=customer", "alertname=MetaDatasetEMQLow", "customer=acme"], "customer-acme"),
+        (
+            ["severity=warning", "audience=customer", "alertname=MetaDatasetDedupeBroken", "customer=acme"],
+            "customer-acme",
+        ),
+        (
+            ["severity=warning", "audience=customer", "alertname=MetaDatasetEMQDropped", "customer=globex"],
+            "customer-globex",
+        ),
+        # a customer without a route of its own: the agency hears of it
+        (["severity=warning", "audience=customer", "alertname=MetaDatasetEMQLow", "customer=initech"], "agency"),
+        (["severity=info", "audience=customer", "alertname=MetaDatasetEMQUpperFunnelLow", "customer=acme"], "null"),
+        (["severity=warning", "audience=agency", "alertname=MetaDatasetCycleOverrun"], "agency"),
+        # the agency's token, although the dataset is acme's: never to the customer
+        (["severity=warning", "audience=agency", "alertname=MetaDatasetFetchFailing", "customer=acme"], "agency"),
+        (
+            ["severity=critical", "audience=agency", "alertname=MetaDatasetCredentialSuspended", "credential=acme"],
+            "pager,agency",
+        ),
+        (["severity=warning", "audience=agency", "alertname=MetaDatasetFleetEMQDropped"], "agency"),
     ],
 )
 def test_routing(labels, receivers):

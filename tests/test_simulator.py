@@ -484,6 +484,27 @@ def test_scenarios_switch_while_running(simulator):
     assert control(simulator, "/_sim/scenario", {"scenario": "nope"})[0] == 400
 
 
+def test_one_datasets_own_scenario_leaves_the_others_alone(simulator):
+    broken, other = simulator.world.dataset_ids[4], simulator.world.dataset_ids[5]
+    fields = "web{event_name,dedupe_key_feedback}"
+
+    def server_shares(dataset):
+        return [
+            key["server_events_with_dedupe_key"]["percentage"]
+            for event in quality(simulator, dataset, fields)[2]["web"]
+            for key in event.get("dedupe_key_feedback", [])
+            if key["dedupe_key"] == "event_id"
+        ]
+
+    before = {d: server_shares(d) for d in (broken, other)}
+    assert any(before[broken]) and any(before[other])
+    assert control(simulator, "/_sim/scenario", {"scenario": "dedupe_broken", "dataset_id": broken})[0] == 200
+    assert server_shares(broken) == [0] * len(before[broken]) and server_shares(other) == before[other]
+    assert control(simulator, "/_sim/scenario", {"scenario": "token_expired", "dataset_id": broken})[0] == 400
+    control(simulator, "/_sim/scenario", {"scenario": "healthy", "dataset_id": broken})
+    assert server_shares(broken) == before[broken]
+
+
 def test_slow_scenario_and_latency(start_simulator):
     sim = start_simulator(datasets=3, scenario="slow", fault_rate=1.0, slow_seconds=0.3, latency=0.05)
     started = time.monotonic()

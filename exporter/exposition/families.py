@@ -343,6 +343,7 @@ class DatasetHealthFamilies:
     meta_dataset_quality_fetch_success{agent_name="",dataset_id="123"} 1.0
     meta_dataset_quality_fetch_failures_total{agent_name="",dataset_id="123",reason="auth"} 0.0
     meta_dataset_quality_source_fetch_success{agent_name="",dataset_id="123",source="offline"} 0.0
+    meta_dataset_quality_target_info{agent_name="",credential="default",dataset_id="123"} 1.0
     """
 
     specs = (
@@ -364,12 +365,17 @@ class DatasetHealthFamilies:
             (*DATASET_LABELS, "source", "reason"),
             "counter",
         ),
+        Spec(
+            "target_info",
+            "The credential (its name in the config) this dataset is fetched with; always 1.",
+            (*DATASET_LABELS, "credential"),
+        ),
     )
     _starts = tuple(spec.start for spec in specs)
 
     @classmethod
     def lines(cls, state: DatasetState) -> Lines:
-        success_at, last_at, failures_at, source_success_at, source_failures_at = cls._starts
+        success_at, last_at, failures_at, source_success_at, source_failures_at, target_at = cls._starts
         dataset = _dataset_pairs(state)
         success = [] if state.fetch_success is None else [f"{success_at}{dataset}}} {_flag(state.fetch_success)}\n"]
         last = [] if state.last_success is None else [f"{last_at}{dataset}}} {number(state.last_success)}\n"]
@@ -384,7 +390,12 @@ class DatasetHealthFamilies:
             f"{source_failures_at}{dataset},{pair('reason', reason)},{pair('source', source)}}} {number(count)}\n"
             for (source, reason), count in sorted(state.source_failures.items())
         ]
-        return [success, last, failures, source_success, source_failures]
+        t = state.target  # labels in name order, as everywhere: credential sorts between the dataset's two
+        credential = (
+            f"{pair('agent_name', t.agent_name)},{pair('credential', t.credential)},{pair('dataset_id', t.dataset_id)}"
+        )
+        target = [f"{target_at}{credential}}} 1.0\n"]
+        return [success, last, failures, source_success, source_failures, target]
 
 
 def dataset_headers(label_names: tuple[str, ...]) -> tuple[list[Family], list[Family], list[Family]]:

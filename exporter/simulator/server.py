@@ -56,6 +56,7 @@ SERVED_VERSIONS = ("v25.0", "v26.0", "v27.0")
 LATEST_VERSION = SERVED_VERSIONS[-1]  # the exporter's own default is exporter.graph.versions; no code is shared
 USAGE_HEADERS = ("X-App-Usage", "X-Business-Use-Case-Usage", "X-Ad-Account-Usage")
 # Per-dataset faults besides the error bodies of ERRORS: each plays one way the real API can surprise a client.
+DATA_SCENARIOS = ("emq_drop", "dedupe_broken", "coverage_drop")  # those that change quality data
 BODY_FAULTS = ("string_percentage", "wrong_leaf", "wrapped_body")
 OTHER_FAULTS = (
     "http_500",
@@ -153,6 +154,7 @@ class Simulator:
         self.settings = settings
         self.world = World(settings.datasets, settings.seed, settings.per_business)
         self.scenario = settings.scenario
+        self.dataset_scenarios: dict[str, str] = {}  # one dataset's own data scenario, over the world's
         self.faults = dict(settings.faults)
         self.withdrawn_fields: set[tuple[str, str]] = set()
         self.valid_tokens = set(settings.tokens)
@@ -206,9 +208,20 @@ class Simulator:
         self._stopping.wait(seconds)
 
     # ----- control ----------------------------------------------------------------------------------------
-    def set_scenario(self, scenario: str) -> None:
+    def set_scenario(self, scenario: str, dataset_id: str | None = None) -> None:
+        """The whole simulated world's scenario, or (with `dataset_id`) one dataset's quality data alone: one
+        customer's pixel breaking, not a change on Meta's side. `healthy` for a dataset undoes its own."""
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+        if dataset_id is not None:
+            if scenario not in (*DATA_SCENARIOS, "healthy"):
+                raise ValueError(f"a dataset's own scenario is one of {', '.join(DATA_SCENARIOS)} or healthy")
+            with self.lock:
+                if scenario == "healthy":
+                    self.dataset_scenarios.pop(dataset_id, None)
+                else:
+                    self.dataset_scenarios[dataset_id] = scenario
+            return
         with self.lock:
             self.scenario = scenario
             if scenario == "healthy":
@@ -430,8 +443,9 @@ class Simulator:
             status, ctype, body = raw_fault_reply(fault)
             return Reply(status, raw=(ctype, body), headers=headers)
         agent = params.get("agent_name")
-        if self.scenario in ("emq_drop", "dedupe_broken", "coverage_drop"):
-            data = apply_scenario(self.world.quality(dataset_id, agent), self.scenario)
+        scenario = self.dataset_scenarios.get(dataset_id, self.scenario)
+        if scenario in DATA_SCENARIOS:
+            data = apply_scenario(self.world.quality(dataset_id, agent), scenario)
         else:
             data = self.world.shared_quality(dataset_id, agent)  # `select` builds new objects; nothing is changed
         if fault == "token_echo":
@@ -763,7 +777,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             request = json.loads(body or b"{}")
             if path == "/_sim/scenario" and method == "POST":
-                self.sim.set_scenario(request["scenario"])
+                dataset_id = request.get("dataset_id")
+                self.sim.set_scenario(request["scenario"], None if dataset_id is None else str(dataset_id))
             elif path == "/_sim/fault" and method == "POST":
                 self.sim.set_fault(str(request["dataset_id"]), request.get("fault"))
             elif path == "/_sim/withdraw_field" and method == "POST":
