@@ -25,7 +25,7 @@ RECORDED = {
     for rule in group["rules"]
     if "record" in rule
 }
-PROMETHEUS_OWN = {"scrape_samples_scraped"}
+PROMETHEUS_OWN = {"scrape_samples_scraped", "ALERTS"}  # ALERTS: the shipped rules, as Prometheus evaluates them
 PROCESS = {"process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_cpu_seconds_total"}
 UNITS = {"none", "short", "percentunit", "s", "dateTimeFromNow", "dateTimeAsIso", "bytes"}
 BUILTINS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1d"}
@@ -181,7 +181,9 @@ def test_promql(name):
                 assert {"rate", "increase"} & set(enclosing), f"{p['title']}: {selector.name} outside rate()"
         if "rate(" in t["expr"]:
             assert "$__rate_interval" in t["expr"]
-        if "increase(" in t["expr"]:  # counts per bar: the window is the bar, and bars are at least an hour
+        if "increase(" in t["expr"] and p["type"] == "table":  # a table's counts are of the last hour
+            assert "[1h]" in t["expr"] and t["instant"]
+        elif "increase(" in t["expr"]:  # counts per bar: the window is the bar, and bars are at least an hour
             assert "[$__interval]" in t["expr"] and p["interval"] == "1h"
         for label in re.findall(r"\{\{(\w+)\}\}", t["legendFormat"]):
             assert label in expr or label in ("instance", "job"), f"{p['title']}: legend label {label} is never kept"

@@ -203,8 +203,10 @@ def stat_panel(title: str, description: str, expr: str, unit: str, steps: Steps,
 
 
 def count_stat(title: str, description: str, condition: str, alarm: str) -> stat.Panel:
-    """A stat counting the series that meet `condition`: 0 is green, anything else `alarm`."""
-    return stat_panel(title, description, f"count({condition}) or vector(0)", "none", ((None, "green"), (1, alarm)))
+    """A stat counting the datasets with a series that meets `condition` (not the series: a dataset has many
+    events): 0 is green, anything else `alarm`."""
+    datasets = f"count(count by (job, instance, dataset_id, agent_name) ({condition})) or vector(0)"
+    return stat_panel(title, description, datasets, "none", ((None, "green"), (1, alarm)))
 
 
 def graph(title: str, description: str, unit: str, *queries: Any) -> timeseries.Panel:
@@ -279,8 +281,8 @@ def overview() -> Board:
     b.add(bands, 6, 4)
     b.add(
         count_stat(
-            "Events below their coverage goal",
-            "Events whose 7-day event coverage is below Meta's goal.",
+            "Datasets below a coverage goal",
+            "Datasets with an event whose 7-day event coverage is below Meta's goal.",
             f"({M}event_coverage_ratio{{{SEL}}} < on (job, instance, dataset_id, agent_name, event_name) "
             f"{M}event_coverage_goal_ratio{{{SEL}}}) and {CHOSEN}",
             "orange",
@@ -290,8 +292,8 @@ def overview() -> Board:
     )
     b.add(
         count_stat(
-            "Broken deduplication",
-            "Events whose server events lost event_id while browser events keep it.",
+            "Datasets with broken deduplication",
+            "Datasets with an event whose server events lack event_id while browser events carry it.",
             f'({M}dedupe_key_server_events_ratio{{{SEL}, dedupe_key="event_id"}} == 0 '
             f"and on (job, instance, dataset_id, agent_name, event_name, dedupe_key) "
             f"{M}dedupe_key_browser_events_ratio{{{SEL}}} > 0) and {CHOSEN}",
@@ -302,8 +304,8 @@ def overview() -> Board:
     )
     b.add(
         count_stat(
-            "Uploads less often than hourly",
-            "Events sent through the Conversions API daily or weekly.",
+            "Datasets uploading less than hourly",
+            "Datasets with an event sent through the Conversions API daily or weekly.",
             f"{M}upload_interval_seconds{{{SEL}}} > 3600 and {CHOSEN}",
             "orange",
         ),
@@ -355,12 +357,12 @@ def overview() -> Board:
     )
     b.add(
         table_panel(
-            "Largest EMQ drops against 7 days ago",
-            "Events whose EMQ fell most against a week ago, in EMQ points; click a name for the detail.",
+            "Largest EMQ drops",
+            "Events of the chosen datasets whose EMQ fell most below the best of the last 6 hours, a day ago or a "
+            "week ago, in EMQ points (as the drop alerts compare); click a name for the detail.",
             "none",
-            query(
-                f"topk(20, (({M}event_match_quality_score{{{SEL}}} offset 7d) - {M}event_match_quality_score{{{SEL}}}) > 0)"
-                f" * {named}",
+            query(  # the choice of customers and businesses first, then the 20 largest of what it leaves
+                f"topk(20, (dataset_event:{M}event_match_quality_score:drop{{{SEL}}} > 0) * {named})",
                 instant=True,
                 table_format=True,
             ),
@@ -381,6 +383,65 @@ def overview() -> Board:
         .decimals(1)
         .override_by_name(
             "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
+        ),
+        12,
+        8,
+    )
+    failing = (
+        f"(max by (job, instance, dataset_id, agent_name, reason) (increase({M}fetch_failures_total{{{SEL}}}[1h]) > 0)"
+        f" and on (job, instance, dataset_id, agent_name) {M}fetch_success{{{SEL}}} == 0) * {named}"
+    )
+    b.add(
+        table_panel(
+            "Datasets failing to fetch",
+            "The chosen datasets whose latest fetch failed, with each reason seen in the last hour and how often; "
+            "docs/troubleshooting.md says what each reason needs.",
+            "short",
+            query(failing, instant=True, table_format=True),
+        )
+        .with_transformation(
+            organize(
+                {
+                    "dataset_name": "Dataset",
+                    "customer": "Customer",
+                    "business_name": "Business",
+                    "agent_name": "Agent",
+                    "dataset_id": "Dataset ID",
+                    "reason": "Reason",
+                    "Value": "Failures in the last hour",
+                }
+            )
+        )
+        .sort_by([sort_by("Failures in the last hour", descending=True)])
+        .override_by_name(
+            "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
+        ),
+        12,
+        8,
+    )
+    b.add(
+        table_panel(
+            "Alerts",
+            "The chosen customers' dataset alerts, firing or pending, as Prometheus evaluates the shipped rules "
+            "(the exporter's own alerts are on the exporter dashboard).",
+            "none",
+            query(
+                f'ALERTS{{{SEL}, audience="customer", customer=~"$customer", business_name=~"$business"}}',
+                instant=True,
+                table_format=True,
+            ),
+        ).with_transformation(
+            organize(
+                {
+                    "alertname": "Alert",
+                    "severity": "Severity",
+                    "alertstate": "State",
+                    "dataset_name": "Dataset",
+                    "customer": "Customer",
+                    "dataset_id": "Dataset ID",
+                },
+                exclude=(*HIDDEN, "Value", "audience", "agent_name", "business_name", "team"),
+            )
         ),
         12,
         8,
@@ -410,10 +471,16 @@ def overview() -> Board:
     b.add(
         table_panel(
             "Per customer",
-            "Per customer label: datasets, their average worst EMQ, and how many fail to fetch.",
+            "Per customer label: datasets (as Datasets watched counts them: once, with or without an agent "
+            "filter), their average worst EMQ, and how many fail to fetch.",
             "none",
-            query(f"count by (customer) ({WORST} * {named})", instant=True, table_format=True, ref="A"),
-            query(f"avg by (customer) ({WORST} * {named})", instant=True, table_format=True, ref="B"),
+            query(f"count by (customer) ({INFO})", instant=True, table_format=True, ref="A"),
+            query(
+                f"avg by (customer) (min by (job, instance, dataset_id) ({WORST}) * {named})",
+                instant=True,
+                table_format=True,
+                ref="B",
+            ),
             query(
                 f"sum by (customer) ((1 - max by (job, instance, dataset_id) ({M}fetch_success{{{SEL}}})) * {named})",
                 instant=True,
