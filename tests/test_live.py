@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +34,7 @@ RULES = ROOT / "deploy" / "prometheus" / "rules"
 EXEMPT = {  # panels that may legitimately be empty here, and why
     "Largest EMQ drops": "nothing drops in a healthy run; the emq_drop step below and the promtool tests cover it",
     "Datasets failing to fetch": "no dataset fails in a healthy run",
+    "Stopped sending": "no event stops in a healthy run; the server_purchase_stopped step below covers the alert",
     "Throttled": "nothing is throttled in a healthy run",
 }
 EXEMPT_TARGETS = {("Tokens", "B"): "the simulator's system-user tokens never expire (expires_at 0)"}
@@ -43,7 +45,7 @@ pytestmark = pytest.mark.slow
 def shortened(text: str) -> str:
     """Windows and offsets of hours and days to 20 s; each `for:` to a 360th, keeping their order (the fleet-wide
     alert before the per-dataset ones it inhibits, debug_token's verdict before the suspension)."""
-    text = re.sub(r"offset (7d|1d)", "offset 20s", text)
+    text = re.sub(r"offset (7d|1d|1h)", "offset 20s", text)
     text = re.sub(r"\[(1d|6h|2h|1h)\]", "[20s]", text)
 
     def scaled(match: re.Match) -> str:
@@ -105,7 +107,12 @@ def stack(start_simulator, tmp_path):
             "app_id": sim.settings.app_id,
             "app_secret_env": "APP_SECRET",
         },
-        "collection": {"interval": "2s", "token_check_interval": "2s", "metadata_interval": "1m"},
+        "collection": {
+            "interval": "2s",
+            "token_check_interval": "2s",
+            "metadata_interval": "1m",
+            "sources": ["web", "stats"],
+        },
         "discovery": [{"business_id": business.id, "edges": ["owned_pixels"], "labels": {"customer": "acme"}}],
         "datasets": [{"id": i, "labels": {"customer": "globex"}} for i in ids[12:20]],
     }
@@ -125,34 +132,10 @@ def stack(start_simulator, tmp_path):
                         f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
                         f"--storage.path={tmp_path / 'am'}"], tmp_path / "alertmanager.log"))  # fmt: skip
 
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
-    for path in RULES.glob("*.yml"):
-        (rules_dir / path.name).write_text(shortened(path.read_text()))
-    prom_port = free_port()
-    prom_config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["rules/*.yml"],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [{"job_name": "meta-dataset-quality", "scrape_timeout": "1s",
-                            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
-    }  # fmt: skip
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
-    procs.append(start(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-                        "--rules.alert.resend-delay=1s"], tmp_path / "prometheus.log"))  # fmt: skip
-    prom = f"http://127.0.0.1:{prom_port}"
+    proc, prom = start_prometheus(tmp_path, exporter_port, am_port)
+    procs.append(proc)
     try:
-
-        def scraped():
-            try:
-                result = query(prom, 'up{job="meta-dataset-quality"} == 1')
-            except (OSError, ValueError):  # not listening yet, or answering "not ready" in plain text
-                return False
-            return bool(result.get("data", {}).get("result"))
-
-        wait_for(scraped, timeout=60, what="Prometheus scraping the exporter")
-        yield sim, prom, f"http://127.0.0.1:{am_port}", hook
+        yield sim, prom, f"http://127.0.0.1:{am_port}", hook, f"http://127.0.0.1:{exporter_port}"
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -163,6 +146,98 @@ def stack(start_simulator, tmp_path):
                 proc.kill()
         hook.server.shutdown()
         hook.server.server_close()
+
+
+def start_prometheus(tmp_path: Path, exporter_port: int, am_port: int | None) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus with the shipped rules (shortened), scraping the exporter every second; its URL, once
+    it has scraped the exporter."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for path in RULES.glob("*.yml"):
+        (rules_dir / path.name).write_text(shortened(path.read_text()))
+    prom_port = free_port()
+    prom_config: dict = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules/*.yml"],
+        "scrape_configs": [{"job_name": "meta-dataset-quality", "scrape_timeout": "1s",
+                            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
+    }  # fmt: skip
+    if am_port is not None:
+        prom_config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
+    proc = start(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                  f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+                  "--rules.alert.resend-delay=1s"], tmp_path / "prometheus.log")  # fmt: skip
+    prom = f"http://127.0.0.1:{prom_port}"
+
+    def scraped():
+        try:
+            result = query(prom, 'up{job="meta-dataset-quality"} == 1')
+        except (OSError, ValueError):  # not listening yet, or answering "not ready" in plain text
+            return False
+        return bool(result.get("data", {}).get("result"))
+
+    try:
+        wait_for(scraped, timeout=60, what="Prometheus scraping the exporter")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, prom
+
+
+def test_the_demo_switched_into_a_stopped_server_purchase_fires_for_that_dataset_only(tmp_path):
+    """As the README tells a newcomer: `demo`, its banner's curl line, and the alert for that dataset alone."""
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--datasets", "30", "--listen", f"127.0.0.1:{port}",
+         "--latency", "0.01", "--interval", "2s"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    prometheus = None
+    try:
+        curl = None
+        for line in demo.stdout:
+            if '"server_purchase_stopped"' in line:
+                curl = line
+            if "/_sim/scenario" in line and curl is not None and line is not curl:
+                curl += line
+            if "Ctrl-C" in line:
+                break
+        assert curl, "the demo's banner shows no way to stop one dataset's server Purchase events"
+        drain = threading.Thread(target=lambda: sum(1 for _ in demo.stdout), name="demo-output", daemon=True)
+        drain.start()  # the demo keeps logging: a full pipe would stop it
+        body = re.search(r"-d '(\{.*?\})'", curl).group(1)
+        control = re.search(r"(http://\S+/_sim/scenario)", curl).group(1)
+        stopped = json.loads(body)["dataset_id"]
+        prometheus, prom = start_prometheus(tmp_path, port, None)
+        time.sleep(25)  # history for the shortened windows
+        assert not query(prom, 'ALERTS{alertname="MetaDatasetServerEventStopped"}')["data"]["result"]
+        request = urllib.request.Request(control, data=body.encode(), method="POST")
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+
+        def firing():
+            result = query(prom, 'ALERTS{alertname="MetaDatasetServerEventStopped", alertstate="firing"}')
+            return result["data"]["result"]
+
+        alerts = wait_for(firing, timeout=60, what="MetaDatasetServerEventStopped firing")
+        time.sleep(3)
+        assert {a["metric"]["dataset_id"] for a in firing()} == {stopped}, alerts
+        status = json.loads(http("GET", f"http://127.0.0.1:{port}/status?format=json")[2])
+        flagged = {(d["dataset_id"], e["event_name"], s) for d in status["datasets"] if d["volume"]
+                   for e in d["volume"]["events"] for s in e["stopped"]}  # fmt: skip
+        assert flagged == {(stopped, "Purchase", "server")}
+        page = http("GET", f"http://127.0.0.1:{port}/status")[2].decode()
+        assert "Purchase: server stopped" in page
+    finally:
+        for proc in (demo, prometheus):
+            if proc is not None:
+                proc.send_signal(signal.SIGINT if proc is demo else signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def variable_values(prom: str, board: dict) -> dict[str, str]:
@@ -213,7 +288,7 @@ def expected_labels(panel: dict) -> set[str]:
 
 
 def test_dashboards_rules_and_alerts_against_real_prometheus_and_alertmanager(stack):
-    sim, prom, am, hook = stack
+    sim, prom, am, hook, exporter = stack
     time.sleep(25)  # history for the shortened 20-second windows, and several exporter cycles
 
     tables_checked = 0
@@ -312,6 +387,64 @@ def test_dashboards_rules_and_alerts_against_real_prometheus_and_alertmanager(st
     assert f"var-dataset_id={broken}" in notes["dashboard_url"] and f"/{broken}/" in notes["events_manager_url"]
     assert not [a for path, a in hook.received[seen:] if path == "pager"]
     sim.set_scenario("healthy", broken)
+
+    # One dataset's server stops sending Purchase: the alert for that dataset only, to its customer; /status says so.
+    purchases = query(
+        prom, 'meta_dataset_quality_events_received_last_hour{event_name="Purchase",source="server"} >= 10'
+    )
+    stopped = purchases["data"]["result"][0]["metric"]["dataset_id"]
+    seen = len(hook.received)
+    sim.set_scenario("server_purchase_stopped", stopped)
+
+    def volume_alerts():
+        return [
+            (path, a)
+            for path, a in hook.received[seen:]
+            if a["labels"]["alertname"] == "MetaDatasetServerEventStopped" and a["status"] == "firing"
+        ]
+
+    wait_for(volume_alerts, timeout=60, what="MetaDatasetServerEventStopped at the webhook")
+    time.sleep(3)
+    delivered = volume_alerts()
+    assert {a["labels"]["dataset_id"] for _, a in delivered} == {stopped}, delivered
+    assert {path for path, _ in delivered} <= {"customer-acme", "customer-globex"}
+    assert "Purchase" in delivered[0][1]["annotations"]["description"]
+    status = json.loads(http("GET", f"{exporter}/status?format=json")[2])
+    flagged = {
+        (d["dataset_id"], e["event_name"], source)
+        for d in status["datasets"]
+        if d["volume"]
+        for e in d["volume"]["events"]
+        for source in e["stopped"]
+    }
+    assert flagged == {(stopped, "Purchase", "server")}
+    sim.set_scenario("healthy", stopped)
+
+    # One dataset's server sends a third of what it sent; another's browser pixel goes silent: one alert each.
+    busy = query(prom, 'meta_dataset_quality_events_received_last_hour{source="server"} >= 20 and on '
+                 '(dataset_id, agent_name, event_name) meta_dataset_quality_events_received_last_hour{source="browser"} >= 100')  # fmt: skip
+    partly = busy["data"]["result"][0]["metric"]["dataset_id"]
+    loud = query(prom, 'dataset:meta_dataset_quality_events_received_last_hour:sum{source="browser"} >= 100')
+    silent = next(s["metric"]["dataset_id"] for s in loud["data"]["result"] if s["metric"]["dataset_id"] != partly)
+    seen = len(hook.received)
+    sim.set_scenario("server_partly_stopped", partly)
+    sim.set_scenario("browser_stopped", silent)
+
+    def fired(name):
+        return {
+            a["labels"]["dataset_id"]
+            for _, a in hook.received[seen:]
+            if a["labels"]["alertname"] == name and a["status"] == "firing"
+        }
+
+    wait_for(lambda: fired("MetaDatasetServerShareFell") and fired("MetaDatasetPixelSilent"), timeout=60,
+             what="MetaDatasetServerShareFell and MetaDatasetPixelSilent at the webhook")  # fmt: skip
+    time.sleep(3)
+    assert fired("MetaDatasetServerShareFell") == {partly} and fired("MetaDatasetPixelSilent") == {silent}
+    # a third is not none, and a silent browser is not the server (the step before may still be resolving)
+    assert not fired("MetaDatasetServerEventStopped") & {partly, silent}
+    sim.set_scenario("healthy", partly)
+    sim.set_scenario("healthy", silent)
 
     # The token expires: one page for its credential, whatever it breaks.
     seen = len(hook.received)

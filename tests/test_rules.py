@@ -78,7 +78,8 @@ def test_alert_style(rule):
             in (rule["expr"])
         )
         # one alert per dataset: aggregated to the dataset, or per dataset by nature
-        per_dataset = ("MetaDatasetServerEventsStopped", "MetaDatasetEMQDropped")  # by nature, by recording rule
+        # per dataset by nature, or by a recording rule
+        per_dataset = ("MetaDatasetServerEventsStopped", "MetaDatasetEMQDropped", "MetaDatasetPixelSilent")
         assert re.search(r"(min|max|count) by \(job, instance, dataset_id, agent_name\)", rule["expr"]) or (
             name in per_dataset
         )

@@ -164,9 +164,9 @@ def test_page_in_headless_chromium(served, tmp_path):
         ]  # fmt: skip
         failure = rows.first.locator("td.failure")
         assert failure.inner_text().endswith("…") and "fbtrace_id" in failure.get_attribute("title")
-        widths = [rows.first.locator("td").nth(i).bounding_box()["width"] for i in range(11)]
-        assert widths[10] <= 500  # the long failure text wraps in its own column
-        assert min(widths[:10]) >= 30, widths  # and squeezes none of the others
+        widths = [rows.first.locator("td").nth(i).bounding_box()["width"] for i in range(12)]
+        assert widths[11] <= 500  # the long failure text wraps in its own column
+        assert min(widths[:11]) >= 30, widths  # and squeezes none of the others
         page.screenshot(path=str(tmp_path / "status-failing.png"), full_page=True)
         assert page.get_by_text(HOSTILE).count() >= 1  # shown as text
         assert page.locator("#datasets img").count() == 0  # and not as an element
@@ -186,3 +186,45 @@ def test_page_in_headless_chromium(served, tmp_path):
         browser.close()
     assert dialogs == []  # the hostile event name ran nothing
     assert (tmp_path / "status.png").stat().st_size > 10_000
+
+
+def test_each_events_volume_is_shown_by_source_and_an_event_that_stopped_is_flagged():
+    from exporter.graph.stats import EventVolume
+
+    hour = 1_765_101_600.0
+    volume = EventVolume(
+        hour,
+        (
+            ("Lead", "browser", 12),
+            ("Lead", "server", 11),
+            ("Purchase", "browser", 40),
+            ("Purchase", "server", 0),
+            ("Rare", "server", 0),
+            ("Tiny", "server", 0),
+        ),
+        # Purchase had 30 server events an hour ago; Rare 40 three days ago and Tiny 1 an hour ago: no flag for them
+        (
+            ("Lead", "browser", hour, 12),
+            ("Lead", "server", hour, 11),
+            ("Purchase", "browser", hour, 40),
+            ("Purchase", "server", hour - 3600, 30),
+            ("Rare", "server", hour - 3 * 86400, 40),
+            ("Tiny", "server", hour - 3600, 1),
+        ),
+    )
+    state = DatasetState(Target("333", name="Shop"), DatasetQuality((), volume=volume), True, 1.7e9)
+    snap = Snapshot(generation=1, created=1.7e9, datasets=(state,))
+    (dataset,) = status_model(snap)["datasets"]
+    assert dataset["volume"]["hour_start"] == "2025-12-07T10:00:00Z"
+    assert dataset["volume"]["events"][0] == {
+        "event_name": "Purchase",
+        "browser": 40,
+        "server": 0,
+        "stopped": ["server"],
+    }
+    assert [e["stopped"] for e in dataset["volume"]["events"][1:]] == [[], [], []]
+    page = status_html(snap).decode()
+    assert (
+        'class="stopped">Purchase: server stopped · Purchase 40 / 0 · Lead 12 / 11 · Rare - / 0 · Tiny - / 0</td>'
+        in page
+    )

@@ -446,6 +446,40 @@ def overview() -> Board:
         12,
         8,
     )
+    received = f"{M}events_received_last_hour{{{SEL}}}"
+    b.add(
+        table_panel(
+            "Stopped sending",
+            "With the stats source on: events of the chosen datasets with none in the newest complete hour from a "
+            "source that sent them within the last day, and how many it sent in its best hour of that day.",
+            "short",
+            query(
+                f"(max_over_time({received}[1d]) > 0 and on (job, instance, dataset_id, agent_name, event_name, source)"
+                f" {received} == 0) * {named}",
+                instant=True,
+                table_format=True,
+            ),
+        )
+        .with_transformation(
+            organize(
+                {
+                    "dataset_name": "Dataset",
+                    "customer": "Customer",
+                    "event_name": "Event",
+                    "source": "Source",
+                    "agent_name": "Agent",
+                    "dataset_id": "Dataset ID",
+                    "Value": "Best hour of the day",
+                }
+            )
+        )
+        .sort_by([sort_by("Best hour of the day", descending=True)])
+        .override_by_name(
+            "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
+        ),
+        24,
+        8,
+    )
     titled = f"* on (job, instance, diagnostic) group_left (name) {M}diagnostic_info{{{SEL}}}"
     affected = f"({M}diagnostic_affected_events{{{SEL}}} and {CHOSEN}) {titled}"
     b.add(
@@ -710,6 +744,20 @@ def dataset() -> Board:
             query(f"{M}match_key_potential_acr_increase_ratio{{{ESEL}}}", "{{event_name}} {{match_key}}", instant=True)
         ),
         12,
+        8,
+    )
+    b.add(
+        graph(
+            "Events received per hour, by source",
+            "With the stats source on: each event's browser (pixel) and server (Conversions API) events in the "
+            "newest complete hour; a line that falls to 0 is an event that stopped arriving from that source.",
+            "short",
+            query(
+                f"sum by (event_name, source, agent_name) ({M}events_received_last_hour{{{ESEL}}})",
+                "{{event_name}} {{source}} {{agent_name}}",
+            ),
+        ).min(0),
+        24,
         8,
     )
     return b

@@ -88,6 +88,9 @@ UPLOAD = "meta_dataset_quality_upload_interval_seconds"
 DIAGNOSTIC = "meta_dataset_quality_diagnostic_affected_ratio"
 EVENT_DROP = "dataset_event:meta_dataset_quality_event_match_quality_score:drop"
 DATASET_DROP = "dataset:meta_dataset_quality_event_match_quality_score:max_drop"
+RECEIVED = "meta_dataset_quality_events_received_last_hour"
+RECEIVED_SUM = "dataset:meta_dataset_quality_events_received_last_hour:sum"
+STEADY = 5  # events in every hour of the day before: fewer, and an hour without any is no news
 EVENT_KEYS = "job, instance, dataset_id, agent_name, event_name"
 
 DATA = [
@@ -243,6 +246,56 @@ DATA = [
         "A dataset has received no server events for 6 hours.",
         f"{WHERE} last received a server event {{{{ $value | humanizeDuration }}}} ago.",
         "The fast signal that the Conversions API stopped sending. Needs no history.",
+    ),
+    data_alert(
+        "MetaDatasetServerEventStopped",
+        f'count by ({DATASET}) (\n  {RECEIVED}{{source="server"}} == 0\n'
+        f'  and on ({EVENT_KEYS}, source) min_over_time({RECEIVED}{{source="server"}}[1d] offset 1h) >= {STEADY}\n)',
+        "15m",
+        "warning",
+        "An event stopped arriving from the server.",
+        f"{WHERE}: {{{{ $value }}}} events had server volume every hour of the day before and none in the last "
+        "complete hour. "
+        + listing(
+            f'{RECEIVED}{{{SELECT},source="server"}} == 0 and on (event_name) '
+            f'min_over_time({RECEIVED}{{{SELECT},source="server"}}[1d] offset 1h) >= {STEADY}',
+            "{{ .Labels.event_name }}",
+            "",
+        ),
+        f"At least {STEADY} server events in every hour of the day before (quiet for smaller volume), none in the"
+        " newest complete hour: a deploy dropped the event. Needs the hours before the stop.",
+    ),
+    data_alert(
+        "MetaDatasetServerShareFell",
+        f'count by ({DATASET}) (\n  ({RECEIVED}{{source="server"}} > 0)\n'
+        f'  / on ({EVENT_KEYS}) ({RECEIVED}{{source="browser"}} >= 50)\n'
+        f'  < 0.5 * ({RECEIVED}{{source="server"}} offset 1d)\n'
+        f'  / on ({EVENT_KEYS}) ({RECEIVED}{{source="browser"}} offset 1d)\n)',
+        "1h",
+        "warning",
+        "Server events fell to less than half their usual share of browser events.",
+        f"{WHERE}: for {{{{ $value }}}} events, the server sends less than half of its usual share of the "
+        "browser's events. "
+        + listing(
+            f'{RECEIVED}{{{SELECT},source="server"}} > 0 and on (event_name) '
+            f'{RECEIVED}{{{SELECT},source="browser"}} >= 50',
+            "{{ .Labels.event_name }}",
+            "{{ .Value }} from the server",
+        ),
+        "The server's share of the browser's events against a day ago, on events with at least 50 browser events"
+        " an hour; an event the server stopped altogether is MetaDatasetServerEventStopped's. Needs a day.",
+    ),
+    data_alert(
+        "MetaDatasetPixelSilent",
+        f'{RECEIVED_SUM}{{source="browser"}} == 0\n'
+        f'and on ({DATASET}) min_over_time({RECEIVED_SUM}{{source="browser"}}[1d] offset 1h) >= {STEADY * 2}',
+        "15m",
+        "warning",
+        "The browser pixel stopped firing.",
+        f"{WHERE}: no browser event in the last complete hour, after at least {STEADY * 2} in every hour of the "
+        "day before: the pixel is gone from the site or blocked.",
+        "The whole browser pixel silent (a tag manager change, a site deploy); quiet for pixels with little"
+        " traffic. Needs the hours before the stop.",
     ),
     data_alert(
         "MetaDatasetEventVanished",

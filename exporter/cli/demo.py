@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,20 @@ from exporter.config.settings import (
     show_duration,
 )
 from exporter.simulator import EXAMPLE_DATASET_ID, Simulator, SimulatorSettings
+from exporter.simulator.volume import hourly_count
 
 log = logging.getLogger(__name__)
 DEMO_TOKEN = "demo-token-not-a-secret"
 EXPIRED_TOKEN = "demo-expired-token"
 CUSTOMERS = ("acme", "globex", "initech", "umbrella")
+EXPIRED = (7, 8)  # the datasets the demo fetches with an expired token
 
 
 def demo_config(sim: Simulator, listen: str, interval: float) -> Config:
     datasets = []
     for index, dataset_id in enumerate(sim.world.dataset_ids):
         pixel = sim.world.pixels[dataset_id]
-        credential = "client_b" if index in (7, 8) else "default"  # their token has expired: reason="auth"
+        credential = "client_b" if index in EXPIRED else "default"  # their token has expired: reason="auth"
         labels = (("customer", CUSTOMERS[index % len(CUSTOMERS)]),)
         datasets.append(DatasetConfig(dataset_id, pixel.name, credential, "", labels))
         if index % 25 == 3 and pixel.agents:
@@ -44,7 +47,9 @@ def demo_config(sim: Simulator, listen: str, interval: float) -> Config:
     return Config(
         graph_api=GraphApiConfig(base_url=sim.url, timeout=10.0),
         credentials={"default": CredentialConfig(token_env="DEMO"), "client_b": CredentialConfig(token_env="DEMO_B")},
-        collection=CollectionConfig(interval=interval, concurrency=8, stale_after=interval * 3),
+        collection=CollectionConfig(
+            interval=interval, concurrency=8, stale_after=interval * 3, sources=("web", "stats")
+        ),
         datasets=tuple(datasets),
         server=ServerConfig(listen),
         source="<demo>",
@@ -57,7 +62,11 @@ def demo_yaml(config: Config) -> str:
     raw: dict[str, Any] = {
         "graph_api": {"base_url": config.graph_api.base_url, "version": config.graph_api.version},
         "credentials": {name: {"token_env": cred.token_env} for name, cred in config.credentials.items()},
-        "collection": {"interval": show_duration(c.interval), "stale_after": show_duration(c.stale_after)},
+        "collection": {
+            "interval": show_duration(c.interval),
+            "stale_after": show_duration(c.stale_after),
+            "sources": list(c.sources),
+        },
         "datasets": [
             {"id": d.id, "name": d.name, **({"credential": d.credential} if d.credential != "default" else {}),
              **({"agent_name": d.agent_name} if d.agent_name else {}), "labels": dict(d.labels)}
@@ -71,6 +80,18 @@ def demo_yaml(config: Config) -> str:
         "# token as META_ACCESS_TOKEN with credentials: {default: {token_env: META_ACCESS_TOKEN}}.\n"
     )
     return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+def _with_purchase(sim: Simulator) -> str:
+    """The dataset whose server sends the most Purchase events: stopping them is the news an alert is for."""
+    hour = int(time.time()) // 3600 * 3600 - 3600
+    best, most = EXAMPLE_DATASET_ID, -1
+    for index, dataset_id in enumerate(sim.world.dataset_ids):
+        events = {e["event_name"] for e in sim.world.shared_quality(dataset_id, None).get("web", [])}
+        count = hourly_count(sim.world.seed, dataset_id, "Purchase", "SERVER_ONLY", hour) if "Purchase" in events else 0
+        if count > most and index not in EXPIRED:
+            best, most = dataset_id, count
+    return best
 
 
 def _free(host: str, port: int) -> bool:
@@ -123,6 +144,9 @@ def run_demo(datasets: int, host: str, port: int, interval: float, latency: floa
             f"  Meta's example: dataset {EXAMPLE_DATASET_ID} serves the values of Meta's documentation page\n"
             f"  switch the simulator's scenario, e.g.:\n"
             f'    curl -X POST -d \'{{"scenario": "emq_drop"}}\' {sim.url}/_sim/scenario\n'
+            f"  or break one dataset, e.g. stop its server's Purchase events:\n"
+            f'    curl -X POST -d \'{{"scenario": "server_purchase_stopped", "dataset_id": "{_with_purchase(sim)}"}}\' '
+            f"{sim.url}/_sim/scenario\n"
             f"  Ctrl-C stops.\n",
             flush=True,
         )

@@ -31,6 +31,15 @@ from exporter.graph import OFFLINE_FIELDS, BatchAnswer, BatchCall, GraphClient, 
 from exporter.graph.fields import UnsupportedFields, nonexisting_field
 from exporter.graph.parser import DatasetQuality, ResponseFormatError, parse_dataset_quality
 from exporter.graph.ratelimit import RateLimitUsage
+from exporter.graph.stats import (
+    FIRST_HOURS,
+    LATER_HOURS,
+    HourlyVolume,
+    merged_volume,
+    newest_complete_hour,
+    parse_event_stats,
+    stats_params,
+)
 from exporter.state.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,12 @@ BLOCKED_WAIT = 900.0  # a policy block (code 368) lasts minutes to days: the cre
 Done = Callable[[Target, bool], None]
 
 
+def call_sources(sources: tuple[str, ...]) -> tuple[str, ...]:
+    """The calls a target needs per cycle: one per quality source, and two for `stats` (browser, server)."""
+    quality = tuple(s for s in sources if s != "stats")
+    return (*quality, "stats:browser", "stats:server") if "stats" in sources else quality
+
+
 @dataclass
 class _Call:
     target: Target
@@ -52,6 +67,7 @@ class _Call:
     field_attempts: int = 0
     keys: tuple[Key, ...] = ()
     max_batch: int = 50  # halved each time a batch carrying it fails as a whole
+    hour: float = 0.0  # a stats call: the newest complete hour it asked for
 
 
 @dataclass
@@ -63,6 +79,7 @@ class _Assembly:
     parts: dict[str, DatasetQuality] = field(default_factory=dict)
     other_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (reason, message)
     unasked: set[str] = field(default_factory=set)  # sources Meta refuses every field of
+    volumes: list[HourlyVolume] = field(default_factory=list)  # the stats calls' answers
     failed: bool = False
 
 
@@ -106,9 +123,10 @@ class Fetcher:
 
     # ----- the pass ----------------------------------------------------------------------------------------
     async def run(self, targets: Iterable[Target], *, spacing: float, deadline: float) -> None:
+        calls = call_sources(self.sources)
         for target in targets:
-            self._assembly[target.key] = _Assembly(waiting=len(self.sources))
-            self._queue.extend(_Call(target, source, max_batch=self.batch_size) for source in self.sources)
+            self._assembly[target.key] = _Assembly(waiting=len(calls))
+            self._queue.extend(_Call(target, source, max_batch=self.batch_size) for source in calls)
         self.governor.reset_reservations()
         self._deadline = deadline
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -180,7 +198,7 @@ class Fetcher:
                 why = f"credential {call.target.credential!r} is suspended ({suspension.reason}): {suspension.message}"
                 self._fail(call, "auth", why, quiet=True)
                 continue
-            if not self._fields(call.source):
+            if not _is_stats(call) and not self._fields(call.source):
                 self._unasked(call)
                 continue
             if (batch and call.target.credential != batch[0].target.credential) or len(batch) >= call.max_batch:
@@ -244,14 +262,15 @@ class Fetcher:
         if len(batch) == 1:
             call = batch[0]
             try:
-                params, token = self._params(call), self._token(call)
-                return [await self.client.get("dataset_quality", params, token, endpoint="dataset_quality")]
+                (path, params), token = self._query(call), self._token(call)
+                endpoint = "stats" if _is_stats(call) else "dataset_quality"
+                return [await self.client.get(path, params, token, endpoint=endpoint)]
             except GraphError as exc:
                 return [exc]
         token = self._token(batch[0])
         try:
             answer: BatchAnswer = await self.client.batch(
-                [BatchCall("dataset_quality", self._params(c), token) for c in batch], retry=False
+                [BatchCall(*self._query(c), token) for c in batch], retry=False
             )
         except GraphError as exc:
             log.warning("a batch of %d requests failed as a whole: %s", len(batch), exc)
@@ -287,11 +306,20 @@ class Fetcher:
     def _fields(self, source: str) -> str:
         return self.unsupported.apply(self.fields[source])
 
-    def _params(self, call: _Call) -> dict[str, str]:
-        params = {"dataset_id": call.target.dataset_id, "fields": self._fields(call.source)}
-        if call.target.agent_name:
-            params["agent_name"] = call.target.agent_name
-        return params
+    def _query(self, call: _Call) -> tuple[str, dict[str, str]]:
+        """The path and parameters of a call: the dataset_quality endpoint, or the pixel's stats edge."""
+        target = call.target
+        if _is_stats(call):
+            known = self.recorder.quality_of(target)
+            hours = LATER_HOURS if known is not None and known.volume is not None else FIRST_HOURS
+            now = self.clock.time()
+            call.hour = newest_complete_hour(now)
+            params = stats_params(_stats_source(call), now, hours, target.agent_name)
+            return f"{target.dataset_id}/stats", params
+        params = {"dataset_id": target.dataset_id, "fields": self._fields(call.source)}
+        if target.agent_name:
+            params["agent_name"] = target.agent_name
+        return "dataset_quality", params
 
     def _settle(self, call: _Call, outcome: GraphError | None, *, whole: bool = False, retried: bool = False) -> None:
         """Record a call's failure or send it again (an answer is `_accept`'s). `whole`: the error is the whole
@@ -330,6 +358,17 @@ class Fetcher:
 
     def _accept(self, call: _Call, response: GraphResponse) -> None:
         """A successful answer: parsed, and the dataset's part of it recorded."""
+        if _is_stats(call):
+            try:
+                volume = parse_event_stats(response.body, _stats_source(call), call.hour)
+            except ResponseFormatError as exc:
+                self._fail(call, "invalid_response", str(exc))
+                return
+            assembly = self._assembly[call.target.key]
+            if not assembly.failed:
+                assembly.volumes.append(volume)
+                self._part_done(call.target, assembly)
+            return
         try:
             quality = parse_dataset_quality(response.body)
         except ResponseFormatError as exc:
@@ -354,14 +393,18 @@ class Fetcher:
         if assembly.waiting:
             return
         parts = list(assembly.parts.values())
+        previous = self.recorder.quality_of(target)
         offline = tuple(e for p in parts for e in p.offline)
         if "offline" in assembly.other_failures or "offline" in assembly.unasked:
-            previous = self.recorder.quality_of(target)
             offline = previous.offline if previous else ()  # the last good offline data stays
+        volume = None
+        if "stats" in self.sources:  # a source that failed keeps its last rows; zeros for what the week saw
+            volume = merged_volume(previous.volume if previous else None, assembly.volumes)
         merged = DatasetQuality(
             events=tuple(e for p in parts for e in p.events),
             offline=offline,
             warnings=tuple(w for p in parts for w in p.warnings),
+            volume=volume,
         )
         for warning in merged.warnings:
             log.info("%s: %s", target.describe(), warning)
@@ -462,7 +505,7 @@ class Fetcher:
         if assembly.failed or assembly.waiting == 0:  # already failed, or already recorded as a success
             return
         if call.source != self.primary:
-            assembly.other_failures[call.source] = (reason, message)
+            assembly.other_failures[call.source.partition(":")[0]] = (reason, message)
             if not quiet and reason not in ("auth", "throttled"):
                 log.warning("%s: %s fetch failed: %s", call.target.describe(), call.source, message)
             self._part_done(call.target, assembly)
@@ -472,6 +515,14 @@ class Fetcher:
         if not quiet and reason not in ("auth", "throttled"):  # those are logged once per credential or key
             log.warning("%s: fetch failed: %s", call.target.describe(), message)
         self.on_done(call.target, False)
+
+
+def _is_stats(call: _Call) -> bool:
+    return call.source.startswith("stats:")
+
+
+def _stats_source(call: _Call) -> str:
+    return call.source.partition(":")[2]
 
 
 def _counted_as(target: Target) -> tuple[str, str]:

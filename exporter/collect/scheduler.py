@@ -22,7 +22,7 @@ from typing import Any
 
 from exporter.collect.credentials import Credentials
 from exporter.collect.eventloop import idle_signal
-from exporter.collect.fetcher import Fetcher
+from exporter.collect.fetcher import Fetcher, call_sources
 from exporter.collect.governor import Governor
 from exporter.collect.housekeeping import Gateway, Housekeeping
 from exporter.common.clock import SYSTEM_CLOCK, Clock
@@ -327,13 +327,13 @@ class Scheduler:
         config = self.config.collection
         total, done, failed = len(targets), 0, 0
         started = self.clock.monotonic()
-        calls = total * len(config.sources)
+        calls = total * len(call_sources(config.sources))
         requests = -(-calls // config.batch_size) if calls else 0
         spacing = config.interval * PACING_SHARE / requests if paced and requests else 0.0
         publish_every = PUBLISH_EVERY if paced else BURST_PUBLISH_EVERY
         last_progress = started
         loop_waiting = idle_signal()
-        in_flight = config.concurrency * config.batch_size // max(1, len(config.sources))  # targets, at most
+        in_flight = config.concurrency * config.batch_size // len(call_sources(config.sources))  # targets, at most
         tail_rendered = False
         self.recorder.cycle_done, self.recorder.cycle_total = 0, total
         self.recorder.cycle_started = self.clock.time()

@@ -486,11 +486,14 @@ def _collection(value: Any, p: _Problems) -> CollectionConfig:
             f"{show_duration(stale_after)} is shorter than two intervals ({show_duration(2 * interval)}): one missed "
             "cycle would empty a dataset's series; leave it out (three intervals) or set at least two intervals",
         )
+    sources = _choices(raw, "sources", SOURCES, d.sources, p)
+    if not {"web", "offline"} & set(sources):
+        p.add("collection.sources", "stats goes with web or offline: a dataset's success is its quality's")
     return CollectionConfig(
         interval=interval,
         concurrency=concurrency,
         stale_after=stale_after,
-        sources=_choices(raw, "sources", SOURCES, d.sources, p),
+        sources=sources,
         blocks=_choices(raw, "blocks", BLOCKS, d.blocks, p),
         batch_size=batch_size,
         slow_down_at=float(slow_down_at),

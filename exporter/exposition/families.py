@@ -167,7 +167,7 @@ class QualityFamilies:
          coverage_acr_at, browser_at, server_at, both_at, frequency_at, interval_at, acr_at,
          event_acr_at) = cls._starts  # fmt: skip
         as_number, as_share = NUMBERS.get, SHARES.get  # a miss (or a zero) falls through to number/share
-        dataset = _dataset_pairs(state)
+        dataset = dataset_pairs(state)
         for event in state.quality.events:
             event_pair = pair("event_name", event.event_name)
             labels = f"{dataset},{event_pair}"
@@ -251,7 +251,7 @@ class OfflineFamilies:
             return out
         composite, match_key, frequency, freshness, coverage = out
         composite_at, match_key_at, frequency_at, freshness_at, coverage_at = cls._starts
-        dataset = _dataset_pairs(state)
+        dataset = dataset_pairs(state)
         for event in state.quality.offline:
             labels = f"{dataset},{pair('event_name', event.event_name)}"
             for lines, start, value in (
@@ -376,7 +376,7 @@ class DatasetHealthFamilies:
     @classmethod
     def lines(cls, state: DatasetState) -> Lines:
         success_at, last_at, failures_at, source_success_at, source_failures_at, target_at = cls._starts
-        dataset = _dataset_pairs(state)
+        dataset = dataset_pairs(state)
         success = [] if state.fetch_success is None else [f"{success_at}{dataset}}} {_flag(state.fetch_success)}\n"]
         last = [] if state.last_success is None else [f"{last_at}{dataset}}} {number(state.last_success)}\n"]
         failures = [  # `reason` sorts after the dataset's labels
@@ -408,7 +408,7 @@ def dataset_headers(label_names: tuple[str, ...]) -> tuple[list[Family], list[Fa
     )
 
 
-def _dataset_pairs(state: DatasetState) -> str:
+def dataset_pairs(state: DatasetState) -> str:
     return f"{pair('agent_name', state.target.agent_name)},{pair('dataset_id', state.target.dataset_id)}"
 
 

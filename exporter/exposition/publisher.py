@@ -37,6 +37,7 @@ from exporter.exposition.families import (
 )
 from exporter.exposition.fleet import fleet_families
 from exporter.exposition.render import Family
+from exporter.exposition.volume import VolumeFamilies
 from exporter.state.snapshot import DatasetState, Snapshot
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class Publisher:
         if dropped:
             log.warning("%s reached: %d quality series left out of this snapshot", limit, dropped)
         quality_headers, offline_headers, rest_headers = dataset_headers(snapshot.label_names)
+        rest_headers += [spec.family() for spec in VolumeFamilies.specs]
         sections: list[tuple[Family, Sequence[bytes]]] = []
         sections += zip(quality_headers, _columns(quality, len(quality_headers)), strict=True)
         sections += zip(offline_headers, _columns(offline, len(offline_headers)), strict=True)
@@ -182,7 +184,7 @@ class Publisher:
             fingerprint,
             quality_pieces,
             offline_pieces,
-            _encoded(info + DatasetHealthFamilies.lines(state)),
+            _encoded(info + DatasetHealthFamilies.lines(state) + VolumeFamilies.lines(state)),
             tuple((slug, line.encode("utf-8", "replace")) for slug, line in described),
             sum(map(len, quality)),
             sum(map(len, offline)),

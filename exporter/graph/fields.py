@@ -20,7 +20,7 @@ BLOCKS = (
     "acr",
     "event_potential_aly_acr_increase",
 )
-SOURCES = ("web", "offline")
+SOURCES = ("web", "offline", "stats")  # stats: the pixel's hourly event volume (exporter.graph.stats), opt-in
 
 _PCT = "{percentage}"
 _EMQ_PARTS = {

@@ -17,9 +17,12 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from exporter.common.text import MAX_NAME, bounded, encodable
+
+if TYPE_CHECKING:
+    from exporter.graph.stats import EventVolume
 
 
 class ResponseFormatError(ValueError):
@@ -94,6 +97,7 @@ class DatasetQuality:
     offline: tuple[OfflineEvent, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
     dropped: tuple[str, ...] = field(default=(), compare=False)  # "path: problem" of each value left out
+    volume: EventVolume | None = None  # from the pixel's `stats` edge, where that source is on (graph.stats)
 
 
 @lru_cache(maxsize=4096)  # a fleet's diagnostics share a handful of titles

@@ -37,6 +37,7 @@ from exporter.simulator.fieldspec import (
     select,
 )
 from exporter.simulator.quota import RollingQuota, Usage
+from exporter.simulator.volume import PAGE, STOPS, BadRequest, hourly_results, window
 
 log = logging.getLogger("exporter.simulator")
 
@@ -49,6 +50,9 @@ SCENARIOS = (
     "throttled",
     "flaky",
     "slow",
+    "server_purchase_stopped",  # event volume: the server's Purchase events stop (the stats edge counts none)
+    "server_partly_stopped",  # event volume: the server sends 30 % of what it sent
+    "browser_stopped",  # event volume: the browser pixel stops firing
 )
 # The versions Meta serves on 2026-11-29 (Marketing API version history: v27.0 released 2026-11-04; v24.0 expired
 # 2026-11-10). An older one gets error 2635; one that does not exist yet, an unknown path.
@@ -57,6 +61,7 @@ LATEST_VERSION = SERVED_VERSIONS[-1]  # the exporter's own default is exporter.g
 USAGE_HEADERS = ("X-App-Usage", "X-Business-Use-Case-Usage", "X-Ad-Account-Usage")
 # Per-dataset faults besides the error bodies of ERRORS: each plays one way the real API can surprise a client.
 DATA_SCENARIOS = ("emq_drop", "dedupe_broken", "coverage_drop")  # those that change quality data
+VOLUME_SCENARIOS = tuple(STOPS)  # those that change event volume
 BODY_FAULTS = ("string_percentage", "wrong_leaf", "wrapped_body")
 OTHER_FAULTS = (
     "http_500",
@@ -155,6 +160,7 @@ class Simulator:
         self.world = World(settings.datasets, settings.seed, settings.per_business)
         self.scenario = settings.scenario
         self.dataset_scenarios: dict[str, str] = {}  # one dataset's own data scenario, over the world's
+        self.scenario_since: dict[str, float] = {}  # when the world's ("") or a dataset's scenario began
         self.faults = dict(settings.faults)
         self.withdrawn_fields: set[tuple[str, str]] = set()
         self.valid_tokens = set(settings.tokens)
@@ -214,16 +220,19 @@ class Simulator:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
         if dataset_id is not None:
-            if scenario not in (*DATA_SCENARIOS, "healthy"):
-                raise ValueError(f"a dataset's own scenario is one of {', '.join(DATA_SCENARIOS)} or healthy")
+            if scenario not in (*DATA_SCENARIOS, *VOLUME_SCENARIOS, "healthy"):
+                allowed = ", ".join((*DATA_SCENARIOS, *VOLUME_SCENARIOS))
+                raise ValueError(f"a dataset's own scenario is one of {allowed} or healthy")
             with self.lock:
                 if scenario == "healthy":
                     self.dataset_scenarios.pop(dataset_id, None)
                 else:
                     self.dataset_scenarios[dataset_id] = scenario
+                    self.scenario_since[dataset_id] = time.time()
             return
         with self.lock:
             self.scenario = scenario
+            self.scenario_since[""] = time.time()
             if scenario == "healthy":
                 self.app_quota.reset()
                 self.business_quota.reset()
@@ -323,6 +332,8 @@ class Simulator:
             return Reply(status, raw=(ctype, body))
         if len(parts) == 1 and parts[0] == "dataset_quality":
             reply = self._dataset_quality(params, token)
+        elif len(parts) == 2 and parts[1] == "stats":
+            reply = self._stats(parts[0], params, token, f"{base}/{version}")
         elif parts == ["me"]:
             reply = self._me(params, token)
         elif len(parts) == 2 and parts[1] in ("owned_pixels", "client_pixels", "adspixels", "ads_dataset"):
@@ -506,6 +517,38 @@ class Simulator:
         if pixel.server_last_fired_ago is not None and schema is ADS_DATASET_SCHEMA:
             full["server_last_fired_time"] = _graph_time(now - pixel.server_last_fired_ago)
         return select(full, tree, schema)
+
+    def _stats(self, pixel_id: str, params: dict[str, str], token: str, prefix: str) -> Reply:
+        """A pixel's hourly event counts (aggregation=event; other aggregations answer no data here)."""
+        pixel = self.world.pixels.get(pixel_id)
+        if pixel is None:
+            return self._error("not_found", object_id=pixel_id)
+        try:
+            aggregation, source, start, end = window(params, time.time())
+        except BadRequest as exc:
+            return self._error("bad_parameter", detail=str(exc))
+        headers, throttled = self._charge(token, pixel.business_id)
+        if throttled:
+            return throttled
+        fault = self.faults.get(pixel_id)
+        if fault in ERRORS:
+            return self._error(fault, headers, object_id=pixel_id, latest=LATEST_VERSION)
+        with self.lock:
+            stopped = {
+                scenario: self.scenario_since.get(key, 0.0)
+                for key, scenario in (("", self.scenario), (pixel_id, self.dataset_scenarios.get(pixel_id)))
+                if scenario in VOLUME_SCENARIOS
+            }
+        events = [e["event_name"] for e in self.world.shared_quality(pixel_id, params.get("agent")).get("web", [])]
+        results = hourly_results(self.world.seed, pixel_id, events, source, start, end, stopped)
+        if aggregation != "event":
+            results = []
+        page = int(_decode_cursor(params["after"]) + 1) if params.get("after") else 0
+        body: dict[str, Any] = {"data": results[page : page + PAGE]}
+        if page + PAGE < len(results):
+            query = {**params, "after": _encode_cursor(page + PAGE - 1)}
+            body["paging"] = {"next": f"{prefix}/{pixel_id}/stats?{urlencode(query)}"}
+        return Reply(200, body, headers)
 
     def _node(self, node_id: str, params: dict[str, str], token: str) -> Reply:
         if node_id not in self.world.pixels:

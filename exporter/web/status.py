@@ -12,10 +12,15 @@ import time
 from typing import Any
 
 from exporter import __version__
+from exporter.graph.stats import EventVolume
 from exporter.state.snapshot import DatasetState, Snapshot
 
 MAX_OPPORTUNITIES = 100
 EVENTS_SHOWN = 6
+# An event silent in the newest hour is flagged as stopped if it had at least STOPPED_MIN events in an hour this
+# recently: an event with fewer is often silent for an hour, and no news.
+STOPPED_WITHIN = 86400
+STOPPED_MIN = 5
 FAILURE_SHOWN = 160  # characters of a failure shown in its cell; the whole text is the cell's tooltip
 
 
@@ -45,7 +50,28 @@ def _dataset(state: DatasetState) -> dict[str, Any]:
         "worst_emq": scored[0].composite_score if scored else None,
         "events": [{"event_name": e.event_name, "emq": e.composite_score} for e in scored],
         "top_diagnostic": {"name": top.name, "percentage": top.percentage, "solution": top.solution} if top else None,
+        "volume": _volume(state.quality.volume if state.quality else None),
     }
+
+
+def _volume(volume: EventVolume | None) -> dict[str, Any] | None:
+    """The newest complete hour's events by source (the stats source); an event silent that hour after real
+    volume within the day before is flagged as stopped from that source."""
+    if volume is None:
+        return None
+    counts: dict[str, dict[str, Any]] = {}
+    for event, source, count in volume.rows:
+        counts.setdefault(event, {"event_name": event, "browser": None, "server": None, "stopped": []})[source] = count
+    recent = {
+        (event, source)
+        for event, source, last, count in volume.seen
+        if volume.hour_start - last <= STOPPED_WITHIN and count >= STOPPED_MIN
+    }
+    for event, source in sorted(recent):
+        if event in counts and counts[event][source] == 0:
+            counts[event]["stopped"].append(source)
+    events = sorted(counts.values(), key=lambda e: (not e["stopped"], e["event_name"]))
+    return {"hour_start": _iso(volume.hour_start), "events": events}
 
 
 def _order(dataset: dict[str, Any]) -> tuple[int, float]:
@@ -119,6 +145,10 @@ def _num(value: float | None, suffix: str = "") -> str:
     return "" if value is None else f"{value:g}{suffix}"
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
 def _cell(text: Any, sort: Any = None, cls: str = "") -> str:
     key = text if sort is None else sort
     attrs = f' data-sort="{_e(key)}"' + (f' class="{cls}"' if cls else "")
@@ -132,6 +162,12 @@ def status_html(snapshot: Snapshot) -> bytes:
         events = " · ".join(f"{ev['event_name']} {ev['emq']:g}" for ev in d["events"][:EVENTS_SHOWN])
         if len(d["events"]) > EVENTS_SHOWN:
             events += f" · +{len(d['events']) - EVENTS_SHOWN} more"
+        volume = d["volume"]["events"] if d["volume"] else []
+        stopped = [f"{e['event_name']}: {' and '.join(e['stopped'])} stopped" for e in volume if e["stopped"]]
+        counts = " · ".join(
+            f"{e['event_name']} {_count(e['browser'])} / {_count(e['server'])}" for e in volume[:EVENTS_SHOWN]
+        )
+        received = "; ".join(stopped) + (" · " if stopped and counts else "") + counts
         diag = d["top_diagnostic"]
         diag_text = f"{diag['name']} ({_num(diag['percentage'], '%')})" if diag else ""
         failure = f"{d['reason']}: {d['error']}" if d["status"] == "failing" else ""
@@ -148,6 +184,7 @@ def status_html(snapshot: Snapshot) -> bytes:
             + _cell(d["last_success"] or "never")
             + _cell(_num(worst), sort=worst if worst is not None else 99, cls="num")
             + _cell(events)
+            + _cell(received, cls="stopped" if stopped else "")
             + _cell(diag_text, sort=diag["percentage"] if diag else -1)
             + f'<td class="failure" title="{_e(failure)}">{_e(shown_failure)}</td>'
             + "</tr>"
@@ -196,7 +233,7 @@ _PAGE = """<!doctype html>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h1{{font-size:1.4em}} h2{{font-size:1.15em;margin-top:2em}}
 table{{border-collapse:collapse;width:100%;font-size:.85em}} th,td{{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}}
 th{{cursor:pointer;background:#f4f4f4;position:sticky;top:0}} th[aria-sort=ascending]::after{{content:" ▲"}} th[aria-sort=descending]::after{{content:" ▼"}}
-td.num{{text-align:right}} td.failure{{max-width:28em;overflow-wrap:anywhere;color:#555}} p.cut{{color:#555;font-style:italic}} td.failing{{color:#b00020;font-weight:600}} td.ok{{color:#1b7f3b}} input{{padding:.4em;width:24em;margin:.5em 0}}
+td.num{{text-align:right}} td.failure{{max-width:28em;overflow-wrap:anywhere;color:#555}} p.cut{{color:#555;font-style:italic}} td.failing{{color:#b00020;font-weight:600}} td.stopped{{color:#b00020}} td.ok{{color:#1b7f3b}} input{{padding:.4em;width:24em;margin:.5em 0}}
 </style></head><body>
 <h1>Dataset quality status</h1>
 <p>{count} datasets watched, {failing} failing. Last cycle: {last_cycle}. Generated {generated} by
@@ -204,7 +241,7 @@ meta-dataset-quality-exporter {version}. <a href="status?format=json">JSON</a> �
 <input id="filter" type="search" placeholder="Filter datasets (name, id, event, customer, reason…)" aria-label="Filter datasets">
 <table id="datasets" class="sortable"><thead><tr>
 <th>Dataset</th><th>ID</th><th>Agent filter</th><th>Business</th><th>Customer</th><th>Status</th><th>Last success</th>
-<th>Worst EMQ</th><th>EMQ per event (worst first)</th><th>Top diagnostic</th><th>Failure</th>
+<th>Worst EMQ</th><th>EMQ per event (worst first)</th><th>Events last hour (browser / server)</th><th>Top diagnostic</th><th>Failure</th>
 </tr></thead><tbody>
 {rows}
 </tbody></table>
