@@ -296,3 +296,26 @@ def test_once_json_says_its_units(tmp_path, simulator, capsys, token):
     path = write_config(tmp_path, simulator, [EXAMPLE_DATASET_ID])
     main(["once", "--config", str(path), "--format", "json"])
     assert "0 to 100" in json.loads(capsys.readouterr().out)["units"]
+
+
+def test_once_lists_the_worst_datasets_first_with_their_customer_and_json_carries_labels_and_business(
+    tmp_path, simulator, capsys, token
+):
+    ids = simulator.world.dataset_ids[1:6]
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"graph_api: {{base_url: '{simulator.url}', timeout: 5s}}\ndatasets:\n"
+        + "".join(f"  - {{id: '{d}', labels: {{customer: c{n}}}}}\n" for n, d in enumerate(ids))
+    )
+    assert main(["once", "--config", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)["datasets"]
+    assert [d["labels"] for d in data] == [{"customer": f"c{n}"} for n in range(5)]
+    assert all(d["business"]["id"] and d["business"]["name"].startswith("Simulated Business") for d in data)
+    worst = {d["dataset_id"]: min((e["composite_score"] for e in d["events"] if e["composite_score"] is not None),
+                                  default=None) for d in data}  # fmt: skip
+    assert main(["once", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    titles = re.findall(r"^dataset (\d+) .*\(customer (c\d)\): ", out, re.MULTILINE)
+    scored = sorted((w, i) for i, w in worst.items() if w is not None)
+    assert [i for i, _ in titles[: len(scored)]] == [i for _, i in scored]  # worst first
+    assert all(customer for _, customer in titles)

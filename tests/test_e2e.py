@@ -352,8 +352,10 @@ def test_demo_command_serves_the_simulated_fleet():
                 config_path = line.split()[2]
                 break
         assert url and config_path, "the demo printed no URL or config file"
-        written = yaml.safe_load(Path(config_path).read_text())
+        text_written = Path(config_path).read_text()
+        written = yaml.safe_load(text_written)
         assert len({d["id"] for d in written["datasets"]}) == 20  # --datasets 20 serves 20, not 21
+        assert "server" not in written and written["graph_api"]["base_url"] == "http://127.0.0.1:8787"
         env = {**os.environ, "DEMO": "x", "DEMO_B": "y"}
         check = subprocess.run(
             [sys.executable, "-m", "exporter", "check-config", config_path], env=env, capture_output=True
@@ -371,6 +373,30 @@ def test_demo_command_serves_the_simulated_fleet():
         assert proc.wait(10) == 0
     finally:
         proc.kill()
+    run_as_printed(text_written, Path(config_path))
+
+
+def run_as_printed(text: str, config_path: Path) -> None:
+    """The demo's config file runs on its own with the two commands its header prints: `simulate` as said (its
+    default port), and `once` with the tokens as said. Only the expired credential's two datasets fail."""
+    simulate, run = (line.removeprefix("#").strip() for line in text.splitlines()[1:3])
+    assert simulate.startswith("meta-dataset-quality-exporter simulate ") and "--config <this file>" in run
+    sim_args = simulate.split()[2:]
+    env = dict(pair.split("=", 1) for pair in run.split() if "=" in pair and not pair.startswith("--"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "simulate", *sim_args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert "Graph API simulator on http://127.0.0.1:8787" in proc.stdout.readline()
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", "once", "--config", str(config_path), "--format", "json"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        failed = [d for d in json.loads(result.stdout)["datasets"] if not d["success"]]
+        assert {d["reason"] for d in failed} == {"auth"} and len({d["dataset_id"] for d in failed}) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
 
 
 def test_idle_connections_past_the_open_file_limit_leave_metrics_and_collection_working(fleet, exporter_factory):

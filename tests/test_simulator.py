@@ -574,3 +574,18 @@ def test_a_looping_paging_next_points_at_the_page_itself(simulator):
     after = urllib.parse.parse_qs(urllib.parse.urlsplit(first["paging"]["next"]).query)["after"][0]
     _, _, second = graph_get(simulator, f"v25.0/{business.id}/owned_pixels", fields="id", limit="2", after=after)
     assert second["paging"]["next"].endswith(f"after={after}") or f"after={after}&" in second["paging"]["next"]
+
+
+def test_the_control_endpoint_lists_what_it_can_do_and_says_what_it_cannot(start_simulator):
+    sim = start_simulator(datasets=10, per_business=5)
+    status, _, body = http("GET", sim.url + "/_sim/scenario")
+    listed = json.loads(body)
+    assert status == 200 and "emq_drop" in listed["scenarios"] and "server_purchase_stopped" in listed["scenarios"]
+    assert "dedupe_broken" in listed["dataset_scenarios"] and "permission" in listed["faults"]
+    status, _, body = control(sim, "/_sim/fault", {"dataset_id": sim.world.dataset_ids[1], "fault": "nope"})
+    assert status == 400 and "choose from" in json.loads(body)["error"] and "permission" in json.loads(body)["error"]
+    business = list(sim.world.businesses.values())[1]  # one customer's pixels
+    assert control(sim, "/_sim/scenario", {"scenario": "dedupe_broken", "business_id": business.id})[0] == 200
+    mine = json.loads(http("GET", sim.url + "/_sim/scenario")[2])["datasets_in_their_own_scenario"]
+    assert mine == dict.fromkeys(business.pixel_ids, "dedupe_broken")
+    assert control(sim, "/_sim/scenario", {"scenario": "emq_drop", "business_id": "42"})[0] == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import tempfile
 import time
@@ -35,12 +36,17 @@ CUSTOMERS = ("acme", "globex", "initech", "umbrella")
 EXPIRED = (7, 8)  # the datasets the demo fetches with an expired token
 
 
+def customer_of(sim: Simulator, business_id: str) -> str:
+    """The demo's customers are the simulated businesses, named in turn."""
+    return CUSTOMERS[list(sim.world.businesses).index(business_id) % len(CUSTOMERS)]
+
+
 def demo_config(sim: Simulator, listen: str, interval: float) -> Config:
     datasets = []
     for index, dataset_id in enumerate(sim.world.dataset_ids):
         pixel = sim.world.pixels[dataset_id]
         credential = "client_b" if index in EXPIRED else "default"  # their token has expired: reason="auth"
-        labels = (("customer", CUSTOMERS[index % len(CUSTOMERS)]),)
+        labels = (("customer", customer_of(sim, pixel.business_id)),)
         datasets.append(DatasetConfig(dataset_id, pixel.name, credential, "", labels))
         if index % 25 == 3 and pixel.agents:
             datasets.append(DatasetConfig(dataset_id, pixel.name, "default", pixel.agents[0], labels))
@@ -56,11 +62,15 @@ def demo_config(sim: Simulator, listen: str, interval: float) -> Config:
     )
 
 
-def demo_yaml(config: Config) -> str:
-    """The demo's configuration as a file a user can copy: change base_url and the token, and it is theirs."""
+SIMULATE_URL = "http://127.0.0.1:8787"  # where `simulate` listens by default
+
+
+def demo_yaml(config: Config, simulated: int) -> str:
+    """The demo's configuration as a file a user can copy: it runs as printed against `simulate` (the demo's
+    own simulator ends with it), and with base_url and the token changed it is theirs."""
     c = config.collection
     raw: dict[str, Any] = {
-        "graph_api": {"base_url": config.graph_api.base_url, "version": config.graph_api.version},
+        "graph_api": {"base_url": SIMULATE_URL, "version": config.graph_api.version},
         "credentials": {name: {"token_env": cred.token_env} for name, cred in config.credentials.items()},
         "collection": {
             "interval": show_duration(c.interval),
@@ -72,14 +82,52 @@ def demo_yaml(config: Config) -> str:
              **({"agent_name": d.agent_name} if d.agent_name else {}), "labels": dict(d.labels)}
             for d in config.datasets
         ],
-        "server": {"listen_address": config.server.listen_address},
     }  # fmt: skip
     header = (
-        "# The configuration `make demo` runs with. For your own pixels: set graph_api.base_url to\n"
-        "# https://graph.facebook.com (or delete it), put your dataset IDs under datasets, and export your\n"
-        "# token as META_ACCESS_TOKEN with credentials: {default: {token_env: META_ACCESS_TOKEN}}.\n"
+        "# The configuration `make demo` runs with. To run it on its own, against the simulator:\n"
+        f"#   meta-dataset-quality-exporter simulate --datasets {simulated} --token {DEMO_TOKEN} "
+        f"--expired-token {EXPIRED_TOKEN}\n"
+        f"#   DEMO={DEMO_TOKEN} DEMO_B={EXPIRED_TOKEN} meta-dataset-quality-exporter --config <this file>\n"
+        "# For your own pixels: delete graph_api.base_url (the default is https://graph.facebook.com), put your\n"
+        "# dataset IDs under datasets, and export your token as META_ACCESS_TOKEN with\n"
+        "# credentials: {default: {token_env: META_ACCESS_TOKEN}}.\n"
     )
     return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+def banner(sim: Simulator, config: Config, url: str, config_path: Path) -> str:
+    """What the demo shows and how to break it, including the failures it shows on purpose."""
+    datasets = len({d.id for d in config.datasets})
+    filtered = len(config.datasets) - datasets
+    expired = [d.id for d in config.datasets if d.credential == "client_b"]
+    control = f"{sim.url}/_sim/scenario"
+    acme = next(b for b in sim.world.businesses if customer_of(sim, b) == "acme")
+    return "\n".join(
+        [
+            "",
+            f"Meta Dataset Quality Exporter demo: {datasets} simulated datasets of {len(CUSTOMERS)} customers "
+            f"({', '.join(CUSTOMERS)}), {len(config.datasets)} targets ({filtered} datasets are watched a second "
+            f"time with a partner agent filter). Each cycle spreads its calls over "
+            f"{show_duration(config.collection.interval)}; a change shows within one cycle.",
+            f"  On purpose, {len(expired)} datasets fail: credential 'client_b' holds an expired token, so the log "
+            "shows a WARNING and an ERROR about it and /status shows them failing, with what to do.",
+            f"  status page:    {url}/status   (per customer: {url}/status?customer=acme)",
+            f"  metrics:        {url}/metrics",
+            f"  landing page:   {url}/",
+            f"  its config:     {config_path} (for your pixels: change base_url, the IDs and the token)",
+            f"  Meta's example: dataset {EXAMPLE_DATASET_ID} serves the values of Meta's documentation page",
+            "  break something (loopback only):",
+            f"    one dataset's server stops sending Purchase:  curl -X POST -d "
+            f'\'{{"scenario": "server_purchase_stopped", "dataset_id": "{_with_purchase(sim)}"}}\' {control}',
+            f"    one customer (acme) loses deduplication:      curl -X POST -d "
+            f'\'{{"scenario": "dedupe_broken", "business_id": "{acme}"}}\' {control}',
+            "    a change on Meta's side for everyone:          curl -X POST -d "
+            f'\'{{"scenario": "emq_drop"}}\' {control}',
+            f"    every scenario and fault, and how to mend:     curl {control}",
+            "  Ctrl-C stops.",
+            "",
+        ]
+    )
 
 
 def _with_purchase(sim: Simulator) -> str:
@@ -121,8 +169,6 @@ def run_demo(datasets: int, host: str, port: int, interval: float, latency: floa
         log.warning("port %d is taken; using a free one", port)
         port = 0
     config = demo_config(sim, f"{host}:{port}", interval)
-    config_path = Path(tempfile.gettempdir()) / "meta-dataset-quality-exporter-demo.yaml"
-    config_path.write_text(demo_yaml(config), "utf-8")
     secrets = Secrets({"default": DEMO_TOKEN, "client_b": EXPIRED_TOKEN})
     exporter = Exporter(lambda: config, config, secrets, progress=ProgressBar())
 
@@ -131,25 +177,12 @@ def run_demo(datasets: int, host: str, port: int, interval: float, latency: floa
         serving = asyncio.create_task(exporter.serve(stop))
         while exporter.web is None:
             await asyncio.sleep(0.01)
-        url = "http://{}:{}".format(*exporter.web.address)
-        print(
-            f"\nMeta Dataset Quality Exporter demo: {len(config.datasets)} targets, simulated Graph API at {sim.url}\n"
-            f"  metrics:        {url}/metrics\n"
-            f"  landing page:   {url}/\n"
-            f"  readiness:      {url}/-/ready\n"
-            f"  status page:    {url}/status\n"
-            f"  its config:     {config_path} (copy it; for your pixels change base_url, the IDs and the token)\n"
-            f"  simulator token: {DEMO_TOKEN} (as DEMO); business for discovery: "
-            f"{next(iter(sim.world.businesses))}\n"
-            f"  Meta's example: dataset {EXAMPLE_DATASET_ID} serves the values of Meta's documentation page\n"
-            f"  switch the simulator's scenario, e.g.:\n"
-            f'    curl -X POST -d \'{{"scenario": "emq_drop"}}\' {sim.url}/_sim/scenario\n'
-            f"  or break one dataset, e.g. stop its server's Purchase events:\n"
-            f'    curl -X POST -d \'{{"scenario": "server_purchase_stopped", "dataset_id": "{_with_purchase(sim)}"}}\' '
-            f"{sim.url}/_sim/scenario\n"
-            f"  Ctrl-C stops.\n",
-            flush=True,
-        )
+        address = "{}:{}".format(*exporter.web.address)
+        # One file per run, with the address actually served: two demos on one machine keep their own.
+        handle, name = tempfile.mkstemp(prefix="meta-dataset-quality-exporter-demo-", suffix=".yaml")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(demo_yaml(config, len(sim.world.dataset_ids) - 1))
+        print(banner(sim, config, f"http://{address}", Path(name)), flush=True)
         await serving
 
     try:

@@ -161,7 +161,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--datasets", type=int, default=300)
     p.add_argument("--listen", type=_host_port, default=("127.0.0.1", DEFAULT_PORT), metavar="HOST:PORT")
     p.add_argument(
-        "--interval", type=_duration_arg, default=300.0, metavar="DURATION", help="time between cycles (default 5m)"
+        "--interval", type=_duration_arg, default=30.0, metavar="DURATION", help="time between cycles (default 30s)"
     )
     p.add_argument("--latency", type=float, default=0.05, help="simulated API latency in seconds")
 

@@ -85,7 +85,18 @@ def _summary(snapshot: Snapshot) -> list[str]:
 def _title(state: DatasetState) -> str:
     t = state.target
     title = f"dataset {t.dataset_id}" + (f" agent={t.agent_name}" if t.agent_name else "")
-    return cut(title + (f" — {t.name}" if t.name else ""), 80)
+    customer = dict(t.labels).get("customer")
+    return cut(title + (f" — {t.name}" if t.name else "") + (f" (customer {customer})" if customer else ""), 100)
+
+
+def _worst_first(state: DatasetState) -> tuple[int, float, str]:
+    """Failing datasets first, then by their worst event's EMQ, lowest first; datasets without a score last."""
+    if state.fetch_success is False:
+        return (0, 0.0, state.target.dataset_id)
+    scores = [
+        e.composite_score for e in (state.quality.events if state.quality else ()) if e.composite_score is not None
+    ]
+    return (1, min(scores), state.target.dataset_id) if scores else (2, 0.0, state.target.dataset_id)
 
 
 def _failure(state: DatasetState) -> str:
@@ -97,7 +108,7 @@ def _failure(state: DatasetState) -> str:
 def table(snapshot: Snapshot) -> str:
     headers = ["event", "EMQ", "coverage", "ACR", "freshness", "match keys", "top diagnostic"]
     out: list[str] = _summary(snapshot)
-    for state in sorted(snapshot.datasets, key=lambda s: (s.fetch_success is not False, s.target.dataset_id)):
+    for state in sorted(snapshot.datasets, key=_worst_first):
         title = _title(state)
         if state.fetch_success is False:
             out.append(f"{title}: {_failure(state)}\n")
@@ -132,11 +143,14 @@ def as_json(snapshot: Snapshot) -> str:
             "dataset_id": s.target.dataset_id,
             "agent_name": s.target.agent_name,
             "name": s.target.name,
+            "labels": dict(s.target.labels),
+            "business": {"id": s.target.business_id, "name": s.target.business_name},
             "success": bool(s.fetch_success),
             "reason": s.last_reason,
             "error": s.last_message,
             "events": [_plain(e) for e in s.quality.events] if s.quality else [],
             "offline": [_plain(e) for e in s.quality.offline] if s.quality else [],
+            "volume": _plain(s.quality.volume) if s.quality and s.quality.volume else None,
         }
 
     document = {

@@ -239,12 +239,26 @@ class Simulator:
 
     def set_fault(self, dataset_id: str, fault: str | None) -> None:
         if fault is not None and fault not in ERRORS and fault not in BODY_FAULTS + OTHER_FAULTS + HOSTILE_FAULTS:
-            raise ValueError(f"unknown fault {fault!r}")
+            raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(self.fault_names())}")
         with self.lock:
             if fault is None:
                 self.faults.pop(dataset_id, None)
             else:
                 self.faults[dataset_id] = fault
+
+    @staticmethod
+    def fault_names() -> list[str]:
+        return sorted({*ERRORS, *BODY_FAULTS, *OTHER_FAULTS, *HOSTILE_FAULTS})
+
+    def scenarios_by_scope(self) -> dict[str, Any]:
+        """What `GET /_sim/scenario` lists: the world's scenarios, those a dataset or a business can take alone."""
+        return {
+            "scenario": self.scenario,
+            "scenarios": list(SCENARIOS),
+            "dataset_scenarios": [*DATA_SCENARIOS, *VOLUME_SCENARIOS, "healthy"],
+            "datasets_in_their_own_scenario": dict(self.dataset_scenarios),
+            "faults": self.fault_names(),
+        }
 
     # ----- one Graph call -----------------------------------------------------------------------------
     def dispatch(self, method: str, path: str, params: dict[str, str], token: str | None, base: str) -> Reply:
@@ -819,9 +833,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(Reply(403, {"error": "control endpoints answer loopback clients only"}))
         try:
             request = json.loads(body or b"{}")
+            if path == "/_sim/scenario" and method == "GET":
+                return self._send(Reply(200, self.sim.scenarios_by_scope()))
             if path == "/_sim/scenario" and method == "POST":
-                dataset_id = request.get("dataset_id")
-                self.sim.set_scenario(request["scenario"], None if dataset_id is None else str(dataset_id))
+                dataset_id, business_id = request.get("dataset_id"), request.get("business_id")
+                if business_id is not None:  # one customer's pixels: those its business owns
+                    business = self.sim.world.businesses.get(str(business_id))
+                    if business is None:
+                        raise ValueError(f"unknown business {business_id!r}")
+                    for pixel_id in business.pixel_ids:
+                        self.sim.set_scenario(request["scenario"], pixel_id)
+                else:
+                    self.sim.set_scenario(request["scenario"], None if dataset_id is None else str(dataset_id))
             elif path == "/_sim/fault" and method == "POST":
                 self.sim.set_fault(str(request["dataset_id"]), request.get("fault"))
             elif path == "/_sim/withdraw_field" and method == "POST":
