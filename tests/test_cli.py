@@ -319,3 +319,19 @@ def test_once_lists_the_worst_datasets_first_with_their_customer_and_json_carrie
     scored = sorted((w, i) for i, w in worst.items() if w is not None)
     assert [i for i, _ in titles[: len(scored)]] == [i for _, i in scored]  # worst first
     assert all(customer for _, customer in titles)
+
+
+def test_a_config_that_watches_nothing_is_valid_but_said_to_watch_nothing(tmp_path, capsys, monkeypatch):
+    """What the compose file and the ConfigMap ship: it used to pass, run and serve nothing without a word."""
+    monkeypatch.setenv("META_ACCESS_TOKEN", "x" * 10)
+    shipped = Path(__file__).parent.parent / "deploy" / "compose" / "config.yaml"
+    path = tmp_path / "config.yaml"
+    path.write_text(shipped.read_text().replace("/run/secrets/meta_access_token", str(tmp_path / "token")))
+    (tmp_path / "token").write_text("a-token-of-ten")
+    assert main(["check-config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "will watch nothing" in err and "business_id" in err
+    path.write_text(path.read_text().replace('# discovery:\n#   - business_id: "123456789012345"',
+                                             'discovery:\n  - business_id: "123456789012345"'))  # fmt: skip
+    assert main(["check-config", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().err  # uncommented, the example needs nothing but the ID

@@ -420,3 +420,10 @@ def test_idle_connections_past_the_open_file_limit_leave_metrics_and_collection_
         for sock in idle:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_exporter_that_watches_nothing_says_so_at_start(exporter_factory):
+    exporter = exporter_factory("credentials:\n  default: {token_env: META_ACCESS_TOKEN}\ndatasets: []\n")
+    wait_for(lambda: "will watch nothing" in exporter.log_path.read_text(), what="the warning in the log")
+    line = next(x for x in exporter.log_path.read_text().splitlines() if "will watch nothing" in x)
+    assert " WARNING " in line and "business_id" in line

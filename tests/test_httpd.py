@@ -18,6 +18,7 @@ from exporter.web.server import WebServer, accepts_gzip, prefers_openmetrics
 
 class App:
     lifecycle = True
+    reloadable = True
 
     def __init__(self) -> None:
         self.snapshot = Snapshot(generation=1, created=0, graph_api_version="v27.0", ready=True)

@@ -95,3 +95,17 @@ def test_example_config_shows_every_key_and_passes_check_config():
 def test_example_config_is_valid():
     config = load_config(ROOT / "deploy" / "config.example.yaml")
     assert len(config.datasets) == 3 and config.label_names() == ("customer", "team")
+
+
+def test_the_command_list_names_every_command():
+    from exporter.cli.main import COMMANDS
+
+    block = README[README.index("## Command line") :]
+    block = block[: block.index("```", block.index("```") + 3)]
+    assert all(f"meta-dataset-quality-exporter {command}" in block for command in COMMANDS if command != "run")
+
+
+def test_deployment_docs_say_one_thing_about_the_healthcheck_over_tls():
+    """The container section said the check retries over TLS, the TLS section that it needed replacing."""
+    docs = (ROOT / "docs" / "deployment.md").read_text("utf-8")
+    assert docs.count("retries over TLS") == 2 and "which uses plain HTTP, needs" not in docs

@@ -20,6 +20,7 @@ class FakeApp:
         self.reload_result = (True, "configuration reloaded: 1 datasets")
         self.reloads = 0
         self.lifecycle = True
+        self.reloadable = True
 
     def reload(self):
         self.reloads += 1
@@ -102,6 +103,18 @@ def test_landing_page_escapes_and_links(served):
     status, headers, body = http("GET", url + "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert b'href="metrics"' in body and b"Targets" in body and b"<script>" not in body
+
+
+def test_the_landing_page_offers_only_the_reload_that_works(served):
+    app, url = served
+    app.snapshot = ready_snapshot()
+    assert b"POST <code>/-/reload</code>" in http("GET", url + "/")[2]
+    app.lifecycle = False  # POST /-/reload answers 403: the page says SIGHUP
+    page = http("GET", url + "/")[2]
+    assert b"SIGHUP re-reads" in page and b"needs --web.enable-lifecycle" in page
+    app.reloadable = False  # the demo: no file to read again
+    page = http("GET", url + "/")[2]
+    assert b"nothing to reload" in page and b"/-/reload" not in page
 
 
 def test_unknown_paths(served):

@@ -54,6 +54,7 @@ class Exporter:
         self.source = source
         self.web_config = web_config
         self.lifecycle = lifecycle  # POST /-/reload answers only with --web.enable-lifecycle
+        self.reloadable = not config.source.startswith("<")  # "<demo>", "<defaults>": no file to read again
         self.security = load_web_config(web_config)  # raises ConfigError: the exporter refuses to start
         self.scheduler = Scheduler(config, secrets, progress=progress)
         self._reload_lock = threading.Lock()
@@ -137,6 +138,8 @@ def run(source: ConfigSource, web_config: str | None = None, *, lifecycle: bool 
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    for warning in config.warnings():
+        log.warning("%s", warning)
     log.info("watching %d targets every %.0fs", len(exporter.scheduler.targets), config.collection.interval)
 
     async def main() -> None:

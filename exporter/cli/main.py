@@ -265,6 +265,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
+    for warning in config.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK ({len(config.datasets)} datasets, {len(config.credentials)} credentials)")
     return 0
 

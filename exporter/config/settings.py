@@ -128,6 +128,16 @@ class Config:
     shard: ShardConfig = ShardConfig()
     limits: LimitsConfig = LimitsConfig()
 
+    def warnings(self) -> list[str]:
+        """What is valid but almost certainly not meant: said at start and by check-config, never refused."""
+        found = []
+        if not self.datasets and not self.discovery:
+            found.append(
+                f"{self.source}: no datasets and no discovery: the exporter will watch nothing. Add dataset IDs "
+                'under `datasets`, or a `discovery` source with your business ID (`- business_id: "…"`)'
+            )
+        return found
+
     def label_names(self) -> tuple[str, ...]:
         """The users' own label names across all datasets (the info metric needs one consistent set)."""
         pairs = [*(d.labels for d in self.datasets), *(d.labels for d in self.discovery)]

@@ -35,7 +35,8 @@ MAX_PENDING_LOGINS = 32
 
 
 class WebApp(Protocol):
-    lifecycle: bool
+    lifecycle: bool  # POST /-/reload is on
+    reloadable: bool  # the configuration comes from a file, which a reload reads again
 
     @property
     def snapshot(self) -> Snapshot: ...
@@ -144,7 +145,8 @@ class WebServer:
                 405, b"Use POST to reload the configuration: curl -X POST .../-/reload\n", headers={"Allow": "POST"}
             )
         if path == "/":
-            return Response(200, _landing(self.app.snapshot).encode("utf-8", "replace"), HTML)
+            page = _landing(self.app.snapshot, self.app.lifecycle, self.app.reloadable)
+            return Response(200, page.encode("utf-8", "replace"), HTML)
         if path == "/status":
             as_json = "format=json" in request.query.split("&")
             snapshot = self.app.snapshot
@@ -224,7 +226,7 @@ class StatusCache:
             return self._pages[as_json]
 
 
-def _landing(snap: Snapshot) -> str:
+def _landing(snap: Snapshot, lifecycle: bool, reloadable: bool) -> str:
     failing = sum(1 for d in snap.datasets if d.fetch_success is False)
     last = (
         time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snap.last_cycle_end)) if snap.last_cycle_end else "none yet"
@@ -239,6 +241,12 @@ def _landing(snap: Snapshot) -> str:
         ("Interval", f"{snap.interval:.0f}s"),
     ]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    if not reloadable:  # the demo, or flags only: there is no file to read again
+        reload = "<p>This configuration comes from no file: there is nothing to reload.</p>"
+    elif lifecycle:
+        reload = "<p>POST <code>/-/reload</code> (or SIGHUP) re-reads the configuration.</p>"
+    else:
+        reload = "<p>SIGHUP re-reads the configuration (<code>POST /-/reload</code> needs --web.enable-lifecycle).</p>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Meta Dataset Quality Exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}</style></head>
@@ -247,6 +255,6 @@ def _landing(snap: Snapshot) -> str:
 <ul><li><a href="status">Status of every dataset</a></li><li><a href="metrics">Metrics</a></li>
 <li><a href="-/healthy">Health</a></li>
 <li><a href="-/ready">Readiness</a></li></ul>
-<p>POST <code>/-/reload</code> re-reads the configuration.</p>
+{reload}
 </body></html>
 """
