@@ -162,3 +162,34 @@ def test_a_new_error_code_on_every_answer_keeps_a_bounded_count_of_series():
         recorder.on_graph_error(100_000 + code, "other")
     errors = publish(recorder, ()).api_errors
     assert len(errors) <= MAX_ERROR_CODES + 1 and errors[("other", "other")] == 10_000 - MAX_ERROR_CODES
+
+
+def test_a_targets_worst_emq_a_day_and_a_week_ago_is_kept_hourly_and_bounded():
+    from exporter.state.recorder import HOURS_KEPT
+
+    now = [1_765_000_800.0]  # an hour's start
+    rec = Recorder(clock=lambda: now[0])
+    target = Target("1")
+
+    def fetched(*scores):
+        rec.success(
+            target, DatasetQuality(tuple(EventQuality(f"E{i}", composite_score=s) for i, s in enumerate(scores)))
+        )
+
+    def published():
+        (state,) = rec.publish(
+            (target,), stale_after=1e9, label_names=(), graph_api_version="v27.0", interval=300
+        ).datasets
+        return state.worst_emq_day_ago, state.worst_emq_week_ago
+
+    for hour in range(8 * 24 + 1):  # a week and a day, fetched every 20 minutes, worst EMQ rising 0.01 an hour
+        for minute in (0, 20, 40):
+            now[0] = 1_765_000_800.0 + hour * 3600 + minute * 60
+            fetched(9.0, 3.0 + hour / 100)
+    assert published() == (round(3.0 + (8 * 24 - 24) / 100, 2), round(3.0 + 24 / 100, 2))
+    now[0] += 3 * 86400  # three days of failures: nothing was fetched a day ago; a week ago, it was
+    rec.failure(target, "timeout", "no answer")
+    day, week = published()
+    assert day is None and week == round(3.0 + (8 * 24 + 72 - 168) / 100, 2)
+    record = rec._records[target.key]
+    assert len(record.trend.values) == HOURS_KEPT and record.trend.values.itemsize == 4  # 768 bytes a target

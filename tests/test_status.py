@@ -89,7 +89,19 @@ def test_model_orders_events_worst_first_and_ranks_opportunities():
     assert (failing["status"], failing["reason"], model["failing"]) == ("failing", "auth", 1)
     lifts = [(o["dataset_id"], o["event_name"], o["lift"]) for o in model["opportunities"]]
     assert lifts == [("111", "Purchase", 58.96), ("222", "AddToCart", 35.8), ("222", "Search", 32.9)]
-    assert model["by_customer"][0] == {"customer": "acme", "opportunities": 1, "largest_lift": 58.96}
+    by_customer = {c["customer"]: c for c in model["by_customer"]}
+    assert by_customer["acme"] == {
+        "customer": "acme",
+        "datasets": 1,
+        "failing": 0,
+        "worst_emq": 4.1,
+        "emq_change_day": None,
+        "emq_change_week": None,
+        "opportunities": 1,
+        "largest_lift": 58.96,
+    }
+    assert model["by_customer"][0]["customer"] == "umbrella"  # the customers with failing datasets first
+    assert failing["advice"].startswith("Meta refused the access token") and acme["emq_band"] == "ok"
 
 
 def test_by_customer_counts_every_opportunity_and_the_page_says_when_a_list_is_cut():
@@ -163,10 +175,23 @@ def test_page_in_headless_chromium(served, tmp_path):
             "Umbrella", "Globex", "Acme shop", "Initech"
         ]  # fmt: skip
         failure = rows.first.locator("td.failure")
-        assert failure.inner_text().endswith("…") and "fbtrace_id" in failure.get_attribute("title")
-        widths = [rows.first.locator("td").nth(i).bounding_box()["width"] for i in range(12)]
-        assert widths[11] <= 500  # the long failure text wraps in its own column
-        assert min(widths[:11]) >= 30, widths  # and squeezes none of the others
+        assert (
+            failure.inner_text()
+            == "Meta refused the access token: replace it (a token file is read again by itself). (auth)"
+        )
+        assert "fbtrace_id" in failure.get_attribute("title")  # Meta's own words, on hover
+        widths = [rows.first.locator("td").nth(i).bounding_box()["width"] for i in range(13)]
+        assert widths[12] <= 500  # the long failure text wraps in its own column
+        assert min(widths[:12]) >= 30, widths  # and squeezes none of the others
+        legend = page.locator("#legend")  # what the colours mean, in Meta's bands
+        assert legend.inner_text() == "Event Match Quality, Meta's bands: poor 0+ ok 4+ good 6+ great 8+"
+        worst = rows.nth(1).locator("td").nth(7)  # Globex, 2.5: poor
+        assert worst.get_attribute("class") == "num emq-poor"
+        assert worst.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(248, 215, 218)"
+        page.click("nav a[href='#by-customer']")
+        assert page.evaluate("location.hash") == "#by-customer"
+        top = page.locator("#by-customer").evaluate("e => e.getBoundingClientRect().top")
+        assert 0 <= top < page.evaluate("innerHeight")  # the section is in view
         page.screenshot(path=str(tmp_path / "status-failing.png"), full_page=True)
         assert page.get_by_text(HOSTILE).count() >= 1  # shown as text
         assert page.locator("#datasets img").count() == 0  # and not as an element
@@ -180,8 +205,16 @@ def test_page_in_headless_chromium(served, tmp_path):
         assert len(visible) == 1 and rows.nth(visible[0]).locator("td").first.inner_text() == "Globex"
         page.fill("#filter", "auth")
         assert sum(rows.nth(r).is_visible() for r in range(4)) == 1
+        page.fill("#filter", "acme")  # the filter filters every table, not only the datasets
+        for table in ("#opportunities", "#customers"):
+            shown = [r for r in page.locator(f"{table} tbody tr").all() if r.is_visible()]
+            assert shown and all("acme" in r.inner_text().lower() for r in shown), table
         page.fill("#filter", "")
         assert page.locator("#opportunities tbody tr").first.locator("td").nth(1).inner_text() == "Acme shop"
+        page.click("#customers a:text('globex')")  # a page for one customer, to share with its team
+        page.wait_for_url("**/status?customer=globex")
+        assert [r.locator("td").first.inner_text() for r in page.locator("#datasets tbody tr").all()] == ["Globex"]
+        assert "Customer globex only" in page.locator("body").inner_text()
         page.screenshot(path=str(tmp_path / "status.png"), full_page=True)
         browser.close()
     assert dialogs == []  # the hostile event name ran nothing

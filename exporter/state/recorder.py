@@ -7,7 +7,9 @@ dataset's state object while nothing about it changed (the publisher then skips 
 from __future__ import annotations
 
 import bisect
+import math
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from types import MappingProxyType
@@ -19,9 +21,36 @@ from exporter.graph.parser import DatasetQuality
 from exporter.graph.ratelimit import RateLimitUsage
 from exporter.state.snapshot import DURATION_BUCKETS, DatasetState, Extras, Histogram, Snapshot, UsageKey
 
+HOURS_KEPT = 8 * 24  # hourly samples of each target's worst EMQ, for /status's change over a day and a week
 USAGE_KEPT_INTERVALS = 2  # rate-limit usage not seen again for this many intervals is dropped
 MAX_USAGE_SERIES = 1000  # usage readings kept at once (the least recently seen goes): headers can name anything
 MAX_ERROR_CODES = 64  # Graph error codes counted apart; a new one beyond these is counted as "other"
+
+
+class _Trend:
+    """A target's worst EMQ once an hour for eight days, in a ring of 4-byte floats (NaN where none was fetched):
+    about 800 bytes a target, whatever the interval."""
+
+    __slots__ = ("hour", "values")
+
+    def __init__(self) -> None:
+        self.values = array("f", [math.nan]) * HOURS_KEPT
+        self.hour = -1
+
+    def add(self, now: float, worst: float | None) -> None:
+        hour = int(now // 3600)
+        for skipped in range(max(self.hour + 1, hour - HOURS_KEPT + 1), hour):  # hours with no fetch forget theirs
+            self.values[skipped % HOURS_KEPT] = math.nan
+        self.values[hour % HOURS_KEPT] = math.nan if worst is None else worst
+        self.hour = max(self.hour, hour)
+
+    def ago(self, now: float, hours: int) -> float | None:
+        """The value about `hours` ago: that hour's, or the nearest within two hours (intervals over an hour)."""
+        target = int(now // 3600) - hours
+        for hour in (target, target - 1, target + 1, target - 2, target + 2):
+            if 0 < self.hour - hour < HOURS_KEPT and not math.isnan(value := self.values[hour % HOURS_KEPT]):
+                return round(float(value), 2)
+        return None
 
 
 class _TargetRecord:
@@ -36,6 +65,7 @@ class _TargetRecord:
         "source_failures",
         "source_success",
         "success",
+        "trend",
     )
 
     def __init__(self) -> None:
@@ -49,6 +79,7 @@ class _TargetRecord:
         self.source_failures: Counter[tuple[str, str]] = Counter()
         self.published: DatasetState | None = None  # kept while nothing changes: the publisher skips it by identity
         self.changed = True
+        self.trend = _Trend()
 
 
 class Recorder:
@@ -104,6 +135,8 @@ class Recorder:
     def success(self, target: Target, quality: DatasetQuality) -> None:
         record = self._record(target)
         record.quality, record.success, record.last_success = quality, True, self._now()
+        scores = [e.composite_score for e in quality.events if e.composite_score is not None]
+        record.trend.add(record.last_success, min(scores) if scores else None)
         record.last_reason = record.last_message = None
 
     def failure(self, target: Target, reason: str, message: str) -> None:
@@ -181,6 +214,8 @@ class Recorder:
                 *fired,
                 MappingProxyType(dict(record.source_success)),
                 MappingProxyType(dict(record.source_failures)),
+                record.trend.ago(now, 24),
+                record.trend.ago(now, 7 * 24),
             )
             states.append(record.published)
         self._generation += 1

@@ -37,6 +37,9 @@ class DatasetState:
     # sources other than the primary one (`offline`): latest success, and failures by (source, reason)
     source_success: Mapping[str, bool] = field(default_factory=dict)
     source_failures: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # the worst event's EMQ as fetched about a day and a week before the last success (exporter.state.recorder)
+    worst_emq_day_ago: float | None = None
+    worst_emq_week_ago: float | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from typing import Protocol
+from urllib.parse import parse_qs
 
 from exporter import __version__
 from exporter.exposition.publisher import OPENMETRICS, TEXT, ProcessMetrics, render_exposition
@@ -32,6 +33,7 @@ HTML = "text/html; charset=utf-8"
 # address then costs that address, and the others' checks still run within a second or so.
 MAX_PENDING_PER_CLIENT = 2
 MAX_PENDING_LOGINS = 32
+MAX_STATUS_PAGES = 64  # status pages (per customer, HTML or JSON) kept per snapshot
 
 
 class WebApp(Protocol):
@@ -148,9 +150,11 @@ class WebServer:
             page = _landing(self.app.snapshot, self.app.lifecycle, self.app.reloadable)
             return Response(200, page.encode("utf-8", "replace"), HTML)
         if path == "/status":
-            as_json = "format=json" in request.query.split("&")
+            query = parse_qs(request.query, max_num_fields=8)
+            as_json = query.get("format") == ["json"]
+            customer = query["customer"][0][:200] if "customer" in query else None
             snapshot = self.app.snapshot
-            body = await asyncio.get_running_loop().run_in_executor(None, self.status.get, snapshot, as_json)
+            body = await asyncio.get_running_loop().run_in_executor(None, self.status.get, snapshot, as_json, customer)
             return Response(200, body, "application/json" if as_json else HTML)
         return Response(404, b"Not found. Try /metrics.\n")
 
@@ -210,20 +214,24 @@ def prefers_openmetrics(accept: str) -> bool:
 
 
 class StatusCache:
-    """The status page and its JSON twin, built once per snapshot."""
+    """The status page and its JSON twin, for everyone and per customer, each built once per snapshot (at most
+    MAX_STATUS_PAGES of them: a client naming customers that do not exist costs a page each, not memory)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._generation = -1
-        self._pages: dict[bool, bytes] = {}
+        self._pages: dict[tuple[bool, str | None], bytes] = {}
 
-    def get(self, snapshot: Snapshot, as_json: bool) -> bytes:
+    def get(self, snapshot: Snapshot, as_json: bool, customer: str | None = None) -> bytes:
         with self._lock:
             if snapshot.generation != self._generation:
                 self._generation, self._pages = snapshot.generation, {}
-            if as_json not in self._pages:
-                self._pages[as_json] = status_json(snapshot) if as_json else status_html(snapshot)
-            return self._pages[as_json]
+            key = (as_json, customer)
+            if key not in self._pages:
+                if len(self._pages) >= MAX_STATUS_PAGES:
+                    self._pages.pop(next(iter(self._pages)))
+                self._pages[key] = status_json(snapshot, customer) if as_json else status_html(snapshot, customer)
+            return self._pages[key]
 
 
 def _landing(snap: Snapshot, lifecycle: bool, reloadable: bool) -> str:

@@ -10,6 +10,7 @@ import html
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from exporter import __version__
 from exporter.graph.stats import EventVolume
@@ -21,6 +22,22 @@ EVENTS_SHOWN = 6
 # recently: an event with fewer is often silent for an hour, and no news.
 STOPPED_WITHIN = 86400
 STOPPED_MIN = 5
+# Meta's EMQ bands (Events Manager), for colour and the legend: (lowest score, name)
+BANDS = ((8.0, "great"), (6.0, "good"), (4.0, "ok"), (0.0, "poor"))
+# What a failure means and what to do, in plain words (docs/troubleshooting.md has the detail)
+ADVICE = {
+    "auth": "Meta refused the access token: replace it (a token file is read again by itself).",
+    "permission": "The token may not read this dataset: assign it to the system user in Business Manager.",
+    "not_found": "Meta knows no dataset with this ID, or hides it from this token: check the ID.",
+    "throttled": "Meta's rate limits held the call back: it is tried again; a longer interval helps.",
+    "blocked": "Meta blocked the app or user for a while (policy): see Business Support Home.",
+    "transient": "Meta had a passing failure: it is tried again next cycle.",
+    "timeout": "Meta did not answer in time: it is tried again next cycle.",
+    "network": "Meta could not be reached: check the network or proxy.",
+    "invalid_response": "Meta's answer was not the documented shape: it is tried again; see the log.",
+    "version": "The Graph API version is no longer served: set a newer graph_api.version.",
+    "other": "An error the exporter does not classify: see the message and the log.",
+}
 FAILURE_SHOWN = 160  # characters of a failure shown in its cell; the whole text is the cell's tooltip
 
 
@@ -48,10 +65,27 @@ def _dataset(state: DatasetState) -> dict[str, Any]:
         "error": state.last_message,
         "last_success": _iso(state.last_success),
         "worst_emq": scored[0].composite_score if scored else None,
+        "emq_band": band(scored[0].composite_score) if scored else None,
+        "emq_change_day": _change(scored, state.worst_emq_day_ago),
+        "emq_change_week": _change(scored, state.worst_emq_week_ago),
+        "advice": ADVICE.get(state.last_reason or "", ADVICE["other"]) if state.fetch_success is False else None,
         "events": [{"event_name": e.event_name, "emq": e.composite_score} for e in scored],
         "top_diagnostic": {"name": top.name, "percentage": top.percentage, "solution": top.solution} if top else None,
         "volume": _volume(state.quality.volume if state.quality else None),
     }
+
+
+def band(score: float | None) -> str | None:
+    """Meta's EMQ band of a score."""
+    if score is None:
+        return None
+    return next(name for low, name in BANDS if score >= low)
+
+
+def _change(scored: list[Any], before: float | None) -> float | None:
+    if not scored or scored[0].composite_score is None or before is None:
+        return None
+    return round(scored[0].composite_score - before, 2)
 
 
 def _volume(volume: EventVolume | None) -> dict[str, Any] | None:
@@ -82,14 +116,19 @@ def _order(dataset: dict[str, Any]) -> tuple[int, float]:
     return (1, worst) if worst is not None else (2, 0.0)
 
 
-def _opportunities(snapshot: Snapshot) -> list[dict[str, Any]]:
+def _opportunities(states: tuple[DatasetState, ...]) -> list[dict[str, Any]]:
     """Meta's own estimates of additional conversions, largest first (all of them)."""
     found: list[dict[str, Any]] = []
-    for state in snapshot.datasets:
+    for state in states:
         if state.quality is None:
             continue
         t = state.target
-        base = {"dataset_id": t.dataset_id, "dataset_name": t.name, "customer": dict(t.labels).get("customer", "")}
+        base = {
+            "dataset_id": t.dataset_id,
+            "dataset_name": t.name,
+            "agent_name": t.agent_name,
+            "customer": dict(t.labels).get("customer", ""),
+        }
         for e in state.quality.events:
             for key in e.match_keys:
                 if key.potential_acr_increase:
@@ -107,34 +146,60 @@ def _opportunities(snapshot: Snapshot) -> list[dict[str, Any]]:
     return found
 
 
-def _by_customer(opportunities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _by_customer(datasets: list[dict[str, Any]], opportunities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per customer: datasets, failing, the worst EMQ and the change of each dataset's worst over a day and a
+    week (averaged), and what Meta says would lift it."""
     customers: dict[str, dict[str, Any]] = {}
+    changes: dict[str, dict[str, list[float]]] = {}
+    for d in datasets:
+        name = d["labels"].get("customer", "")
+        entry = customers.setdefault(name, {"customer": name, "datasets": 0, "failing": 0, "worst_emq": None,
+                                            "opportunities": 0, "largest_lift": 0.0})  # fmt: skip
+        entry["datasets"] += 1
+        entry["failing"] += d["status"] == "failing"
+        if d["worst_emq"] is not None and (entry["worst_emq"] is None or d["worst_emq"] < entry["worst_emq"]):
+            entry["worst_emq"] = d["worst_emq"]
+        for period in ("day", "week"):
+            if d[f"emq_change_{period}"] is not None:
+                changes.setdefault(name, {}).setdefault(period, []).append(d[f"emq_change_{period}"])
+    for name, entry in customers.items():
+        for period in ("day", "week"):
+            values = changes.get(name, {}).get(period)
+            entry[f"emq_change_{period}"] = round(sum(values) / len(values), 2) if values else None
     for o in opportunities:
-        entry = customers.setdefault(
-            o["customer"], {"customer": o["customer"], "opportunities": 0, "largest_lift": 0.0}
-        )
-        entry["opportunities"] += 1
-        entry["largest_lift"] = max(entry["largest_lift"], o["lift"])
-    return sorted(customers.values(), key=lambda c: -c["largest_lift"])
+        if o["customer"] in customers:
+            entry = customers[o["customer"]]
+            entry["opportunities"] += 1
+            entry["largest_lift"] = max(entry["largest_lift"], o["lift"])
+    return sorted(
+        customers.values(), key=lambda c: (-c["failing"], c["worst_emq"] if c["worst_emq"] is not None else 99)
+    )
 
 
-def status_model(snapshot: Snapshot) -> dict[str, Any]:
-    datasets = sorted((_dataset(s) for s in snapshot.datasets), key=_order)
-    opportunities = _opportunities(snapshot)
+def status_model(snapshot: Snapshot, customer: str | None = None) -> dict[str, Any]:
+    """The page's content; with `customer`, that customer's datasets only (a page to share with its team)."""
+    states = snapshot.datasets
+    if customer is not None:
+        states = tuple(s for s in states if dict(s.target.labels).get("customer", "") == customer)
+    datasets = sorted((_dataset(s) for s in states), key=_order)
+    opportunities = _opportunities(states)
     return {
         "version": __version__,
         "generated": _iso(snapshot.created),
         "last_cycle": _iso(snapshot.last_cycle_end),
+        "customer": customer,
+        "cycle": {"done": snapshot.cycle_done, "total": snapshot.cycle_total, "interval": snapshot.interval},
         "datasets": datasets,
         "failing": sum(1 for d in datasets if d["status"] == "failing"),
         "opportunities": opportunities[:MAX_OPPORTUNITIES],
         "opportunities_total": len(opportunities),
-        "by_customer": _by_customer(opportunities),  # over every opportunity, not only those listed
+        "by_customer": _by_customer(datasets, opportunities),  # over every opportunity, not only those listed
     }
 
 
-def status_json(snapshot: Snapshot) -> bytes:
-    return json.dumps(status_model(snapshot), ensure_ascii=False, indent=1).encode("utf-8", "replace")
+def status_json(snapshot: Snapshot, customer: str | None = None) -> bytes:
+    model = status_model(snapshot, customer)
+    return json.dumps(model, ensure_ascii=False, indent=1).encode("utf-8", "replace")
 
 
 def _e(value: Any) -> str:
@@ -143,6 +208,10 @@ def _e(value: Any) -> str:
 
 def _num(value: float | None, suffix: str = "") -> str:
     return "" if value is None else f"{value:g}{suffix}"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
 
 
 def _count(value: int | None) -> str:
@@ -155,8 +224,8 @@ def _cell(text: Any, sort: Any = None, cls: str = "") -> str:
     return f"<td{attrs}>{_e(text)}</td>"
 
 
-def status_html(snapshot: Snapshot) -> bytes:
-    model = status_model(snapshot)
+def status_html(snapshot: Snapshot, customer: str | None = None) -> bytes:
+    model = status_model(snapshot, customer)
     rows = []
     for d in model["datasets"]:
         events = " · ".join(f"{ev['event_name']} {ev['emq']:g}" for ev in d["events"][:EVENTS_SHOWN])
@@ -171,8 +240,10 @@ def status_html(snapshot: Snapshot) -> bytes:
         diag = d["top_diagnostic"]
         diag_text = f"{diag['name']} ({_num(diag['percentage'], '%')})" if diag else ""
         failure = f"{d['reason']}: {d['error']}" if d["status"] == "failing" else ""
-        shown_failure = failure if len(failure) <= FAILURE_SHOWN else failure[: FAILURE_SHOWN - 1] + "…"
+        advice = f"{d['advice']} ({d['reason']})" if d["advice"] else ""
+        shown_failure = advice if len(advice) <= FAILURE_SHOWN else advice[: FAILURE_SHOWN - 1] + "…"
         worst = d["worst_emq"]
+        trend = f"{_signed(d['emq_change_day'])} / {_signed(d['emq_change_week'])}"
         rows.append(
             "<tr>"
             + _cell(d["name"] or d["dataset_id"])
@@ -182,7 +253,8 @@ def status_html(snapshot: Snapshot) -> bytes:
             + _cell(d["labels"].get("customer", ""))
             + _cell(d["status"], cls=d["status"])
             + _cell(d["last_success"] or "never")
-            + _cell(_num(worst), sort=worst if worst is not None else 99, cls="num")
+            + _cell(_num(worst), sort=worst if worst is not None else 99, cls=f"num emq-{d['emq_band']}")
+            + _cell(trend, sort=d["emq_change_day"] if d["emq_change_day"] is not None else 0, cls="num")
             + _cell(events)
             + _cell(received, cls="stopped" if stopped else "")
             + _cell(diag_text, sort=diag["percentage"] if diag else -1)
@@ -193,6 +265,7 @@ def status_html(snapshot: Snapshot) -> bytes:
         "<tr>"
         + _cell(_num(o["lift"], "%"), sort=o["lift"], cls="num")
         + _cell(o["dataset_name"] or o["dataset_id"])
+        + _cell(o["agent_name"])
         + _cell(o["customer"])
         + _cell(o["event_name"])
         + _cell(o["action"])
@@ -201,7 +274,17 @@ def status_html(snapshot: Snapshot) -> bytes:
     ]
     customers = [
         "<tr>"
-        + _cell(c["customer"] or "(none)")
+        + f'<td data-sort="{_e(c["customer"])}"><a href="status?customer={_e(quote(c["customer"]))}">'
+        + f"{_e(c['customer'] or '(none)')}</a></td>"
+        + _cell(c["datasets"], cls="num")
+        + _cell(c["failing"], cls="num failing" if c["failing"] else "num")
+        + _cell(
+            _num(c["worst_emq"]),
+            sort=c["worst_emq"] if c["worst_emq"] is not None else 99,
+            cls=f"num emq-{band(c['worst_emq'])}",
+        )
+        + _cell(_signed(c["emq_change_day"]), sort=c["emq_change_day"] or 0, cls="num")
+        + _cell(_signed(c["emq_change_week"]), sort=c["emq_change_week"] or 0, cls="num")
         + _cell(c["opportunities"], cls="num")
         + _cell(_num(c["largest_lift"], "%"), sort=c["largest_lift"], cls="num")
         + "</tr>"
@@ -213,8 +296,22 @@ def status_html(snapshot: Snapshot) -> bytes:
             f"<p class=cut>Showing the {len(model['opportunities'])} largest of {model['opportunities_total']} "
             "opportunities; “By customer” counts all of them.</p>"
         )
+    cycle = model["cycle"]
+    progress = (
+        f"A cycle is running: {cycle['done']} of {cycle['total']} fetched; changes show as their datasets are."
+        if cycle["total"]
+        else f"The next cycle starts within {cycle['interval']:.0f}s of the last; a change at Meta shows then."
+    )
+    scope = (
+        f'Customer <b>{_e(customer or "(none)")}</b> only · <a href="status">all customers</a>'
+        if customer is not None
+        else "All customers."
+    )
     return _PAGE.format(
         cut=cut,
+        scope=scope,
+        progress=_e(progress),
+        legend=" ".join(f'<span class="emq-{name}">{name} {_num(low)}+</span>' for low, name in reversed(BANDS)),
         version=_e(model["version"]),
         generated=_e(model["generated"]),
         count=len(model["datasets"]),
@@ -234,25 +331,28 @@ body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} h1{{font-size:1
 table{{border-collapse:collapse;width:100%;font-size:.85em}} th,td{{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}}
 th{{cursor:pointer;background:#f4f4f4;position:sticky;top:0}} th[aria-sort=ascending]::after{{content:" ▲"}} th[aria-sort=descending]::after{{content:" ▼"}}
 td.num{{text-align:right}} td.failure{{max-width:28em;overflow-wrap:anywhere;color:#555}} p.cut{{color:#555;font-style:italic}} td.failing{{color:#b00020;font-weight:600}} td.stopped{{color:#b00020}} td.ok{{color:#1b7f3b}} input{{padding:.4em;width:24em;margin:.5em 0}}
+.emq-poor{{background:#f8d7da}} .emq-ok{{background:#ffe8b3}} .emq-good{{background:#e6f4d7}} .emq-great{{background:#c8ecc9}} #legend span{{padding:.1em .5em;margin-right:.3em}} nav a{{margin-right:1em}}
 </style></head><body>
 <h1>Dataset quality status</h1>
-<p>{count} datasets watched, {failing} failing. Last cycle: {last_cycle}. Generated {generated} by
+<p>{scope} {count} datasets watched, {failing} failing. Last cycle: {last_cycle}. {progress} Generated {generated} by
 meta-dataset-quality-exporter {version}. <a href="status?format=json">JSON</a> · <a href="metrics">metrics</a></p>
-<input id="filter" type="search" placeholder="Filter datasets (name, id, event, customer, reason…)" aria-label="Filter datasets">
+<nav><a href="#datasets">Datasets</a><a href="#fix-first">What to fix first</a><a href="#by-customer">By customer</a></nav>
+<p id="legend">Event Match Quality, Meta's bands: {legend}</p>
+<input id="filter" type="search" placeholder="Filter every table (name, id, event, customer, reason…)" aria-label="Filter every table">
 <table id="datasets" class="sortable"><thead><tr>
-<th>Dataset</th><th>ID</th><th>Agent filter</th><th>Business</th><th>Customer</th><th>Status</th><th>Last success</th>
-<th>Worst EMQ</th><th>EMQ per event (worst first)</th><th>Events last hour (browser / server)</th><th>Top diagnostic</th><th>Failure</th>
+<th>Dataset</th><th>ID</th><th>Agent filter</th><th>Business</th><th>Customer</th><th>Fetch</th><th>Last success</th>
+<th>Worst EMQ</th><th>Change (day / week)</th><th>EMQ per event (worst first)</th><th>Events last hour (browser / server)</th><th>Top diagnostic</th><th>Failure: what to do</th>
 </tr></thead><tbody>
 {rows}
 </tbody></table>
-<h2>What to fix first</h2>
+<h2 id="fix-first">What to fix first</h2>
 <p>Meta's own estimates of additional conversions reported (potential ACR increase), largest first.</p>
 {cut}
-<table id="opportunities" class="sortable"><thead><tr><th>Potential lift</th><th>Dataset</th><th>Customer</th><th>Event</th><th>Action</th></tr></thead><tbody>
+<table id="opportunities" class="sortable"><thead><tr><th>Potential lift</th><th>Dataset</th><th>Agent filter</th><th>Customer</th><th>Event</th><th>Action</th></tr></thead><tbody>
 {opportunities}
 </tbody></table>
-<h2>By customer</h2>
-<table id="customers" class="sortable"><thead><tr><th>Customer</th><th>Opportunities</th><th>Largest lift</th></tr></thead><tbody>
+<h2 id="by-customer">By customer</h2>
+<table id="customers" class="sortable"><thead><tr><th>Customer</th><th>Datasets</th><th>Failing</th><th>Worst EMQ</th><th>Change (day)</th><th>Change (week)</th><th>Opportunities</th><th>Largest lift</th></tr></thead><tbody>
 {customers}
 </tbody></table>
 <script>
@@ -280,7 +380,7 @@ meta-dataset-quality-exporter {version}. <a href="status?format=json">JSON</a> �
   var filter = document.getElementById("filter");
   filter.addEventListener("input", function () {{
     var words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
-    document.querySelectorAll("#datasets tbody tr").forEach(function (row) {{
+    document.querySelectorAll("table.sortable tbody tr").forEach(function (row) {{
       var text = row.textContent.toLowerCase();
       row.hidden = !words.every(function (w) {{ return text.indexOf(w) !== -1; }});
     }});
