@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import json
 import shlex
 import shutil
 import subprocess
@@ -100,7 +101,7 @@ def test_kustomize_renders_base_and_sharded(rendered):
     kinds = {name: sorted(d["kind"] for d in docs) for name, docs in rendered.items()}
     common = ["ConfigMap", "NetworkPolicy", "PrometheusRule", "Service", "ServiceMonitor"]
     assert kinds["base"] == sorted([*common, "Deployment"])
-    assert kinds["sharded"] == sorted([*common, "StatefulSet"])
+    assert kinds["sharded"] == sorted([*common, "Service", "StatefulSet"])  # and the shards' headless Service
     for docs in rendered.values():
         workload = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))
         pod = workload["spec"]["template"]["spec"]
@@ -115,6 +116,56 @@ def test_kustomize_renders_base_and_sharded(rendered):
     statefulset = next(d for d in rendered["sharded"] if d["kind"] == "StatefulSet")
     command = statefulset["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     assert f"--shard-count {statefulset['spec']['replicas']}" in command and "${HOSTNAME##*-}" in command
+
+
+SCHEMAS = {  # kind -> vendored schema (tests/fixtures/schemas/README.md says where each comes from)
+    "ConfigMap": "configmap-v1",
+    "Deployment": "deployment-apps-v1",
+    "NetworkPolicy": "networkpolicy-networking-v1",
+    "Service": "service-v1",
+    "StatefulSet": "statefulset-apps-v1",
+    "ServiceMonitor": "servicemonitor_v1",
+    "PrometheusRule": "prometheusrule_v1",
+}
+
+
+def test_rendered_manifests_are_valid_kubernetes_and_prometheus_operator_objects(rendered):
+    import gzip
+
+    import jsonschema
+
+    for name, docs in rendered.items():
+        for doc in docs:
+            path = ROOT / "tests" / "fixtures" / "schemas" / f"{SCHEMAS[doc['kind']]}.json.gz"
+            schema = json.loads(gzip.decompress(path.read_bytes()))
+            validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)(schema)
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+            assert not errors, f"{name}: {doc['kind']} {doc['metadata']['name']}: {errors[:3]}"
+            wrong = json.loads(json.dumps(doc))
+            wrong["spec"] = {**wrong.get("spec", {}), "serviceNmae": "x"} if "spec" in wrong else wrong
+            wrong["metadata"]["lables"] = {"a": "b"}  # a typo the cluster would refuse, or drop silently
+            assert not validator.is_valid(wrong), f"the {doc['kind']} schema accepts anything"
+
+
+def test_kubernetes_files_work_with_kustomize_5_and_kube_prometheus_stack(rendered):
+    for name in ("base", "sharded"):
+        kustomization = yaml.safe_load((DEPLOY / "kubernetes" / name / "kustomization.yaml").read_text("utf-8"))
+        assert not {"commonLabels", "patchesStrategicMerge"} & set(kustomization), "deprecated in kustomize 5"
+    base = yaml.safe_load((DEPLOY / "kubernetes" / "base" / "kustomization.yaml").read_text("utf-8"))
+    assert base["images"][0]["name"] == "meta-dataset-quality-exporter"  # where a user sets their pushed image
+    for docs in rendered.values():
+        for doc in docs:
+            if doc["kind"] in ("ServiceMonitor", "PrometheusRule"):  # kube-prometheus-stack's default selectors
+                assert doc["metadata"]["labels"]["release"] == "kube-prometheus-stack", doc["kind"]
+        monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+        wanted = monitor["spec"]["selector"]["matchLabels"].items()
+        scraped = [d for d in docs if d["kind"] == "Service" and wanted <= d["metadata"].get("labels", {}).items()]
+        assert len(scraped) == 1, "the ServiceMonitor selects one Service: each target scraped once"
+    statefulset = next(d for d in rendered["sharded"] if d["kind"] == "StatefulSet")
+    governing = next(d for d in rendered["sharded"] if d["metadata"]["name"] == statefulset["spec"]["serviceName"])
+    assert governing["kind"] == "Service" and governing["spec"]["clusterIP"] == "None"  # headless
+    docs = (ROOT / "docs" / "deployment.md").read_text("utf-8")
+    assert "kustomize edit set image" in docs and "buildah push" in docs
 
 
 def test_prometheusrule_holds_exactly_the_shipped_rules(rendered):
