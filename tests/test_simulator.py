@@ -589,3 +589,14 @@ def test_the_control_endpoint_lists_what_it_can_do_and_says_what_it_cannot(start
     mine = json.loads(http("GET", sim.url + "/_sim/scenario")[2])["datasets_in_their_own_scenario"]
     assert mine == dict.fromkeys(business.pixel_ids, "dedupe_broken")
     assert control(sim, "/_sim/scenario", {"scenario": "emq_drop", "business_id": "42"})[0] == 400
+
+
+def test_one_customers_token_can_expire_alone(start_simulator):
+    sim = start_simulator(datasets=10, per_business=5)
+    business, other = list(sim.world.businesses.values())[1:3]
+    assert control(sim, "/_sim/scenario", {"scenario": "token_expired", "business_id": business.id})[0] == 200
+    fields = "web{event_name}"
+    refused = quality(sim, business.pixel_ids[0], fields)
+    assert refused[0] == 400 and refused[2]["error"]["code"] == 190 and refused[2]["error"]["error_subcode"] == 463
+    assert quality(sim, other.pixel_ids[0], fields)[0] == 200
+    assert graph_get(sim, f"{business.pixel_ids[0]}/stats")[2]["error"]["code"] == 190

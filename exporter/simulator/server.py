@@ -220,8 +220,8 @@ class Simulator:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
         if dataset_id is not None:
-            if scenario not in (*DATA_SCENARIOS, *VOLUME_SCENARIOS, "healthy"):
-                allowed = ", ".join((*DATA_SCENARIOS, *VOLUME_SCENARIOS))
+            if scenario not in (*DATA_SCENARIOS, *VOLUME_SCENARIOS, "token_expired", "healthy"):
+                allowed = ", ".join((*DATA_SCENARIOS, *VOLUME_SCENARIOS, "token_expired"))
                 raise ValueError(f"a dataset's own scenario is one of {allowed} or healthy")
             with self.lock:
                 if scenario == "healthy":
@@ -255,7 +255,7 @@ class Simulator:
         return {
             "scenario": self.scenario,
             "scenarios": list(SCENARIOS),
-            "dataset_scenarios": [*DATA_SCENARIOS, *VOLUME_SCENARIOS, "healthy"],
+            "dataset_scenarios": [*DATA_SCENARIOS, *VOLUME_SCENARIOS, "token_expired", "healthy"],
             "datasets_in_their_own_scenario": dict(self.dataset_scenarios),
             "faults": self.fault_names(),
         }
@@ -447,6 +447,8 @@ class Simulator:
         if pixel is None or not dataset_id.isdigit():
             return self._error("not_found", object_id=dataset_id)
         fault = self.faults.get(dataset_id)
+        if self.dataset_scenarios.get(dataset_id) == "token_expired":  # Meta refuses the token for this dataset
+            fault = fault or "token_expired"
         if fault == "throttle_business":  # a real throttle: the header announces the wait, and it lasts
             with self.lock:
                 self.business_quota.force_throttle(self.usage_business(pixel.business_id), time.monotonic())
@@ -545,6 +547,8 @@ class Simulator:
         if throttled:
             return throttled
         fault = self.faults.get(pixel_id)
+        if self.dataset_scenarios.get(pixel_id) == "token_expired":
+            fault = fault or "token_expired"
         if fault in ERRORS:
             return self._error(fault, headers, object_id=pixel_id, latest=LATEST_VERSION)
         with self.lock:
