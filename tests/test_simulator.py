@@ -500,7 +500,7 @@ def test_one_datasets_own_scenario_leaves_the_others_alone(simulator):
     assert any(before[broken]) and any(before[other])
     assert control(simulator, "/_sim/scenario", {"scenario": "dedupe_broken", "dataset_id": broken})[0] == 200
     assert server_shares(broken) == [0] * len(before[broken]) and server_shares(other) == before[other]
-    assert control(simulator, "/_sim/scenario", {"scenario": "token_expired", "dataset_id": broken})[0] == 400
+    assert control(simulator, "/_sim/scenario", {"scenario": "throttled", "dataset_id": broken})[0] == 400
     control(simulator, "/_sim/scenario", {"scenario": "healthy", "dataset_id": broken})
     assert server_shares(broken) == before[broken]
 
