@@ -345,13 +345,19 @@ def test_demo_command_serves_the_simulated_fleet():
     )
     try:
         url = config_path = None
+        banner = []
         for line in proc.stdout:
+            banner.append(line)
             if "metrics:" in line:
                 url = line.split()[-1].removesuffix("/metrics")
             if "its config:" in line:
                 config_path = line.split()[2]
                 break
         assert url and config_path, "the demo printed no URL or config file"
+        told = "".join(banner)  # what it shows, including what fails on purpose, and how to break it
+        assert "20 simulated datasets of 4 customers" in told and "targets" in told
+        assert "On purpose, 2 datasets fail: credential 'client_b' holds an expired token" in told
+        assert "spreads its calls over 30s" in told and "status?customer=acme" in told
         text_written = Path(config_path).read_text()
         written = yaml.safe_load(text_written)
         assert len({d["id"] for d in written["datasets"]}) == 20  # --datasets 20 serves 20, not 21
