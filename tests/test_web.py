@@ -121,3 +121,12 @@ def test_unknown_paths(served):
     _, url = served
     assert http("GET", url + "/nope")[0] == 404
     assert http("POST", url + "/metrics", data=b"")[0] == 405
+
+
+def test_status_takes_a_customer_and_refuses_a_flood_of_parameters(served):
+    app, url = served
+    app.snapshot = ready_snapshot()
+    assert http("GET", url + "/status?customer=acme")[0] == 200
+    assert http("GET", url + "/status?format=json&customer=" + "x" * 5000)[0] == 200  # cut, not refused
+    status, _, body = http("GET", url + "/status?" + "&".join(f"a{n}=1" for n in range(50)))
+    assert status == 400 and b"Too many query parameters" in body

@@ -150,7 +150,10 @@ class WebServer:
             page = _landing(self.app.snapshot, self.app.lifecycle, self.app.reloadable)
             return Response(200, page.encode("utf-8", "replace"), HTML)
         if path == "/status":
-            query = parse_qs(request.query, max_num_fields=8)
+            try:
+                query = parse_qs(request.query, max_num_fields=8)
+            except ValueError:  # more fields than the page has parameters
+                return Response(400, b"Too many query parameters: /status takes format and customer.\n")
             as_json = query.get("format") == ["json"]
             customer = query["customer"][0][:200] if "customer" in query else None
             snapshot = self.app.snapshot
