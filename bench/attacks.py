@@ -188,6 +188,22 @@ def tls_handshakes(stand: Stand) -> int:
     return len(held)
 
 
+def nothing(stand: Stand) -> int:
+    """No attack for as long as stalled_readers lasts: what the exporter's memory does meanwhile on its own."""
+    del stand
+    time.sleep(15)
+    return 0
+
+
+def plain_scrapes(stand: Stand) -> int:
+    """Four ordinary scrapes of the plain text format (the stalled readers ask for it): what serving it costs
+    once, apart from what the attack costs."""
+    with httpx.Client(verify=stand.context, auth=("alice", PASSWORD), timeout=30) as client:
+        for _ in range(4):
+            client.get(stand.url + "/metrics").raise_for_status()
+    return 4
+
+
 def stalled_readers(stand: Stand) -> int:
     held = []
     for _ in range(256):
@@ -290,6 +306,8 @@ def alias_bomb_reload(stand: Stand) -> int:
 
 ATTACKS: dict[str, Callable[[Stand], int]] = {
     "tls_handshakes": tls_handshakes,
+    "nothing": nothing,
+    "plain_scrapes": plain_scrapes,
     "stalled_readers": stalled_readers,
     "password_flood": password_flood,
     "long_passwords": long_passwords,
