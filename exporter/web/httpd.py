@@ -48,6 +48,7 @@ RESOURCE_LOG_EVERY = 60.0  # seconds between log lines about accepts refused for
 TRIM_EVERY = 10.0  # seconds between looks at whether connections churned
 FIRST_BYTE_POLL = 0.02  # seconds between looks for a TLS client's first byte
 TRIM_AFTER = 64  # connections ended since the last look that make a churn (scrapers make a handful)
+TRIMS_AFTER_CHURN = 3  # looks at which memory is handed back after a churn
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _REQUEST_LINE = re.compile(rb"([A-Z]+) ([!-~]+) HTTP/(1\.[01])")  # whole: `$` would let a trailing LF through
 # A field value: visible characters, spaces, tabs and obs-text, nothing else (RFC 9110 5.5). A bare LF, CR or NUL
@@ -206,11 +207,16 @@ class HttpServer:
     async def _hand_memory_back(self) -> None:
         """After a churn of connections (a flood of TLS handshakes or of clients that stalled an answer), hand
         the memory they used back to the system: glibc keeps freed heap memory for reuse, and a flood would
-        otherwise leave the exporter hundreds of megabytes larger for good."""
+        otherwise leave the exporter hundreds of megabytes larger for good. A churn's buffers are freed over
+        the seconds after its connections end (transports close, the collector runs), so the memory is handed
+        back on the next TRIMS_AFTER_CHURN looks, not only on the first."""
+        due = 0
         while True:
             await asyncio.sleep(TRIM_EVERY)
             if self._closed >= TRIM_AFTER:
-                self._closed = 0
+                self._closed, due = 0, TRIMS_AFTER_CHURN
+            if due:
+                due -= 1
                 malloc_trim()
 
     def _accept(self, transport: asyncio.Transport) -> None:
