@@ -235,6 +235,21 @@ def table_panel(title: str, description: str, unit: str, *queries: Any) -> table
     return panel
 
 
+def dataset_table(
+    title: str, description: str, unit: str, expr: str, columns: dict[str, str], *, sort: str, descending: bool
+) -> table.Panel:
+    """A table of the chosen datasets (one row per series of `expr`): `columns` kept and titled, sorted by
+    `sort`, each dataset's name a link to its detail."""
+    return (
+        table_panel(title, description, unit, query(expr, instant=True, table_format=True))
+        .with_transformation(organize(columns))
+        .sort_by([sort_by(sort, descending=descending)])
+        .override_by_name(
+            "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
+        )
+    )
+
+
 # ----- the fleet overview ---------------------------------------------------------------------------------
 def overview() -> Board:
     b = Board(
@@ -327,63 +342,47 @@ def overview() -> Board:
         8,
     )  # fmt: skip
     b.add(
-        table_panel(
+        dataset_table(
             "20 worst datasets by EMQ",
             "Each dataset's worst event, by name, customer and business; click a name for the detail.",
             "none",
-            query(f"bottomk(20, {WORST} * {named})", instant=True, table_format=True),
+            f"bottomk(20, {WORST} * {named})",
+            {
+                "dataset_name": "Dataset",
+                "customer": "Customer",
+                "business_name": "Business",
+                "agent_name": "Agent",
+                "dataset_id": "Dataset ID",
+                "Value": "Worst EMQ",
+            },
+            sort="Worst EMQ",
+            descending=False,
         )
-        .with_transformation(
-            organize(
-                {
-                    "dataset_name": "Dataset",
-                    "customer": "Customer",
-                    "business_name": "Business",
-                    "agent_name": "Agent",
-                    "dataset_id": "Dataset ID",
-                    "Value": "Worst EMQ",
-                }
-            )
-        )
-        .sort_by([sort_by("Worst EMQ", descending=False)])
         .thresholds(thresholds(EMQ_STEPS))
         .decimals(1)
-        .override_by_name("Worst EMQ", [cells("color-background")])
-        .override_by_name(
-            "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
-        ),
+        .override_by_name("Worst EMQ", [cells("color-background")]),
         12,
         8,
     )
     b.add(
-        table_panel(
+        dataset_table(
             "Largest EMQ drops",
             "Events of the chosen datasets whose EMQ fell most below the best of the last 6 hours, a day ago or a "
             "week ago, in EMQ points (as the drop alerts compare); click a name for the detail.",
             "none",
-            query(  # the choice of customers and businesses first, then the 20 largest of what it leaves
-                f"topk(20, (dataset_event:{M}event_match_quality_score:drop{{{SEL}}} > 0) * {named})",
-                instant=True,
-                table_format=True,
-            ),
-        )
-        .with_transformation(
-            organize(
-                {
-                    "dataset_name": "Dataset",
-                    "customer": "Customer",
-                    "event_name": "Event",
-                    "agent_name": "Agent",
-                    "dataset_id": "Dataset ID",
-                    "Value": "EMQ drop",
-                }
-            )
-        )
-        .sort_by([sort_by("EMQ drop", descending=True)])
-        .decimals(1)
-        .override_by_name(
-            "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
-        ),
+            # the choice of customers and businesses first, then the 20 largest of what it leaves
+            f"topk(20, (dataset_event:{M}event_match_quality_score:drop{{{SEL}}} > 0) * {named})",
+            {
+                "dataset_name": "Dataset",
+                "customer": "Customer",
+                "event_name": "Event",
+                "agent_name": "Agent",
+                "dataset_id": "Dataset ID",
+                "Value": "EMQ drop",
+            },
+            sort="EMQ drop",
+            descending=True,
+        ).decimals(1),
         12,
         8,
     )
@@ -392,29 +391,23 @@ def overview() -> Board:
         f" and on (job, instance, dataset_id, agent_name) {M}fetch_success{{{SEL}}} == 0) * {named}"
     )
     b.add(
-        table_panel(
+        dataset_table(
             "Datasets failing to fetch",
             "The chosen datasets whose latest fetch failed, with each reason seen in the last hour and how often; "
             "docs/troubleshooting.md says what each reason needs.",
             "short",
-            query(failing, instant=True, table_format=True),
-        )
-        .with_transformation(
-            organize(
-                {
-                    "dataset_name": "Dataset",
-                    "customer": "Customer",
-                    "business_name": "Business",
-                    "agent_name": "Agent",
-                    "dataset_id": "Dataset ID",
-                    "reason": "Reason",
-                    "Value": "Failures in the last hour",
-                }
-            )
-        )
-        .sort_by([sort_by("Failures in the last hour", descending=True)])
-        .override_by_name(
-            "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
+            failing,
+            {
+                "dataset_name": "Dataset",
+                "customer": "Customer",
+                "business_name": "Business",
+                "agent_name": "Agent",
+                "dataset_id": "Dataset ID",
+                "reason": "Reason",
+                "Value": "Failures in the last hour",
+            },
+            sort="Failures in the last hour",
+            descending=True,
         ),
         12,
         8,
@@ -448,34 +441,24 @@ def overview() -> Board:
     )
     received = f"{M}events_received_last_hour{{{SEL}}}"
     b.add(
-        table_panel(
+        dataset_table(
             "Stopped sending",
             "With the stats source on: events of the chosen datasets with none in the newest complete hour from a "
             "source that sent them within the last day, and how many it sent in its best hour of that day.",
             "short",
-            query(
-                f"(max_over_time({received}[1d]) > 0 and on (job, instance, dataset_id, agent_name, event_name, source)"
-                f" {received} == 0) * {named}",
-                instant=True,
-                table_format=True,
-            ),
-        )
-        .with_transformation(
-            organize(
-                {
-                    "dataset_name": "Dataset",
-                    "customer": "Customer",
-                    "event_name": "Event",
-                    "source": "Source",
-                    "agent_name": "Agent",
-                    "dataset_id": "Dataset ID",
-                    "Value": "Best hour of the day",
-                }
-            )
-        )
-        .sort_by([sort_by("Best hour of the day", descending=True)])
-        .override_by_name(
-            "Dataset", [models.DynamicConfigValue("links", [link("Open this dataset's detail", DATASET_URL).build()])]
+            f"(max_over_time({received}[1d]) > 0 and on (job, instance, dataset_id, agent_name, event_name, source)"
+            f" {received} == 0) * {named}",
+            {
+                "dataset_name": "Dataset",
+                "customer": "Customer",
+                "event_name": "Event",
+                "source": "Source",
+                "agent_name": "Agent",
+                "dataset_id": "Dataset ID",
+                "Value": "Best hour of the day",
+            },
+            sort="Best hour of the day",
+            descending=True,
         ),
         24,
         8,
