@@ -18,6 +18,7 @@ Handlers are coroutines; CPU-heavy work belongs in an executor (see exporter.web
 
 from __future__ import annotations
 
+import array
 import asyncio
 import bisect
 import concurrent.futures
@@ -491,7 +492,9 @@ class HttpServer:
 
 def _slices(chunks: Sequence[bytes]) -> Iterator[bytes | memoryview]:
     """`chunks` as slices of about WRITE_SLICE bytes: runs of small chunks joined (found and joined in C: a
-    plain answer is 200,000 chunks), a large chunk cut into views of itself, never copied whole."""
+    plain answer is 200,000 chunks), a large chunk cut into views of itself, never copied whole. Where each
+    part ends is kept as machine integers: a Python int per chunk, held while a client stalls, left CPython's
+    small-object arenas fragmented after 256 stalled readers went (25 MiB for good)."""
     parts: list[bytes | memoryview] = []
     for chunk in chunks:
         if len(chunk) > WRITE_SLICE:
@@ -499,7 +502,7 @@ def _slices(chunks: Sequence[bytes]) -> Iterator[bytes | memoryview]:
             parts.extend(view[start : start + WRITE_SLICE] for start in range(0, len(chunk), WRITE_SLICE))
         else:
             parts.append(chunk)
-    ends = list(itertools.accumulate(map(len, parts)))
+    ends = array.array("q", itertools.accumulate(map(len, parts)))
     start = 0
     while start < len(parts):
         stop = bisect.bisect_left(ends, (ends[start - 1] if start else 0) + WRITE_SLICE, lo=start) + 1
