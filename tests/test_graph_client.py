@@ -407,6 +407,10 @@ def test_a_new_version_warning_on_every_answer_is_kept_and_logged_within_a_bound
         client = asyncio.run(go())
     assert len(client.versions.upgraded) <= client.versions.MAX_KEPT
     assert len(client.versions._warnings) <= client.versions.MAX_KEPT
+    # a line for each new one up to the bound, then a line an hour saying how many more were not logged
+    logged = [r.getMessage() for r in caplog.records if r.name == "exporter.graph.client"]
+    assert len(logged) <= 2 * client.versions.MAX_KEPT + 1, len(logged)
+    assert "more are counted, not logged" in logged[-1]
 
 
 @pytest.mark.parametrize(

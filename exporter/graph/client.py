@@ -78,11 +78,13 @@ class VersionNotes:
     answers a call to an expired version with the next one and that header, rather than refusing it (2635)."""
 
     MAX_KEPT = 16  # a different value on every answer must not grow memory or the log
+    LOG_WINDOW = 3600.0  # at most MAX_KEPT new values are logged in this many seconds; the rest are counted
 
     def __init__(self, version: str) -> None:
         self.version = version
         self.upgraded: dict[str, float] = {}  # version Meta answered with -> when last seen (time.time())
         self._warnings: dict[str, None] = {}  # warnings already logged, oldest first
+        self._window = (-float("inf"), 0, 0)  # (start, lines logged, new values not logged)
 
     def check(self, headers: Mapping[str, str]) -> None:
         """`headers` with lowercase names (httpx's are case-insensitive)."""
@@ -91,7 +93,7 @@ class VersionNotes:
         if answered and answered != self.version:
             if answered not in self.upgraded:
                 _keep_bounded(self.upgraded, self.MAX_KEPT)
-                log.warning(
+                self._log(
                     "Graph API version: asked for %s, Meta answered with %s; set graph_api.version to a current "
                     "version",
                     self.version,
@@ -101,7 +103,26 @@ class VersionNotes:
         if warning and warning not in self._warnings:
             _keep_bounded(self._warnings, self.MAX_KEPT)
             self._warnings[warning] = None
-            log.warning("Graph API version: Meta says %r; set graph_api.version to a current version", scrub(warning))
+            self._log("Graph API version: Meta says %r; set graph_api.version to a current version", scrub(warning))
+
+    def _log(self, message: str, *args: object) -> None:
+        """A new value on every answer (a bug between us and Meta) must not fill the log: MAX_KEPT lines per
+        LOG_WINDOW, then one saying how many more came."""
+        now = time.monotonic()
+        start, logged, unlogged = self._window
+        if now - start >= self.LOG_WINDOW:
+            if unlogged:
+                log.warning("Graph API version: %d more new versions or warnings came in the last hour", unlogged)
+            start, logged, unlogged = now, 0, 0
+        if logged < self.MAX_KEPT:
+            log.warning(message, *args)
+            logged += 1
+            if logged == self.MAX_KEPT:
+                log.warning("Graph API version: %d new versions or warnings within an hour; more are counted, "
+                            "not logged, until the hour is over", logged)  # fmt: skip
+        else:
+            unlogged += 1
+        self._window = (start, logged, unlogged)
 
 
 def _keep_bounded(kept: dict[str, Any], limit: int) -> None:
