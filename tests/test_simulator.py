@@ -142,6 +142,21 @@ def test_error_shapes(simulator, fault, status, code, subcode):
     assert quality(simulator, other, "web{event_name}")[0] == 200  # faults are per dataset
 
 
+def test_an_upstream_that_invents_a_new_error_code_or_version_warning_on_every_answer(simulator):
+    """What bench/attacks.py sends to check that neither grows the exporter's series, memory or log."""
+    erring, warning = simulator.world.dataset_ids[1:3]
+    simulator.set_fault(erring, "new_error_codes")
+    simulator.set_fault(warning, "new_version_warnings")
+    codes = {quality(simulator, erring, "web{event_name}")[2]["error"]["code"] for _ in range(3)}
+    assert len(codes) == 3 and not codes & {1, 2, 4, 17, 32, 80004, 190, 100}
+    notes = set()
+    for _ in range(3):
+        status, headers, body = quality(simulator, warning, "web{event_name}")
+        assert status == 200 and body["web"]
+        notes.add({k.lower(): v for k, v in headers.items()}["x-ad-api-version-warning"])
+    assert len(notes) == 3
+
+
 def test_bodies_that_are_not_json(simulator):
     dataset = simulator.world.dataset_ids[1]
     for fault, status in (("http_500", 500), ("http_503", 503), ("not_json", 200)):

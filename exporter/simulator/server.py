@@ -92,6 +92,8 @@ HOSTILE_FAULTS = (
     "huge_labels",  # on a dataset: a 400,000-character event name with 2,000 match keys
     "usage_flood",  # on a dataset: usage headers that name 20,000 businesses
     "gzip_trailer",  # on a dataset: a gzip answer followed by 20 MB of bytes after its end
+    "new_error_codes",  # on a dataset: an error whose code was never seen before, on every answer
+    "new_version_warnings",  # on a dataset: an X-Ad-Api-Version-Warning never seen before, on every answer
 )
 MAX_BATCH = 50
 MAX_PAGE = 100
@@ -481,6 +483,12 @@ class Simulator:
             reply = self._error("transient_1")
             reply.body["error"]["fbtrace_id"] = "T" * 3_000_000
             return reply
+        if fault == "new_error_codes":
+            reply = self._error("transient_1", headers)
+            reply.body["error"]["code"] = 20_000 + self.calls
+            return reply
+        if fault == "new_version_warnings":
+            headers["X-Ad-Api-Version-Warning"] = f"Notice {self.calls}: this call will change in a future version."
         if fault == "huge_numbers":
             headers = {"X-Business-Use-Case-Usage": "[" * 5000, "X-App-Usage": '{"call_count": ' + "9" * 400 + "}"}
         if fault == "usage_flood":
