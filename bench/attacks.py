@@ -39,6 +39,7 @@ TOKEN = "attack-token"
 PASSWORD = "correct horse battery staple"
 DATASETS = 200
 SETTLE = 30.0  # seconds after an attack before memory is read again
+WARMUP = 45.0  # seconds before the first attack: a few cycles, so that memory has settled
 ALIAS_BOMB = (
     "a: &a [x, x, x, x, x, x, x, x, x]\n"
     + "".join(f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh", strict=True))
@@ -152,7 +153,7 @@ def start(directory: Path, open_files: int) -> Stand:
 def config_text(sim_url: str, ids: list[str]) -> dict:
     return {
         "graph_api": {"base_url": sim_url, "timeout": "5s", "max_retries": 1},
-        "collection": {"interval": "10s", "concurrency": 4},
+        "collection": {"interval": "10s", "concurrency": 4, "metadata_interval": "10s"},
         "datasets": [{"id": i} for i in ids],
         "discovery": [
             {"business_id": "900000000001000", "edges": ["owned_pixels"], "refresh": "10s"},
@@ -224,6 +225,27 @@ def stalled_readers(stand: Stand) -> int:
     return len(held)
 
 
+def slow_readers(stand: Stand) -> int:
+    """64 clients that ask for `/metrics` and read it a byte a second."""
+    held = []
+    for _ in range(64):
+        raw = socket.create_connection(("127.0.0.1", stand.port), timeout=5)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock = stand.context.wrap_socket(raw, server_hostname="127.0.0.1")
+        auth = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        held.append(sock)
+    for _ in range(15):
+        started = time.monotonic()
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.recv(1)
+        time.sleep(max(0.0, 1 - (time.monotonic() - started)))
+    for sock in held:
+        sock.close()
+    return len(held)
+
+
 def password_flood(stand: Stand) -> int:
     stop, sent = threading.Event(), [0]
 
@@ -280,14 +302,21 @@ def connect_flood(stand: Stand) -> int:
     return len(held)
 
 
-def upstream(fault: str, count: int = 5) -> Callable[[Stand], int]:
-    """Datasets whose answers turn hostile for two cycles."""
+def upstream(fault: str, count: int = 5, *, pages: bool = False) -> Callable[[Stand], int]:
+    """Datasets whose answers turn hostile for two cycles (two metadata reads, too); with `pages`, /status and
+    its JSON are asked for every second meanwhile."""
 
     def attack(stand: Stand) -> int:
         aimed = stand.ids[1 : 1 + count]
         for dataset_id in aimed:
             control(stand.sim_url, "/_sim/fault", {"dataset_id": dataset_id, "fault": fault})
-        time.sleep(25)
+        deadline = time.monotonic() + 25
+        with httpx.Client(verify=stand.context, auth=("alice", PASSWORD), timeout=30) as client:
+            while (left := deadline - time.monotonic()) > 0:
+                if pages:
+                    for query in ("", "?format=json"):
+                        client.get(stand.url + "/status" + query).raise_for_status()
+                time.sleep(min(1.0, max(0.0, left)))
         for dataset_id in aimed:
             control(stand.sim_url, "/_sim/fault", {"dataset_id": dataset_id, "fault": None})
         return count
@@ -310,6 +339,7 @@ ATTACKS: dict[str, Callable[[Stand], int]] = {
     "nothing": nothing,
     "plain_scrapes": plain_scrapes,
     "stalled_readers": stalled_readers,
+    "slow_readers": slow_readers,
     "password_flood": password_flood,
     "long_passwords": long_passwords,
     "smuggling": smuggling,
@@ -318,6 +348,10 @@ ATTACKS: dict[str, Callable[[Stand], int]] = {
     "huge_labels": upstream("huge_labels"),
     "usage_flood": upstream("usage_flood"),
     "gzip_trailer": upstream("gzip_trailer"),
+    "huge_name": upstream("huge_name", pages=True),
+    "huge_trace": upstream("huge_trace", pages=True),
+    "new_error_codes": upstream("new_error_codes"),
+    "new_version_warnings": upstream("new_version_warnings"),
     "alias_bomb_reload": alias_bomb_reload,
 }
 
@@ -328,7 +362,7 @@ def _sample(stand: Stand, peak: list[float], done: threading.Event) -> None:
         done.wait(0.2)
 
 
-def run(names: list[str], open_files: int) -> list[dict]:
+def run(names: list[str], open_files: int, warmup: float = WARMUP, settle: float = SETTLE) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         stand = start(Path(tmp), open_files)
@@ -336,9 +370,10 @@ def run(names: list[str], open_files: int) -> list[dict]:
         watcher = threading.Thread(target=scraper, args=(stand, stop))
         watcher.start()
         try:
-            time.sleep(45)  # a few cycles, so that memory has settled, then the baseline
+            time.sleep(warmup)
             for name in names:
                 before = rss(stand.exporter.pid)
+                logged = (stand.directory / "exporter.log").stat().st_size
                 fetched_before = stand.fetched()
                 peak, running = [before], threading.Event()
                 sampler = threading.Thread(target=_sample, args=(stand, peak, running))
@@ -346,11 +381,12 @@ def run(names: list[str], open_files: int) -> list[dict]:
                 began = time.monotonic()
                 made = ATTACKS[name](stand)
                 ended = time.monotonic()
-                time.sleep(SETTLE)
+                time.sleep(settle)
                 running.set()
                 sampler.join()
                 after = rss(stand.exporter.pid)
-                during = [s for s in stand.scrapes if began <= s[0] <= ended + SETTLE]
+                logged = (stand.directory / "exporter.log").stat().st_size - logged
+                during = [s for s in stand.scrapes if began <= s[0] <= ended + settle]
                 aimed = set(stand.ids[1 : 1 + getattr(ATTACKS[name], "aimed", 0)])
                 lost = (fetched_before - aimed) - stand.fetched()
                 rows.append({
@@ -359,7 +395,7 @@ def run(names: list[str], open_files: int) -> list[dict]:
                     "slowest_scrape_ms": round(max((s[1] for s in during), default=0) * 1000, 1),
                     "datasets_lost": len(lost), "rss_before_mib": round(before, 1), "rss_peak_mib": round(peak[0], 1),
                     "rss_after_mib": round(after, 1), "rss_after_vs_before": round(after / before, 3),
-                    "exporter_alive": stand.exporter.poll() is None,
+                    "log_bytes": logged, "exporter_alive": stand.exporter.poll() is None,
                 })  # fmt: skip
         finally:
             stop.set()
@@ -375,10 +411,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated attacks (default: all)")
     parser.add_argument("--open-files", type=int, default=8192, help="the exporter's limit of open files")
+    parser.add_argument("--warmup", type=float, default=WARMUP, help="seconds before the first attack")
+    parser.add_argument("--settle", type=float, default=SETTLE, help="seconds after each attack")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(ATTACKS)
-    rows = run(names, args.open_files)
+    rows = run(names, args.open_files, args.warmup, args.settle)
     if args.json:
         print(json.dumps(rows))
         return

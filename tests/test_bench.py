@@ -42,3 +42,19 @@ def test_scale_benchmark_runs_and_reports():
     assert set(governor) == {"sent", "never sent"} and all(row["calls"] == 40 for row in governor.values())
     (timeout,) = report["timeout"]
     assert timeout["calls"] > 40 and 0 < timeout["failed"] < 40
+
+
+def test_attacks_benchmark_runs_and_reports():
+    """Two of bench/attacks.py's attacks, with short waits: the harness (certificates, web config, simulator
+    faults, the legitimate scraper, the columns) keeps working. Its figures are bench/README.md's."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "attacks.py"), "--only", "smuggling,new_version_warnings",
+         "--warmup", "2", "--settle", "1", "--json"],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {row["attack"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {"smuggling", "new_version_warnings"}
+    assert rows["smuggling"]["made"] == 300 and rows["new_version_warnings"]["made"] == 5
+    for row in rows.values():
+        assert row["exporter_alive"] and row["scrapes"] > 0 and row["rss_after_mib"] > 0 and "log_bytes" in row
