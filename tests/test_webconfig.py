@@ -389,3 +389,17 @@ def test_a_password_over_72_bytes_is_compared_on_its_first_72_as_exporter_toolki
     address = serve(web_config(certs, f"basic_auth_users:\n  alice: '{stored}'\n"))
     assert httpx.get(f"http://{address}/metrics", auth=("alice", long_password)).status_code == 200
     assert httpx.get(f"http://{address}/metrics", auth=("alice", "q" * 100)).status_code == 401
+
+
+def test_passwords_that_differ_past_72_bytes_are_remembered_once():
+    """bcrypt compares the first 72 bytes, so a user who knows the password could send it with a different tail
+    every time: each was remembered apart, without a bound."""
+    from exporter.web.webconfig import WebSecurity
+
+    password = "p" * 72
+    security = WebSecurity(users={"alice": bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))})
+    for n in range(50):
+        assert security.verify("alice", f"{password}{n}")
+    assert len(security._verified) == 1
+    assert security.remembered("alice", password + "anything")
+    assert not security.remembered("alice", "p" * 71)

@@ -95,7 +95,9 @@ class WebSecurity:
     _decoy: bytes = field(default=b"", repr=False)  # checked for unknown users, so that they cost the same
 
     def _key(self, user: str, password: str, hashed: bytes) -> bytes:
-        return hashlib.sha256(user.encode() + b"\0" + password.encode() + b"\0" + hashed).digest()
+        # What bcrypt compared, not the whole password: tails past 72 bytes would each be remembered apart.
+        compared = password.encode()[:MAX_PASSWORD_BYTES]
+        return hashlib.sha256(user.encode() + b"\0" + compared + b"\0" + hashed).digest()
 
     def remembered(self, user: str, password: str) -> bool:
         """A password already verified once (as exporter-toolkit caches them): no bcrypt, microseconds."""
