@@ -17,6 +17,9 @@ RESOURCES = ("call_count", "total_cputime", "total_time")
 MAX_OBJECTS = 32
 MAX_ENTRIES = 8
 MAX_ID = 32  # characters of an object's ID (digits, or act_ and digits)
+# 32 objects of 8 types are some 50 KB; a larger header is not parsed at all: json.loads of 20,000 objects made
+# 100,000 small objects per answer, and left CPython's memory fragmented for good (bench/attacks.py usage_flood).
+MAX_HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,9 @@ def parse_rate_limit_headers(
 
 
 def _load(header: str, raw: str) -> Any:
+    if len(raw) > MAX_HEADER_BYTES:
+        _warn_once(header, f"over {MAX_HEADER_BYTES // 1024} KiB")
+        return None
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):
