@@ -46,10 +46,8 @@ WRITERS = 4
 IOV_MAX = 1024  # buffers per sendmsg call (Linux's UIO_MAXIOV)
 SLOW_CLIENT = 2  # seconds a client may take over one sendmsg call before the event loop sends the rest
 RESOURCE_LOG_EVERY = 60.0  # seconds between log lines about accepts refused for want of file descriptors
-TRIM_EVERY = 10.0  # seconds between looks at whether connections churned
+TRIM_EVERY = 10.0  # seconds between hand-backs of freed memory (each costs about a millisecond at 10,000 datasets)
 FIRST_BYTE_POLL = 0.02  # seconds between looks for a TLS client's first byte
-TRIM_AFTER = 64  # connections ended since the last look that make a churn (scrapers make a handful)
-TRIMS_AFTER_CHURN = 3  # looks at which memory is handed back after a churn
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _REQUEST_LINE = re.compile(rb"([A-Z]+) ([!-~]+) HTTP/(1\.[01])")  # whole: `$` would let a trailing LF through
 # A field value: visible characters, spaces, tabs and obs-text, nothing else (RFC 9110 5.5). A bare LF, CR or NUL
@@ -147,7 +145,6 @@ class HttpServer:
         self._proven: set[asyncio.Task[None]] = set()  # connections that sent a whole request
         self._resource_errors = 0  # accepts refused for want of file descriptors since the last log line
         self._resource_logged = 0.0
-        self._closed = 0  # connections ended since memory was last handed back
         self._thread_stopping = False
         self._context = tls()
         # Bind now, in the caller's thread, so that a busy port is an error of the constructor.
@@ -206,19 +203,13 @@ class HttpServer:
             self._resource_errors, self._resource_logged = 0, now
 
     async def _hand_memory_back(self) -> None:
-        """After a churn of connections (a flood of TLS handshakes or of clients that stalled an answer), hand
-        the memory they used back to the system: glibc keeps freed heap memory for reuse, and a flood would
-        otherwise leave the exporter hundreds of megabytes larger for good. A churn's buffers are freed over
-        the seconds after its connections end (transports close, the collector runs), so the memory is handed
-        back on the next TRIMS_AFTER_CHURN looks, not only on the first."""
-        due = 0
+        """Every TRIM_EVERY seconds, hand freed heap memory back to the system. glibc keeps it for reuse: a
+        flood of connections, or an upstream's outsized answers, would otherwise leave the exporter hundreds of
+        megabytes larger for good (bench/attacks.py). Its buffers are freed over the seconds after it ends
+        (transports close, the collector runs), so a hand-back at one moment would not do."""
         while True:
             await asyncio.sleep(TRIM_EVERY)
-            if self._closed >= TRIM_AFTER:
-                self._closed, due = 0, TRIMS_AFTER_CHURN
-            if due:
-                due -= 1
-                malloc_trim()
+            malloc_trim()
 
     def _accept(self, transport: asyncio.Transport) -> None:
         self._loop.create_task(self._accepted(transport))
@@ -303,7 +294,6 @@ class HttpServer:
             self._waiting.pop(task, None)
             self._proven.discard(task)
             transport.abort()
-            self._closed += 1
 
     async def _streams(self, transport: asyncio.Transport) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A reader and writer over the connection, after a TLS handshake (within handshake_timeout) where the
