@@ -68,6 +68,15 @@ def get(web: WebServer, path: str = "/-/healthy") -> int:
     return int(answer.split(b" ", 2)[1]) if answer else 0
 
 
+def stalled_reader(address: tuple[str, int], path: str) -> socket.socket:
+    """A client that asks for `path` and never reads, with a receive buffer of 4 KiB."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(address)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
 def test_idle_connections_hold_no_thread_and_never_lock_a_scraper_out(server):
     web = server(max_connections=50, header_timeout=30)
     threads_before = threading.active_count()
@@ -431,12 +440,7 @@ def test_a_client_that_stalls_an_answer_loses_its_connection_before_a_scraper_wa
     web.start()
     stalled = []
     try:
-        for _ in range(4):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(web.address)
-            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-            stalled.append(sock)
+        stalled += [stalled_reader(web.address, "/big") for _ in range(4)]
         time.sleep(3)  # past the writer threads' SLOW_CLIENT: the answers wait in the event loop
         with socket.create_connection(web.address, timeout=30) as scraper:
             scraper.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -518,12 +522,7 @@ def test_a_stalled_reader_holds_no_small_objects_per_chunk(monkeypatch):
     stalled = []
     try:
         before = sys.getallocatedblocks()
-        for _ in range(8):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(web.address)
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            stalled.append(sock)
+        stalled += [stalled_reader(web.address, "/metrics") for _ in range(8)]
         wait_for(lambda: len(answered) == 8, what="eight answers")
         time.sleep(0.5)  # each connection's first slice written, the rest waiting on its client
         held = sys.getallocatedblocks() - before
